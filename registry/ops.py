@@ -1,0 +1,182 @@
+"""The op router: stable numeric op ids -> request codecs -> handlers (hyperdispatch-style).
+
+Every value a registry writer appends is an *op*: canonical CBOR ``{"op": id, "req": {...}}``.
+The op table (ids, names, request fields) is declared in ``registry/spec/registry.json``; ids
+are never reused (``schema.check_upgrade`` enforces it). At apply time every peer runs the
+same decision for each value, so the outcome is deterministic across peers:
+
+* well-formed op with a known id -> its handler runs;
+* well-formed envelope whose id this node does not know -> :class:`UnknownOp`: the caller must
+  ``host.interrupt`` (an old node meeting a newer op halts rather than diverges);
+* anything else (undecodable bytes, bad envelope, request failing its schema) ->
+  :class:`Skipped` with the reason: the op is ignored identically everywhere and the reason is
+  logged.
+
+The router refuses to be built when a declared op has no handler (or a handler names no op).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from autobase_py import encoding
+from autobase_py.errors import DecodeError
+
+from .entry import Entry
+from .errors import RouterError, ValidationError
+from .schema import FieldSpec, OpSpec, Spec
+
+C = TypeVar("C")
+Handler = Callable[[Mapping[str, Any], C], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    op: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOp:
+    op_id: int
+
+    @property
+    def reason(self) -> str:
+        return f"op id {self.op_id} is unknown to this node (newer software wrote it): upgrade"
+
+
+Outcome = Applied | Skipped | UnknownOp
+
+
+class InvalidOpError(DecodeError):
+    """An op value is malformed (bad envelope or request)."""
+
+    code = "INVALID_OP"
+
+
+def _check_field(op: str, f: FieldSpec, value: Any) -> Any:
+    if f.type == "fixed32":
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise InvalidOpError(f"{op}: field {f.name!r} must be 32 bytes")
+        return value
+    if f.type == "bool":
+        if not isinstance(value, bool):
+            raise InvalidOpError(f"{op}: field {f.name!r} must be a bool")
+        return value
+    if f.type == "string":
+        if not isinstance(value, str):
+            raise InvalidOpError(f"{op}: field {f.name!r} must be a string")
+        return value
+    if f.type == "uint":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidOpError(f"{op}: field {f.name!r} must be an unsigned int")
+        return value
+    if f.type == "bytes":
+        if not isinstance(value, bytes):
+            raise InvalidOpError(f"{op}: field {f.name!r} must be bytes")
+        return value
+    if f.type == "record:entry":
+        if not isinstance(value, dict):
+            raise InvalidOpError(f"{op}: field {f.name!r} must be an entry map")
+        try:
+            return Entry.parse(value)
+        except ValidationError as exc:
+            raise InvalidOpError(f"{op}: {f.name}: {exc.message}") from exc
+    raise InvalidOpError(f"{op}: field {f.name!r} has unsupported type {f.type}")
+
+
+def _check_request(op: OpSpec, req: Any) -> dict[str, Any]:
+    if not isinstance(req, dict):
+        raise InvalidOpError(f"{op.name}: request must be a map")
+    for key in req:
+        if not isinstance(key, str) or all(f.name != key for f in op.request):
+            raise InvalidOpError(f"{op.name}: unknown request field {key!r}")
+    out: dict[str, Any] = {}
+    for f in op.request:
+        if f.name not in req or req[f.name] is None:
+            if f.required:
+                raise InvalidOpError(f"{op.name}: missing field {f.name!r}")
+            out[f.name] = None
+            continue
+        out[f.name] = _check_field(op.name, f, req[f.name])
+    return out
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, Entry):
+        return {k: v for k, v in value.to_dict().items() if v is not None}
+    return value
+
+
+class OpCodec:
+    """Encodes and decodes op values against the declared op table."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self._by_id = {op.id: op for op in spec.ops}
+        self._by_name = {op.name: op for op in spec.ops}
+
+    def encode(self, name: str, request: Mapping[str, Any]) -> bytes:
+        op = self._by_name.get(name)
+        if op is None:
+            raise RouterError(f"op {name!r} is not declared in the spec")
+        wire = {k: _wire(v) for k, v in request.items() if v is not None}
+        checked = _check_request(op, wire)  # refuse to write what peers would skip
+        req = {k: _wire(v) for k, v in checked.items() if v is not None}
+        return encoding.encode({"op": op.id, "req": req})
+
+    def decode(self, data: bytes) -> tuple[OpSpec | int, dict[str, Any]]:
+        """(op spec, checked request), or (unknown op id, {}) for an id this node lacks."""
+        envelope = encoding.decode(data)
+        if not isinstance(envelope, dict) or set(envelope) != {"op", "req"}:
+            raise InvalidOpError("op envelope must be a map with exactly 'op' and 'req'")
+        op_id = envelope["op"]
+        if not isinstance(op_id, int) or isinstance(op_id, bool) or op_id < 0:
+            raise InvalidOpError("op id must be an unsigned int")
+        op = self._by_id.get(op_id)
+        if op is None:
+            return op_id, {}
+        return op, _check_request(op, envelope["req"])
+
+
+class Router(Generic[C]):
+    """Dispatches op values to handlers; built only when every declared op has a handler."""
+
+    def __init__(self, spec: Spec, handlers: Mapping[str, Handler[C]]) -> None:
+        declared = {op.name for op in spec.ops}
+        missing = sorted(declared - set(handlers))
+        if missing:
+            raise RouterError(f"declared ops without a handler: {', '.join(missing)}")
+        extra = sorted(set(handlers) - declared)
+        if extra:
+            raise RouterError(f"handlers for undeclared ops: {', '.join(extra)}")
+        self.codec = OpCodec(spec)
+        self._handlers = dict(handlers)
+
+    async def dispatch(self, value: bytes, context: C) -> Outcome:
+        try:
+            op, request = self.codec.decode(value)
+        except DecodeError as exc:
+            return Skipped(exc.message)
+        if isinstance(op, int):
+            return UnknownOp(op)
+        await self._handlers[op.name](request, context)
+        return Applied(op.name)
+
+
+__all__ = [
+    "Applied",
+    "Handler",
+    "InvalidOpError",
+    "OpCodec",
+    "Outcome",
+    "Router",
+    "Skipped",
+    "UnknownOp",
+]
