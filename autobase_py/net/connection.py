@@ -126,13 +126,18 @@ class SecureConnection:
         return self._encryptor is not None and not self.local_closed and self.state != State.FAILED
 
     @property
+    def pending_bytes(self) -> int:
+        """Bytes queued for the network and not yet taken by ``data_to_send``."""
+        return len(self._out)
+
+    @property
     def deadline(self) -> float | None:
         """When ``handle_timer`` must next be called (only during the handshake)."""
         return self.handshake_deadline if self.state is State.HANDSHAKE else None
 
     # -- the three verbs ---------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the network (``b""`` = EOF); returns the events they complete."""
         if self.state is State.FAILED:
             raise ProtocolError("connection already failed")

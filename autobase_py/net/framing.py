@@ -40,7 +40,7 @@ class FrameDecoder:
         """Bytes held that do not yet form a complete frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         self._buffer += data
         frames: list[bytes] = []
         buf = self._buffer

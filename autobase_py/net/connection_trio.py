@@ -1,0 +1,447 @@
+"""trio adapter: a ``trio.abc.Stream`` becomes an encrypted, multiplexed ``Connection``.
+
+The cores (``SecureConnection``, ``Mux``) decide everything; this module only moves bytes.
+Each connection runs two tasks in its own cancel scope: a *reader* (socket -> cores -> events)
+and a *writer* (cores' queued bytes -> socket). The reader never waits on the socket's send
+side, so two peers that both write a lot cannot deadlock; senders wait only when more than
+``HIGH_WATER`` bytes are queued (backpressure).
+
+This is the single boundary where remote violations are caught: a :class:`ProtocolError` or a
+broken socket ends *this* connection with a logged reason and wakes every channel waiting on
+it with :class:`ChannelClosedError`; nothing propagates into the caller's nursery, and the
+caller's own code is never cancelled by a misbehaving peer.
+
+Channels requested by the peer are answered from ``protocols``: a registered protocol gets the
+channel opened back and its handler run in the connection's task group; any other is rejected.
+
+``aclose`` is graceful: channels are closed, our direction ends with a secretstream FINAL
+after everything queued before it, and we wait up to ``close_timeout`` for the peer's FINAL
+before dropping the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+from .. import crypto
+from ..errors import (
+    AutobaseError,
+    ChannelClosedError,
+    LocalError,
+    ProtocolError,
+    TimedOutError,
+)
+from .connection import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    Established,
+    Event,
+    Message,
+    PeerClosed,
+    SecureConnection,
+)
+from .mux import (
+    DEFAULT_MAX_CHANNELS,
+    ChannelClosed,
+    ChannelMessage,
+    ChannelOpened,
+    ChannelRequested,
+    Key,
+    Mux,
+    MuxEvent,
+)
+
+log = logging.getLogger("autobase_py.net")
+
+RECEIVE_BYTES = 65536
+CHANNEL_BUFFER = 1024
+HIGH_WATER = 1024 * 1024
+DEFAULT_CLOSE_TIMEOUT = 5.0
+
+ChannelHandler = Callable[["Channel"], Awaitable[None]]
+
+
+class Channel:
+    """One ``(protocol, name)`` channel: ``send``, ``receive`` (or ``async for``), ``aclose``."""
+
+    def __init__(self, connection: Connection, key: Key) -> None:
+        self.connection = connection
+        self.key = key
+        self.remote_handshake = b""
+        self.opened = trio.Event()
+        self.closed = trio.Event()
+        self._settled = trio.Event()  # opened or closed
+        self._send, self._receive = trio.open_memory_channel[bytes](CHANNEL_BUFFER)
+
+    @property
+    def remote_public_key(self) -> bytes:
+        return self.connection.remote_public_key
+
+    async def send(self, data: bytes) -> None:
+        if self.closed.is_set():
+            raise ChannelClosedError(f"channel {self.key!r} is closed")
+        self.connection._mux_send(self.key, data)
+        await self.connection._flush()
+
+    async def receive(self) -> bytes:
+        """The next message; ChannelClosedError once the channel closed and is drained."""
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ChannelClosedError(f"channel {self.key!r} is closed") from None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                message = await self.receive()
+            except ChannelClosedError:
+                return
+            yield message
+
+    async def aclose(self) -> None:
+        if self.closed.is_set():
+            return
+        self._mark_closed()
+        self.connection._mux_close(self.key)
+        await trio.lowlevel.checkpoint()
+
+    def _mark_opened(self, handshake: bytes) -> None:
+        self.remote_handshake = handshake
+        self.opened.set()
+        self._settled.set()
+
+    def _mark_closed(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self._settled.set()
+            self._send.close()
+        if self.connection._channels.get(self.key) is self:
+            del self.connection._channels[self.key]
+
+
+class Connection:
+    """A live connection; create it with :func:`open_connection` (or ``listen``/``connect``)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        core: SecureConnection,
+        *,
+        protocols: Mapping[str, ChannelHandler],
+        close_timeout: float,
+        max_channels: int,
+    ) -> None:
+        self.stream = stream
+        self.core = core
+        self.mux = Mux(max_channels=max_channels)
+        self.protocols = dict(protocols)
+        self.close_timeout = close_timeout
+        self.closed = trio.Event()
+        self.error: BaseException | None = None
+        self._scope = trio.CancelScope()
+        self._tasks: trio.Nursery | None = None
+        self._channels: dict[Key, Channel] = {}
+        self._wake_writer = trio.Event()
+        self._progress = trio.Event()
+        self._peer_closed = trio.Event()
+        self._stream_closed = False
+
+    # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def remote_public_key(self) -> bytes:
+        return self.core.remote_public_key
+
+    @property
+    def handshake_hash(self) -> bytes:
+        return self.core.handshake_hash
+
+    @property
+    def initiator(self) -> bool:
+        return self.core.initiator
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.is_set()
+
+    # -- channels ----------------------------------------------------------------------------
+
+    async def open_channel(self, key: Key, handshake: bytes = b"") -> Channel:
+        """Open a channel and wait until the peer opens its half (ChannelClosedError if it
+        refuses or the connection ends)."""
+        if self.is_closed:
+            raise ChannelClosedError("connection is closed")
+        if key in self._channels:
+            raise LocalError(f"channel {key!r} is already open")
+        channel = Channel(self, key)
+        events = self.mux.open(key, handshake)  # LocalError before registering
+        self._channels[key] = channel
+        self._handle_mux_events(events)
+        await self._flush()
+        await channel._settled.wait()
+        if not channel.opened.is_set() or channel.closed.is_set():
+            raise ChannelClosedError(f"channel {key!r} was refused or the connection ended")
+        return channel
+
+    def _mux_send(self, key: Key, data: bytes) -> None:
+        if self.is_closed:
+            raise ChannelClosedError("connection is closed")
+        self.mux.send(key, data)
+        self._pump()
+
+    def _mux_close(self, key: Key) -> None:
+        if self.is_closed:
+            return
+        self.mux.close(key)
+        self._pump()
+
+    # -- moving bytes ------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Move mux frames into the encrypted stream (synchronously, so order is kept)."""
+        frames = self.mux.frames_to_send()
+        if self.core.can_send:
+            for frame in frames:
+                self.core.send(frame)
+        if self.core.pending_bytes:
+            self._wake_writer.set()
+
+    async def _flush(self) -> None:
+        """Backpressure for senders: wait while too much is queued for the socket."""
+        while self.core.pending_bytes > HIGH_WATER and not self.is_closed:
+            await self._progress.wait()
+        await trio.lowlevel.checkpoint()
+        if self.is_closed:
+            raise ChannelClosedError("connection is closed")
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            data = self.core.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+            self._progress.set()
+            self._progress = trio.Event()
+
+    async def _reader(self) -> None:
+        while not self._peer_closed.is_set():
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+            self._handle_events(self.core.receive_data(data))
+        # The peer ended its direction: our FINAL is queued (see _handle_events); let the
+        # writer deliver it, then the connection is over.
+        while self.core.pending_bytes:
+            await self._progress.wait()
+
+    async def _run(self, pending: list[Event], task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as tasks:
+                    self._tasks = tasks
+                    self._handle_events(pending)
+                    tasks.start_soon(self._writer)
+                    task_status.started()
+                    await self._reader()
+                    tasks.cancel_scope.cancel()
+        except ProtocolError as exc:
+            log.warning("closing connection to %s: %s", _short(self.core), exc)
+            self.error = exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.error = ChannelClosedError(f"connection lost: {exc!r}")
+        except AutobaseError as exc:
+            log.warning("closing connection to %s: %s", _short(self.core), exc)
+            self.error = exc
+        finally:
+            self._finish()
+            with trio.CancelScope(shield=True):
+                await self._close_stream()
+
+    def _handle_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Message):
+                self._handle_mux_events(self.mux.receive_frame(event.data))
+            elif isinstance(event, PeerClosed):
+                self._peer_closed.set()
+                self._close_channels()
+                if not self.core.local_closed:
+                    self.core.close()  # answer with our FINAL so the peer can finish too
+                    self._wake_writer.set()
+            elif isinstance(event, Established):  # pragma: no cover - consumed by handshake
+                pass
+
+    def _handle_mux_events(self, events: list[MuxEvent]) -> None:
+        for event in events:
+            if isinstance(event, ChannelMessage):
+                channel = self._channels.get(event.key)
+                if channel is not None:
+                    try:
+                        channel._send.send_nowait(event.data)
+                    except trio.WouldBlock:
+                        # A consumer that does not keep up loses its channel, not the node.
+                        log.warning("channel %r overflowed; closing it", event.key)
+                        channel._mark_closed()
+                        self.mux.close(event.key)
+            elif isinstance(event, ChannelOpened):
+                channel = self._channels.get(event.key)
+                if channel is not None:
+                    channel._mark_opened(event.handshake)
+            elif isinstance(event, ChannelRequested):
+                self._answer_request(event)
+            elif isinstance(event, ChannelClosed):
+                channel = self._channels.get(event.key)
+                if channel is not None:
+                    channel._mark_closed()
+        self._pump()
+
+    def _answer_request(self, event: ChannelRequested) -> None:
+        handler = self.protocols.get(event.key[0])
+        if handler is None or self._tasks is None or self.is_closed:
+            log.info("refusing channel %r from %s", event.key, _short(self.core))
+            self.mux.reject(event.key)
+            return
+        channel = Channel(self, event.key)
+        self._channels[event.key] = channel
+        self.mux.open(event.key)
+        channel._mark_opened(event.handshake)
+        self._tasks.start_soon(self._run_handler, handler, channel)
+
+    async def _run_handler(self, handler: ChannelHandler, channel: Channel) -> None:
+        try:
+            await handler(channel)
+        except ChannelClosedError:
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def _close_channels(self) -> None:
+        for channel in list(self._channels.values()):
+            channel._mark_closed()
+
+    def _finish(self) -> None:
+        self._close_channels()
+        self._peer_closed.set()
+        self.closed.set()
+        self._progress.set()
+
+    async def _close_stream(self) -> None:
+        if not self._stream_closed:
+            self._stream_closed = True
+            await self.stream.aclose()
+
+    async def aclose(self) -> None:
+        """Close gracefully: close channels, send FINAL, wait for the peer's, drop the socket."""
+        with trio.CancelScope(shield=True):
+            if not self.closed.is_set():
+                for key in list(self._channels):
+                    self.mux.close(key)
+                self._close_channels()
+                self._pump()
+                self.core.close()
+                self._wake_writer.set()
+                with trio.move_on_after(self.close_timeout):
+                    await self._peer_closed.wait()
+            self._finish()
+            self._scope.cancel()
+            await self._close_stream()
+
+
+def _short(core: SecureConnection) -> str:
+    try:
+        return core.remote_public_key.hex()[:16]
+    except LocalError:
+        return "(handshaking peer)"
+
+
+async def handshake(
+    stream: trio.abc.Stream,
+    key_pair: crypto.KeyPair,
+    *,
+    initiator: bool,
+    expected_remote_key: bytes | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> tuple[SecureConnection, list[Event]]:
+    """Run the handshake on ``stream``; returns the core and events that arrived with it.
+
+    Raises HandshakeError/ProtocolError on a bad peer and TimedOutError past the deadline.
+    """
+    core = SecureConnection(
+        key_pair,
+        initiator=initiator,
+        now=trio.current_time(),
+        expected_remote_key=expected_remote_key,
+        handshake_timeout=handshake_timeout,
+    )
+    events: list[Event] = []
+    deadline = core.deadline if core.deadline is not None else math.inf
+    with trio.move_on_at(deadline):
+        try:
+            if initiator:
+                await stream.send_all(core.data_to_send())
+            while core.result is None:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                events = core.receive_data(data)
+                out = core.data_to_send()
+                if out:
+                    await stream.send_all(out)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ProtocolError(f"connection broken during the handshake: {exc!r}") from exc
+        return core, [e for e in events if not isinstance(e, Established)]
+    core.handle_timer(trio.current_time())
+    raise TimedOutError("handshake timed out")  # pragma: no cover - handle_timer raised
+
+
+@asynccontextmanager
+async def open_connection(
+    stream: trio.abc.Stream,
+    key_pair: crypto.KeyPair,
+    *,
+    initiator: bool,
+    expected_remote_key: bytes | None = None,
+    protocols: Mapping[str, ChannelHandler] | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+) -> AsyncIterator[Connection]:
+    """Handshake on ``stream`` and yield the live connection; closes it gracefully on exit.
+
+    On a failed handshake the stream is closed and the error (HandshakeError, ProtocolError,
+    TimedOutError) is raised.
+    """
+    try:
+        core, pending = await handshake(
+            stream,
+            key_pair,
+            initiator=initiator,
+            expected_remote_key=expected_remote_key,
+            handshake_timeout=handshake_timeout,
+        )
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    async with trio.open_nursery() as nursery:
+        conn = Connection(
+            stream,
+            core,
+            protocols=protocols or {},
+            close_timeout=close_timeout,
+            max_channels=max_channels,
+        )
+        await nursery.start(conn._run, pending)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+
+
+__all__ = ["Channel", "ChannelHandler", "Connection", "handshake", "open_connection"]
