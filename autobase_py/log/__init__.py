@@ -1,0 +1,53 @@
+"""The signed append-only log: Hypercore's Merkle rules, proofs, and a SQLite-backed Log.
+
+Modules: ``flat_tree`` (node numbering), ``merkle`` (hashes, tree hash, signable, manifest),
+``proof`` (proof types, wire form, pure verification), ``core`` (the :class:`Log`).
+See ``docs/log.md`` for the proof semantics.
+"""
+
+from __future__ import annotations
+
+from .core import Log, ProofMismatchError
+from .merkle import (
+    DEFAULT_NAMESPACE,
+    MANIFEST,
+    TREE,
+    Manifest,
+    Node,
+    Signer,
+    leaf_hash,
+    parent_hash,
+    signable,
+    tree_hash,
+)
+from .proof import (
+    BlockProof,
+    Proof,
+    UpgradeProof,
+    decode_proof,
+    encode_proof,
+    verify_block_path,
+    verify_roots_against,
+)
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "MANIFEST",
+    "TREE",
+    "BlockProof",
+    "Log",
+    "Manifest",
+    "Node",
+    "Proof",
+    "ProofMismatchError",
+    "Signer",
+    "UpgradeProof",
+    "decode_proof",
+    "encode_proof",
+    "leaf_hash",
+    "parent_hash",
+    "signable",
+    "tree_hash",
+    "verify_block_path",
+    "verify_roots_against",
+]

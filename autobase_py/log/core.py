@@ -1,0 +1,443 @@
+"""The signed append-only log (the Hypercore equivalent) on top of :class:`Storage`.
+
+Theory of operation
+-------------------
+State. A log's header (length, fork, byte length, signature, frozen) lives in the ``logs`` row;
+blocks and tree nodes live in their own tables, so memory holds only the header and the roots
+of the current length (at most 64 nodes). A *writable* log holds its signer's key pair and
+stores every block and every node; a *replica* knows only the key until a proof brings the
+manifest, and may be sparse: it stores the blocks it was sent plus every node it verified
+(the roots of its length, upgrade nodes, and the uncles on each block's path).
+
+Invariant: every stored node is trusted (verified against a signed tree or computed locally),
+and the roots of the current length are stored. That is what lets a replica verify a block
+proof by hashing up to *any* stored node, and serve proofs for the blocks it holds.
+
+Writes. ``append`` hashes the new leaves, folds completed subtrees into parents (a new length
+``n`` folds ``trailing_zeros(n)`` times), signs the new tree hash once per call, and writes
+blocks, nodes and header in one storage transaction (joining the caller's if one is open).
+``truncate`` cuts blocks and the nodes whose span reaches past the cut, bumps the fork and
+re-signs. ``apply_proof`` verifies everything (manifest, fork, upgrade nodes, signature, block
+path) with pure functions from :mod:`.proof` before it touches storage, then stores the result
+in one transaction. In-memory state changes only inside those transactions and the log enlists
+in them, so a rollback anywhere reloads it from disk.
+
+Equivocation. A valid signature for the replica's own (length, fork) over a different tree hash
+freezes the log (persisted) and raises :class:`EquivocationError`; every later write raises
+:class:`LogFrozenError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import cast
+
+from .. import crypto
+from ..errors import (
+    BlockNotAvailableError,
+    DecodeError,
+    EquivocationError,
+    InvalidProofError,
+    InvalidSignatureError,
+    LocalError,
+    LogFrozenError,
+    NotWritableError,
+    OutOfRangeError,
+)
+from ..storage import LogRow, Storage
+from . import flat_tree
+from .merkle import Manifest, Node, signable, tree_hash
+from .proof import (
+    BlockProof,
+    Proof,
+    ProofNode,
+    UpgradeProof,
+    derive_roots,
+    upgrade_walk,
+    verify_block_path,
+)
+
+
+class ProofMismatchError(InvalidProofError):
+    """The proof was built for another state of this replica (an older fork, another start
+    length): nothing is wrong with the sender, ask again with the current length."""
+
+    code = "PROOF_MISMATCH"
+
+
+class Log:
+    """A signed append-only log stored in a :class:`Storage`. Create with :meth:`create`
+    (writable, from a key pair) or :meth:`replica` (from a key), or through ``Store.get``."""
+
+    def __init__(self, storage: Storage, row: LogRow, key_pair: crypto.KeyPair | None) -> None:
+        self.storage = storage
+        self._id = row.id
+        self.key = row.key
+        self.discovery_key = crypto.discovery_key(row.key)
+        self.key_pair = key_pair
+        self.name = row.name
+        self.manifest: Manifest | None = None
+        self.length = 0
+        self.fork = 0
+        self.byte_length = 0
+        self.signature: bytes | None = None
+        self.frozen = False
+        self._roots: list[Node] = []
+        self._load(row)
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, storage: Storage, key_pair: crypto.KeyPair, name: str | None = None
+    ) -> Log:
+        """Open (or create) the writable log whose signer is ``key_pair``."""
+        manifest = Manifest.single(key_pair.public_key)
+        key = manifest.key()
+        row = storage.find_log(key=key)
+        if row is None:
+            row = storage.create_log(key, manifest.encode(), name)
+        elif row.manifest is None:
+            storage.set_manifest(row.id, manifest.encode())
+            row.manifest = manifest.encode()
+        return cls(storage, row, key_pair)
+
+    @classmethod
+    def replica(cls, storage: Storage, key: bytes) -> Log:
+        """Open (or create) a replica of the log ``key``; it learns the manifest from proofs."""
+        if len(key) != crypto.PUBLIC_KEY_BYTES:
+            raise OutOfRangeError(f"log key must be 32 bytes, got {len(key)}")
+        row = storage.find_log(key=key)
+        if row is None:
+            row = storage.create_log(key, None)
+        return cls(storage, row, None)
+
+    def _load(self, row: LogRow) -> None:
+        self.manifest = None if row.manifest is None else Manifest.decode(row.manifest)
+        self.length = row.length
+        self.fork = row.fork
+        self.byte_length = row.byte_length
+        self.signature = row.signature
+        self.frozen = row.frozen
+        self._roots = self._stored_roots(row.length)
+
+    def reload(self) -> None:
+        """Re-read the header and roots from storage (after a rolled-back transaction)."""
+        row = self.storage.find_log(key=self.key)
+        if row is None:  # the log's creation itself was rolled back
+            self.length = self.fork = self.byte_length = 0
+            self.signature = None
+            self._roots = []
+            return
+        self._id = row.id
+        self._load(row)
+
+    def _stored_roots(self, length: int) -> list[Node]:
+        roots = []
+        for index in flat_tree.full_roots(length):
+            found = self.storage.get_node(self._id, index)
+            if found is None:
+                raise BlockNotAvailableError(f"tree node {index} for length {length} not stored")
+            roots.append(Node(index, found[0], found[1]))
+        return roots
+
+    # --- reading -----------------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        return self.key_pair is not None
+
+    def __repr__(self) -> str:
+        return f"Log(key={self.key.hex()[:16]}.., length={self.length}, fork={self.fork})"
+
+    def get(self, index: int) -> bytes:
+        if not 0 <= index < self.length:
+            raise BlockNotAvailableError(f"block {index} is past the log's length {self.length}")
+        block = self.storage.get_block(self._id, index)
+        if block is None:
+            raise BlockNotAvailableError(f"block {index} is not stored locally")
+        return block
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self.length and self.storage.has_block(self._id, index)
+
+    def roots(self, length: int | None = None) -> list[Node]:
+        """The roots of ``length`` (default: the current length)."""
+        if length is None or length == self.length:
+            return list(self._roots)
+        if not 0 <= length <= self.length:
+            raise OutOfRangeError(f"length {length} is past the log's length {self.length}")
+        return self._stored_roots(length)
+
+    def tree_hash(self, length: int | None = None) -> bytes:
+        return tree_hash(self.roots(length))
+
+    def signable(self) -> bytes:
+        """The 112 bytes the current signature covers."""
+        return signable(self.key, tree_hash(self._roots), self.length, self.fork)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _check_writable(self) -> crypto.KeyPair:
+        if self.frozen:
+            raise LogFrozenError(f"log {self.key.hex()[:16]} is frozen after equivocation")
+        if self.key_pair is None:
+            raise NotWritableError("this log is a replica; it has no signing key")
+        return self.key_pair
+
+    def append(self, blocks: Sequence[bytes]) -> int:
+        """Append ``blocks`` under one signature; return the new length."""
+        key_pair = self._check_writable()
+        if isinstance(cast(object, blocks), (bytes, bytearray)):
+            raise LocalError("append takes a sequence of blocks, not one bytes object")
+        if not blocks:
+            return self.length
+        roots = list(self._roots)
+        nodes: list[tuple[int, int, bytes]] = []
+        length = self.length
+        byte_length = self.byte_length
+        blake2b = hashlib.blake2b
+        for block in blocks:
+            if not isinstance(block, bytes):
+                raise LocalError(f"blocks must be bytes, got {type(block).__name__}")
+            size = len(block)
+            index = 2 * length
+            digest = blake2b(
+                b"\x00" + size.to_bytes(8, "little") + block, digest_size=32
+            ).digest()
+            nodes.append((index, size, digest))
+            byte_length += size
+            length += 1
+            folds = (length & -length).bit_length() - 1
+            depth = 0
+            while folds:
+                left = roots.pop()
+                index = left.index + (1 << depth)  # parent of a left child at this depth
+                total = left.size + size
+                digest = blake2b(
+                    b"\x01" + total.to_bytes(8, "little") + left.hash + digest, digest_size=32
+                ).digest()
+                size = total
+                nodes.append((index, size, digest))
+                depth += 1
+                folds -= 1
+            roots.append(Node(index, size, digest))
+        signature = crypto.sign(
+            signable(self.key, tree_hash(roots), length, self.fork), key_pair.secret_key
+        )
+        storage = self.storage
+        with storage.transaction():
+            storage.enlist(self)
+            storage.put_blocks(self._id, self.length, blocks)
+            storage.put_nodes(self._id, nodes)
+            storage.write_header(self._id, length, self.fork, byte_length, signature)
+            self.length = length
+            self.byte_length = byte_length
+            self.signature = signature
+            self._roots = roots
+        return length
+
+    def truncate(self, length: int) -> None:
+        """Cut the log to ``length`` blocks, bump the fork and re-sign (writable logs only)."""
+        key_pair = self._check_writable()
+        if not 0 <= length <= self.length:
+            raise OutOfRangeError(f"cannot truncate to {length}: the length is {self.length}")
+        roots = self._stored_roots(length)
+        fork = self.fork + 1
+        signature = crypto.sign(
+            signable(self.key, tree_hash(roots), length, fork), key_pair.secret_key
+        )
+        byte_length = sum(r.size for r in roots)
+        storage = self.storage
+        with storage.transaction():
+            storage.enlist(self)
+            storage.truncate_log(self._id, length, flat_tree.straddlers(length))
+            storage.write_header(self._id, length, fork, byte_length, signature)
+            self.length = length
+            self.fork = fork
+            self.byte_length = byte_length
+            self.signature = signature
+            self._roots = roots
+
+    # --- proofs ------------------------------------------------------------------------------
+
+    def _node(self, index: int) -> ProofNode:
+        found = self.storage.get_node(self._id, index)
+        if found is None:
+            raise BlockNotAvailableError(f"tree node {index} is not stored; cannot prove")
+        return found
+
+    def proof(self, index: int | None, upgrade_from: int | None = None) -> Proof:
+        """A proof for block ``index`` and/or an upgrade from ``upgrade_from`` to our length.
+
+        ``upgrade_from`` is the verifier's current length at our fork (0 for a fresh replica or
+        one on an older fork): the proof then carries what derives our roots from its roots,
+        plus our signature (and the manifest when it is 0). With an upgrade, the block's uncles
+        stop at the first node the verifier will trust after it. Without one, they run up to
+        our root over the block; a verifier that trusts any length > ``index`` finds a trusted
+        node on the way (its own root over the block) and ignores the rest.
+        """
+        upgrade = None
+        target: set[int]
+        if upgrade_from is not None:
+            if not 0 <= upgrade_from <= self.length:
+                raise OutOfRangeError(
+                    f"cannot upgrade from {upgrade_from}: the length is {self.length}"
+                )
+            if self.signature is None:
+                raise BlockNotAvailableError("this log has no signed length to prove")
+            sent: list[ProofNode] = []
+            target = set()
+            for step, node in upgrade_walk(upgrade_from, self.length):
+                target.add(node)
+                if step == "sent":
+                    sent.append(self._node(node))
+            upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
+        else:
+            target = {r.index for r in self._roots}
+        block = None
+        if index is not None:
+            value = self.get(index)
+            uncles: list[ProofNode] = []
+            node = 2 * index
+            while node not in target:
+                uncles.append(self._node(flat_tree.sibling(node)))
+                node = flat_tree.parent(node)
+            block = BlockProof(index, value, tuple(uncles))
+        manifest = None
+        if upgrade_from == 0 and self.manifest is not None:
+            manifest = self.manifest.encode()
+        return Proof(fork=self.fork, block=block, upgrade=upgrade, manifest=manifest)
+
+    def apply_proof(self, proof: Proof, *, trusted_tree_hash: bytes | None = None) -> None:
+        """Verify ``proof`` completely, then store what it proves in one transaction.
+
+        Raises InvalidProofError / InvalidSignatureError (ProofMismatchError when the proof was
+        made for another state of this replica), or EquivocationError (the log is then frozen);
+        on any error nothing is stored. With ``trusted_tree_hash`` the upgrade is checked
+        against that hash (from a quorum certificate) instead of requiring a valid signature.
+        """
+        if self.frozen:
+            raise LogFrozenError(f"log {self.key.hex()[:16]} is frozen after equivocation")
+        manifest, new_manifest = self._proof_manifest(proof)
+        if proof.fork < self.fork:
+            raise ProofMismatchError(f"proof is for fork {proof.fork}; the log is at {self.fork}")
+        fork_change = proof.fork > self.fork
+        trusted: dict[int, ProofNode] = {}
+        learned: list[Node] = []
+        header: tuple[int, int, bytes | None] | None = None  # (length, byte length, signature)
+        length = self.length
+        if proof.upgrade is not None:
+            header = self._verify_upgrade(
+                proof.upgrade,
+                fork=proof.fork,
+                fork_change=fork_change,
+                manifest=manifest,
+                trusted_tree_hash=trusted_tree_hash,
+                learned=learned,
+            )
+            length = header[0]
+            for node in learned:
+                trusted[node.index] = (node.size, node.hash)
+        elif fork_change:
+            raise ProofMismatchError("a proof from a newer fork must carry an upgrade from 0")
+        block = proof.block
+        if block is not None:
+            if block.index >= length:
+                raise InvalidProofError(f"block {block.index} is past the proven length {length}")
+            storage_node = self.storage.get_node
+            log_id = self._id
+
+            def lookup(index: int) -> ProofNode | None:
+                found = trusted.get(index)
+                if found is None and not fork_change:
+                    found = storage_node(log_id, index)
+                return found
+
+            learned.extend(verify_block_path(block, lookup))
+        # Everything is verified: store it.
+        storage = self.storage
+        with storage.transaction():
+            storage.enlist(self)
+            if fork_change:
+                storage.truncate_log(self._id, 0, ())
+            if new_manifest is not None:
+                storage.set_manifest(self._id, new_manifest)
+            if learned:
+                storage.put_nodes(self._id, [(n.index, n.size, n.hash) for n in learned])
+            if block is not None:
+                storage.put_block(self._id, block.index, block.value)
+            if header is not None:
+                storage.write_header(self._id, header[0], proof.fork, header[1], header[2])
+                self.reload()
+
+    def _proof_manifest(self, proof: Proof) -> tuple[Manifest, bytes | None]:
+        """(the manifest to verify with, its bytes if newly learned from this proof)."""
+        if self.manifest is not None:
+            if proof.manifest is not None and proof.manifest != self.manifest.encode():
+                raise InvalidProofError("proof carries a different manifest")
+            return self.manifest, None
+        if proof.manifest is None:
+            raise ProofMismatchError("the replica does not know the manifest; upgrade from 0")
+        try:
+            manifest = Manifest.decode(proof.manifest)
+        except DecodeError as exc:
+            raise InvalidProofError(f"proof carries a bad manifest: {exc.message}") from exc
+        if manifest.key() != self.key:
+            raise InvalidProofError("manifest does not hash to the log key")
+        return manifest, proof.manifest
+
+    def _verify_upgrade(
+        self,
+        upgrade: UpgradeProof,
+        *,
+        fork: int,
+        fork_change: bool,
+        manifest: Manifest,
+        trusted_tree_hash: bytes | None,
+        learned: list[Node],
+    ) -> tuple[int, int, bytes | None]:
+        """Check an upgrade; append its new nodes to ``learned``; return the new header."""
+        # Accepted shapes: a newer fork from 0; an extension from our length; a restatement
+        # of our own length from 0 (what exposes an equivocating signer).
+        if fork_change:
+            if upgrade.start != 0:
+                raise ProofMismatchError("an upgrade to a newer fork must start at 0")
+        elif upgrade.start != self.length and not (
+            upgrade.start == 0 and upgrade.length == self.length
+        ):
+            raise ProofMismatchError(
+                f"upgrade {upgrade.start}->{upgrade.length} does not start at the replica's "
+                f"length {self.length}"
+            )
+        old = {r.index: (r.size, r.hash) for r in self._roots}
+        roots, new_nodes = derive_roots(upgrade.start, upgrade.length, upgrade.nodes, old.get)
+        tree = tree_hash(roots)
+        message = signable(self.key, tree, upgrade.length, fork)
+        signed = crypto.verify(message, upgrade.signature, manifest.public_key)
+        if trusted_tree_hash is not None:
+            if tree != trusted_tree_hash:
+                raise InvalidProofError("upgrade roots do not match the trusted tree hash")
+        elif not signed:
+            raise InvalidSignatureError(f"bad signature for length {upgrade.length}, fork {fork}")
+        same_point = not fork_change and upgrade.length == self.length and self.length > 0
+        if same_point and signed and tree != tree_hash(self._roots):
+            self._freeze()
+            raise EquivocationError(
+                f"two signed trees for length {self.length}, fork {fork}: log frozen"
+            )
+        learned.extend(new_nodes)
+        signature = upgrade.signature if signed else None
+        return upgrade.length, sum(r.size for r in roots), signature
+
+    def _freeze(self) -> None:
+        with self.storage.transaction():
+            self.storage.enlist(self)
+            self.storage.write_header(
+                self._id, self.length, self.fork, self.byte_length, self.signature, frozen=True
+            )
+            self.frozen = True
+
+
+__all__ = ["Log", "ProofMismatchError"]

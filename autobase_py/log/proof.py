@@ -1,0 +1,262 @@
+"""Proofs: what a log sends so that a replica can verify blocks and newer lengths.
+
+Theory of operation
+-------------------
+A replica *trusts* a set of tree nodes: every node it has stored was verified before storing,
+and the roots of its current length are signed (their tree hash is covered by the writer's
+signature). A proof extends that trust in two ways.
+
+**Upgrade** ``(start, length, nodes, signature)``: "the log at ``length`` (with the proof's
+fork) has this signature". The verifier knows the roots of ``start`` (its own length). Every
+root of ``length`` is, recursively, either a root of ``start`` (known), a node lying wholly past
+block ``start - 1`` (sent: its size and hash are in ``nodes``), or a node straddling the old end,
+whose hash is computed from its two children. ``nodes`` lists the sent nodes in that depth-first,
+left-to-right order, so no indices travel: they follow from ``(start, length)``. From the roots
+the verifier computes the tree hash and checks the signature over the 112-byte signable. Because
+the old roots are inputs, a verified upgrade also proves that the new tree extends the old one.
+``start = 0`` sends the roots themselves (a fresh replica, or a replica following a new fork).
+
+**Block** ``(index, value, nodes)``: the block and its uncles (sizes and hashes of the siblings
+on the path from leaf ``2*index`` upward, nearest first). The verifier hashes upward and stops at
+the first node it trusts (a stored node, or one the upgrade in the same proof made trusted); the
+computed node must equal the trusted one (size and hash). Uncles past that point are unused and
+ignored; a path that runs out of uncles before reaching trust is invalid.
+
+A proof carries the manifest when ``start == 0`` so that a replica that knows only the log key
+can check ``hash(manifest) == key`` and learn the public key.
+
+The functions here are pure: trust is passed in as a lookup function, so a reader can verify a
+block against roots whose tree hash came from a quorum certificate instead of a signature
+(:func:`verify_roots_against` + :func:`verify_block_path`).
+
+Wire form (canonical CBOR): ``{"fork": u, "block": [index, value, [[size, hash]...]] | null,
+"upgrade": [start, length, [[size, hash]...], signature] | null, "manifest": bytes | null}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .. import encoding
+from ..errors import DecodeError, InvalidProofError
+from . import flat_tree
+from .merkle import Node, leaf_hash, parent_hash, tree_hash
+
+MAX_UINT = (1 << 53) - 1
+MAX_PROOF_NODES = 256
+
+ProofNode = tuple[int, bytes]  # (size, hash)
+Lookup = Callable[[int], ProofNode | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockProof:
+    index: int
+    value: bytes
+    nodes: tuple[ProofNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeProof:
+    start: int
+    length: int
+    nodes: tuple[ProofNode, ...]
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    fork: int
+    block: BlockProof | None = None
+    upgrade: UpgradeProof | None = None
+    manifest: bytes | None = None
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def _nodes_out(nodes: tuple[ProofNode, ...]) -> list[list[Any]]:
+    return [[size, h] for size, h in nodes]
+
+
+def encode_proof(proof: Proof) -> bytes:
+    block = None
+    if proof.block is not None:
+        b = proof.block
+        block = [b.index, b.value, _nodes_out(b.nodes)]
+    upgrade = None
+    if proof.upgrade is not None:
+        u = proof.upgrade
+        upgrade = [u.start, u.length, _nodes_out(u.nodes), u.signature]
+    return encoding.encode(
+        {"fork": proof.fork, "block": block, "upgrade": upgrade, "manifest": proof.manifest}
+    )
+
+
+def _uint(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_UINT:
+        raise DecodeError(f"proof: {what} must be an unsigned integer")
+    return value
+
+
+def _fixed(value: Any, size: int, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise DecodeError(f"proof: {what} must be {size} bytes")
+    return value
+
+
+def _nodes_in(value: Any, what: str) -> tuple[ProofNode, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_NODES:
+        raise DecodeError(f"proof: {what} must be a list of at most {MAX_PROOF_NODES} nodes")
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise DecodeError(f"proof: each of {what} must be [size, hash]")
+        out.append((_uint(item[0], "node size"), _fixed(item[1], 32, "node hash")))
+    return tuple(out)
+
+
+def decode_proof(data: bytes) -> Proof:
+    """The proof in ``data``; DecodeError for anything :func:`encode_proof` cannot produce."""
+    obj = encoding.expect_map(encoding.decode(data), "proof")
+    if set(obj) != {"fork", "block", "upgrade", "manifest"}:
+        raise DecodeError("proof: expected exactly fork, block, upgrade, manifest")
+    fork = _uint(obj["fork"], "fork")
+    block = None
+    raw_block = obj["block"]
+    if raw_block is not None:
+        if not isinstance(raw_block, list) or len(raw_block) != 3:
+            raise DecodeError("proof: block must be [index, value, nodes]")
+        if not isinstance(raw_block[1], bytes):
+            raise DecodeError("proof: block value must be bytes")
+        block = BlockProof(
+            _uint(raw_block[0], "block index"), raw_block[1], _nodes_in(raw_block[2], "uncles")
+        )
+    upgrade = None
+    raw_upgrade = obj["upgrade"]
+    if raw_upgrade is not None:
+        if not isinstance(raw_upgrade, list) or len(raw_upgrade) != 4:
+            raise DecodeError("proof: upgrade must be [start, length, nodes, signature]")
+        upgrade = UpgradeProof(
+            _uint(raw_upgrade[0], "upgrade start"),
+            _uint(raw_upgrade[1], "upgrade length"),
+            _nodes_in(raw_upgrade[2], "upgrade nodes"),
+            _fixed(raw_upgrade[3], 64, "signature"),
+        )
+    manifest = obj["manifest"]
+    if manifest is not None and not isinstance(manifest, bytes):
+        raise DecodeError("proof: manifest must be bytes")
+    return Proof(fork=fork, block=block, upgrade=upgrade, manifest=manifest)
+
+
+# --- upgrades -------------------------------------------------------------------------------
+
+
+def upgrade_walk(start: int, length: int) -> Iterator[tuple[str, int]]:
+    """The derivation of ``length``'s roots from ``start``'s, as ("old"|"sent"|"join", index)
+    steps in post-order: old roots and sent nodes are leaves of the walk, a join combines the
+    two most recent results into their parent."""
+    boundary = 2 * start
+
+    def visit(node: int) -> Iterator[tuple[str, int]]:
+        if flat_tree.right_span(node) < boundary:
+            yield ("old", node)
+        elif flat_tree.left_span(node) >= boundary:
+            yield ("sent", node)
+        else:
+            kids = flat_tree.children(node)
+            assert kids is not None  # a leaf cannot straddle
+            yield from visit(kids[0])
+            yield from visit(kids[1])
+            yield ("join", node)
+
+    for root in flat_tree.full_roots(length):
+        yield from visit(root)
+
+
+def derive_roots(
+    start: int, length: int, nodes: tuple[ProofNode, ...], old: Lookup
+) -> tuple[list[Node], list[Node]]:
+    """(roots of ``length``, every new node learned) from the sent ``nodes`` and the trusted
+    roots of ``start`` (``old(index)``); InvalidProofError when the nodes do not fit."""
+    if length < start:
+        raise InvalidProofError(f"upgrade to {length} is shorter than its start {start}")
+    stack: list[Node] = []
+    learned: list[Node] = []
+    sent = iter(nodes)
+    roots = set(flat_tree.full_roots(length))
+    for step, index in upgrade_walk(start, length):
+        if step == "old":
+            known = old(index)
+            if known is None:
+                raise InvalidProofError(f"upgrade needs node {index}, which is not trusted")
+            stack.append(Node(index, known[0], known[1]))
+        elif step == "sent":
+            item = next(sent, None)
+            if item is None:
+                raise InvalidProofError("upgrade carries too few nodes")
+            node = Node(index, item[0], item[1])
+            stack.append(node)
+            learned.append(node)
+        else:
+            right = stack.pop()
+            left = stack.pop()
+            node = Node(index, left.size + right.size, parent_hash(left, right))
+            stack.append(node)
+            learned.append(node)
+    if next(sent, None) is not None:
+        raise InvalidProofError("upgrade carries too many nodes")
+    assert [n.index for n in stack] == sorted(roots, key=flat_tree.left_span)
+    return stack, learned
+
+
+def verify_roots_against(roots: list[Node], expected_tree_hash: bytes) -> None:
+    """Check roots against a tree hash trusted from elsewhere (for example a certificate)."""
+    if tree_hash(roots) != expected_tree_hash:
+        raise InvalidProofError("roots do not match the trusted tree hash")
+
+
+# --- blocks ---------------------------------------------------------------------------------
+
+
+def verify_block_path(block: BlockProof, trusted: Lookup) -> list[Node]:
+    """Hash ``block`` up its uncles to the first trusted node; return the new nodes to store
+    (leaf, uncles, computed parents), or raise InvalidProofError."""
+    node = Node(2 * block.index, len(block.value), leaf_hash(block.value))
+    learned: list[Node] = []
+    uncles = iter(block.nodes)
+    while True:
+        known = trusted(node.index)
+        if known is not None:
+            if known != (node.size, node.hash):
+                raise InvalidProofError(f"block {block.index} does not match node {node.index}")
+            return learned
+        learned.append(node)
+        item = next(uncles, None)
+        if item is None:
+            raise InvalidProofError(f"proof of block {block.index} does not reach trusted nodes")
+        sibling = Node(flat_tree.sibling(node.index), item[0], item[1])
+        learned.append(sibling)
+        parent = flat_tree.parent(node.index)
+        if sibling.index < node.index:
+            node = Node(parent, sibling.size + node.size, parent_hash(sibling, node))
+        else:
+            node = Node(parent, node.size + sibling.size, parent_hash(node, sibling))
+        if parent >= 1 << 42:
+            raise InvalidProofError("proof path climbs past any possible root")
+
+
+__all__ = [
+    "BlockProof",
+    "Proof",
+    "ProofNode",
+    "UpgradeProof",
+    "decode_proof",
+    "derive_roots",
+    "encode_proof",
+    "upgrade_walk",
+    "verify_block_path",
+    "verify_roots_against",
+]

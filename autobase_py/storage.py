@@ -1,0 +1,393 @@
+"""The node's storage engine: one SQLite database per storage folder.
+
+Theory of operation
+-------------------
+A storage folder holds ``LOCK`` and ``db.sqlite`` (plus SQLite's ``-wal`` file). Opening takes
+``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``LOCK``; a second opener (another process, or a second
+``Storage.open`` in this one) gets :class:`StorageLockedError` naming the holder's pid. The
+database runs in WAL mode with ``locking_mode=EXCLUSIVE`` (no shared-memory index; nobody else
+may touch the file anyway).
+
+Transactions. Every write happens inside :meth:`Storage.transaction`, a re-entrant context
+manager: the outermost level runs ``BEGIN IMMEDIATE`` ... ``COMMIT``, inner levels are SQLite
+savepoints, so an exception caught between levels undoes only the inner level's writes. Logs
+and other in-memory caches *enlist* in the running transaction; whenever a level rolls back,
+every enlisted participant reloads its in-memory state from the database (which now holds the
+rolled-back state), so memory never runs ahead of disk. A write outside any transaction (a
+bare ``log.append``) opens its own, so it commits alone.
+
+fsync policy. ``synchronous=FULL``: each outermost COMMIT fsyncs the WAL before returning, so a
+returned ``append``/``put``/``transaction`` is durable against power loss and ``kill -9``. WAL
+checkpoints (copying the WAL into the main file) run automatically every ~1000 pages and fsync
+the main file; a crash during one is recovered from the WAL on the next open. Group commit is the
+caller's lever: many appends (of many logs) and records inside one ``transaction()`` cost one
+fsync. That is how the base commits an apply cycle, and how the throughput figures in
+``bench/log_bench.py`` are reached.
+
+Layout. Logs live in three tables keyed by one integer each (cheap rowid B-trees):
+``logs`` (one header row per log: key, manifest, name, length, fork, byte length, signature,
+frozen), ``blocks`` (rowid ``log_id << 40 | index``) and ``nodes`` (rowid ``log_id << 42 |
+flat index``, with size and hash). ``records`` is a small ordered key-value table (bytes ->
+bytes) for other modules' state (linearizer, system state); modules prefix their keys with their
+own name (``b"base/..."``). A Storage object is used by one thread at a time (callers may move
+calls to a worker thread with ``trio.to_thread.run_sync``, never two at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .errors import StorageClosedError, StorageError, StorageLockedError
+
+SCHEMA_VERSION = 1
+BLOCK_SHIFT = 40  # block index < 2**40
+NODE_SHIFT = 42  # flat node index < 2**42
+MAX_LOGS = 1 << 21  # log ids fit beside a node index in a signed 64-bit rowid
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    name TEXT UNIQUE,
+    manifest BLOB,
+    length INTEGER NOT NULL,
+    fork INTEGER NOT NULL,
+    byte_length INTEGER NOT NULL,
+    signature BLOB,
+    frozen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,
+                                  hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+class Participant(Protocol):
+    """Something holding in-memory state derived from the database (a Log)."""
+
+    def reload(self) -> None: ...
+
+
+@dataclass(slots=True)
+class LogRow:
+    """One log's header as stored."""
+
+    id: int
+    key: bytes
+    name: str | None
+    manifest: bytes | None
+    length: int
+    fork: int
+    byte_length: int
+    signature: bytes | None
+    frozen: bool
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+class Storage:
+    """One storage folder: an exclusive lock and one SQLite database holding every log."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = db
+        self._lock_fd = lock_fd
+        self._depth = 0
+        self._participants: dict[int, Participant] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Storage:
+        """Open (creating if needed) the storage folder at ``path`` and take its lock."""
+        folder = Path(path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(folder / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open storage folder {folder}: {exc}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(lock_fd)
+            raise StorageLockedError(
+                f"storage folder {folder} is in use (locked by process {holder}); "
+                "stop that process or use another folder"
+            ) from None
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            db = sqlite3.connect(
+                folder / "db.sqlite", isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(f"SQLite refused WAL mode (got {mode})")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StorageError(f"storage schema version {version} is not supported")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (sqlite3.Error, StorageError) as exc:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"cannot open database in {folder}: {exc}") from exc
+        return cls(folder, db, lock_fd)
+
+    def close(self) -> None:
+        """Close the database and release the folder's lock. Idempotent."""
+        if self._db is None:
+            return
+        db, self._db = self._db, None
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.close()
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageClosedError(f"storage {self.path} is closed")
+        return self._db
+
+    # --- transactions ------------------------------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def enlist(self, participant: Participant) -> None:
+        """Ask to be reloaded from disk if the running transaction (or a level of it) rolls back."""
+        self._participants[id(participant)] = participant
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Re-entrant transaction; the outermost level commits (one fsync), inner levels are
+        savepoints. Any exception rolls the level back and reloads enlisted participants."""
+        db = self.db
+        level = self._depth
+        try:
+            db.execute("BEGIN IMMEDIATE" if level == 0 else f"SAVEPOINT s{level}")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot begin transaction: {exc}") from exc
+        self._depth = level + 1
+        try:
+            yield
+        except BaseException as exc:
+            self._depth = level
+            self._rollback(level)
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"storage write failed: {exc}") from exc
+            raise
+        self._depth = level
+        try:
+            db.execute("COMMIT" if level == 0 else f"RELEASE s{level}")
+        except sqlite3.Error as exc:
+            self._rollback(level)
+            raise StorageError(f"commit failed: {exc}") from exc
+        if level == 0:
+            self._participants.clear()
+
+    def _rollback(self, level: int) -> None:
+        db = self._db
+        if db is not None and db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                if level == 0:
+                    db.execute("ROLLBACK")
+                else:
+                    db.execute(f"ROLLBACK TO s{level}")
+                    db.execute(f"RELEASE s{level}")
+        participants = list(self._participants.values())
+        if level == 0:
+            self._participants.clear()
+        for participant in participants:
+            participant.reload()
+
+    # --- records: a small ordered key-value table --------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        row = self.db.execute("SELECT value FROM records WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._write("INSERT OR REPLACE INTO records VALUES (?, ?)", (key, value))
+
+    def delete(self, key: bytes) -> None:
+        self._write("DELETE FROM records WHERE key = ?", (key,))
+
+    def delete_prefix(self, prefix: bytes) -> None:
+        self._write(*self._range_sql("DELETE FROM records", prefix))
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        """One statement: atomic by itself inside a transaction, its own commit outside one."""
+        if self._depth:
+            self.db.execute(sql, args)
+            return
+        with self.transaction():
+            self.db.execute(sql, args)
+
+    def iterate(self, prefix: bytes = b"", *, reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order."""
+        sql, args = self._range_sql("SELECT key, value FROM records", prefix)
+        sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        return [(bytes(k), bytes(v)) for k, v in self.db.execute(sql, args)]
+
+    @staticmethod
+    def _range_sql(head: str, prefix: bytes) -> tuple[str, tuple[bytes, ...]]:
+        end = _prefix_end(prefix)
+        if end is None:
+            return f"{head} WHERE key >= ?", (prefix,)
+        return f"{head} WHERE key >= ? AND key < ?", (prefix, end)
+
+    # --- log tables (used by autobase_py.log) ------------------------------------------------
+
+    def find_log(self, *, key: bytes | None = None, name: str | None = None) -> LogRow | None:
+        if key is not None:
+            row = self.db.execute("SELECT * FROM logs WHERE key = ?", (key,)).fetchone()
+        else:
+            row = self.db.execute("SELECT * FROM logs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return LogRow(
+            id=row[0],
+            key=bytes(row[1]),
+            name=row[2],
+            manifest=None if row[3] is None else bytes(row[3]),
+            length=row[4],
+            fork=row[5],
+            byte_length=row[6],
+            signature=None if row[7] is None else bytes(row[7]),
+            frozen=bool(row[8]),
+        )
+
+    def create_log(self, key: bytes, manifest: bytes | None, name: str | None = None) -> LogRow:
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT INTO logs (key, name, manifest, length, fork, byte_length, signature,"
+                " frozen) VALUES (?, ?, ?, 0, 0, 0, NULL, 0)",
+                (key, name, manifest),
+            )
+            log_id = cursor.lastrowid
+            if log_id is None or log_id >= MAX_LOGS:
+                raise StorageError("too many logs in one storage folder")
+        return LogRow(log_id, key, name, manifest, 0, 0, 0, None, False)
+
+    def write_header(
+        self,
+        log_id: int,
+        length: int,
+        fork: int,
+        byte_length: int,
+        signature: bytes | None,
+        *,
+        frozen: bool = False,
+    ) -> None:
+        self.db.execute(
+            "UPDATE logs SET length = ?, fork = ?, byte_length = ?, signature = ?, frozen = ?"
+            " WHERE id = ?",
+            (length, fork, byte_length, signature, int(frozen), log_id),
+        )
+
+    def set_manifest(self, log_id: int, manifest: bytes) -> None:
+        self.db.execute("UPDATE logs SET manifest = ? WHERE id = ?", (manifest, log_id))
+
+    def put_blocks(self, log_id: int, start: int, blocks: Iterable[bytes]) -> None:
+        base = (log_id << BLOCK_SHIFT) + start
+        self.db.executemany(
+            "INSERT OR REPLACE INTO blocks VALUES (?, ?)",
+            [(base + i, b) for i, b in enumerate(blocks)],
+        )
+
+    def put_block(self, log_id: int, index: int, block: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO blocks VALUES (?, ?)", ((log_id << BLOCK_SHIFT) + index, block)
+        )
+
+    def get_block(self, log_id: int, index: int) -> bytes | None:
+        row = self.db.execute(
+            "SELECT data FROM blocks WHERE id = ?", ((log_id << BLOCK_SHIFT) + index,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def has_block(self, log_id: int, index: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM blocks WHERE id = ?", ((log_id << BLOCK_SHIFT) + index,)
+        ).fetchone()
+        return row is not None
+
+    def put_nodes(self, log_id: int, nodes: Iterable[tuple[int, int, bytes]]) -> None:
+        """Store (flat index, size, hash) triples."""
+        base = log_id << NODE_SHIFT
+        self.db.executemany(
+            "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)",
+            [(base + i, s, h) for i, s, h in nodes],
+        )
+
+    def get_node(self, log_id: int, index: int) -> tuple[int, bytes] | None:
+        """(size, hash) of a stored node, or None."""
+        row = self.db.execute(
+            "SELECT size, hash FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + index,)
+        ).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def truncate_log(self, log_id: int, length: int, straddlers: Iterable[int]) -> None:
+        """Drop blocks at index >= length and nodes at flat index >= 2*length or in
+        ``straddlers`` (nodes below ``2*length`` whose span crosses the cut)."""
+        db = self.db
+        db.execute(
+            "DELETE FROM blocks WHERE id >= ? AND id < ?",
+            ((log_id << BLOCK_SHIFT) + length, (log_id + 1) << BLOCK_SHIFT),
+        )
+        db.execute(
+            "DELETE FROM nodes WHERE id >= ? AND id < ?",
+            ((log_id << NODE_SHIFT) + 2 * length, (log_id + 1) << NODE_SHIFT),
+        )
+        base = log_id << NODE_SHIFT
+        db.executemany("DELETE FROM nodes WHERE id = ?", [(base + i,) for i in straddlers])
+
+    def count_blocks(self, log_id: int) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM blocks WHERE id >= ? AND id < ?",
+            (log_id << BLOCK_SHIFT, (log_id + 1) << BLOCK_SHIFT),
+        ).fetchone()
+        return int(row[0])
+
+    def log_keys(self) -> list[tuple[bytes, str | None]]:
+        """(key, name) of every log in the folder, in creation order."""
+        return [(bytes(k), n) for k, n in self.db.execute("SELECT key, name FROM logs ORDER BY id")]
+
+
+__all__ = ["BLOCK_SHIFT", "NODE_SHIFT", "LogRow", "Participant", "Storage"]
