@@ -1,0 +1,450 @@
+"""Bee, Batch and Snapshot: the async face of the B+ tree stored in a log.
+
+Theory of operation
+-------------------
+The tree's root is always the last block of the log, so ``bee.version`` is just
+``log.length`` and a bee reads "at" a version by starting from block ``version - 1``. Writes go
+through a :class:`Batch`: ``put``/``delete`` only record the operation (they are synchronous);
+the operations are applied to a copy-on-write :class:`~.tree.TreeWriter` at the next async call
+on the batch, and ``flush`` seals the changed nodes into blocks and appends them with ONE
+``log.append`` call (one signature). A flush whose operations change nothing appends nothing.
+
+Read-your-writes: ``batch.get`` and ``batch.range`` read the batch's own tree, so they see the
+batch's pending puts and deletes (the registry's ``apply`` relies on it). A batch remembers the
+``(fork, length)`` of the log it started from; if the log moved underneath it (another batch
+flushed, or the log was truncated), the batch rebuilds its tree from the new root by replaying
+its operations in call order, so a flush never writes nodes that point into a stale tree.
+
+Caching and rollback: decoded nodes are cached by block index. Blocks below the length never
+change while the fork id stays the same, and a truncate always bumps the fork; so the bee
+compares ``log.fork`` with the fork its cache was filled under at the start of every operation
+and empties the cache when it differs. No stale node is ever read after a truncate, and reads
+simply continue from the new last block: truncating the log *is* rolling the bee back.
+
+Snapshots taken before a truncate: a snapshot records the log's tree hash at its version. After
+a fork change it stays readable exactly when the log still holds that version with the same
+tree hash (the truncate cut above it); otherwise every read raises
+:class:`SnapshotExpiredError`. A ``bee.range(...)`` iterator is pinned to the version at which it
+was created and, not holding a tree hash, raises :class:`SnapshotExpiredError` if the log's fork
+changes while it is being consumed.
+
+Sparse replicas: when the tree code needs a block the replica lacks it raises
+:class:`~.tree.BlockMissing`; the bee asks its :class:`~.source.BlockSource` for a proof, applies
+it with ``log.apply_proof`` (which verifies it, raising the log's typed verification error for a
+tampered block), and retries the operation. ``bee.blocks_fetched`` counts fetched blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..errors import (
+    AutobaseError,
+    LocalError,
+    NotWritableError,
+    OutOfRangeError,
+)
+from .node import Node, decode_node
+from .source import BeeLog, BlockSource
+from .tree import BlockMissing, RangeCursor, TreeWriter, lookup
+
+T = TypeVar("T")
+
+DEFAULT_LEAF_MAX = 32
+DEFAULT_INTERNAL_MAX = 64
+DEFAULT_CACHE_NODES = 32768
+
+
+class SnapshotExpiredError(OutOfRangeError):
+    """The log was truncated below a snapshot's version (or rewritten under it)."""
+
+    code = "SNAPSHOT_EXPIRED"
+
+
+class InvalidEntryError(LocalError):
+    """A key or value is not ``bytes``, or range arguments are inconsistent."""
+
+    code = "INVALID_ENTRY"
+
+
+def _check_bytes(what: str, value: object) -> None:
+    if type(value) is not bytes:
+        raise InvalidEntryError(f"bee {what} must be bytes, got {type(value).__name__}")
+
+
+def _check_bounds(bounds: tuple[bytes | None, ...], limit: int | None) -> None:
+    for bound in bounds:
+        if bound is not None:
+            _check_bytes("range bound", bound)
+    gt, gte, lt, lte = bounds
+    if gt is not None and gte is not None:
+        raise InvalidEntryError("pass at most one of gt and gte")
+    if lt is not None and lte is not None:
+        raise InvalidEntryError("pass at most one of lt and lte")
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise InvalidEntryError("limit must be a non-negative int or None")
+
+
+class RangeIterator:
+    """Async iterator of ``(key, value)`` pairs in key order (or reverse), up to ``limit``."""
+
+    def __init__(
+        self, bee: Bee, root: Callable[[], Node | None], cursor: RangeCursor, limit: int | None
+    ) -> None:
+        self._bee = bee
+        self._root = root
+        self._cursor = cursor
+        self._remaining = limit
+        self._buffer: list[tuple[bytes, bytes]] = []
+        self._next = 0
+
+    def __aiter__(self) -> RangeIterator:
+        return self
+
+    def _chunk(self) -> list[tuple[bytes, bytes]]:
+        return self._cursor.next_chunk(self._root(), self._bee._load)
+
+    async def __anext__(self) -> tuple[bytes, bytes]:
+        while self._next >= len(self._buffer):
+            if self._cursor.done or self._remaining == 0:
+                raise StopAsyncIteration
+            self._buffer = await self._bee._retry(self._chunk)
+            self._next = 0
+        if self._remaining is not None:
+            if self._remaining == 0:
+                raise StopAsyncIteration
+            self._remaining -= 1
+        item = self._buffer[self._next]
+        self._next += 1
+        return item
+
+    async def collect(self) -> list[tuple[bytes, bytes]]:
+        """Every remaining entry as a list."""
+        return [item async for item in self]
+
+
+class Bee:
+    """An ordered bytes -> bytes map stored as a copy-on-write B+ tree in a log.
+
+    ``Bee(log)`` over a writable log reads and writes; over a replica it reads, fetching
+    missing blocks through ``source`` (see :mod:`.source`). ``leaf_max`` and
+    ``internal_max`` shape only what this bee writes; any valid tree can be read.
+    """
+
+    def __init__(
+        self,
+        log: BeeLog,
+        *,
+        source: BlockSource | None = None,
+        leaf_max: int = DEFAULT_LEAF_MAX,
+        internal_max: int = DEFAULT_INTERNAL_MAX,
+        cache_nodes: int = DEFAULT_CACHE_NODES,
+    ) -> None:
+        if leaf_max < 4 or internal_max < 4:
+            raise LocalError("leaf_max and internal_max must be at least 4")
+        self.log = log
+        self.source = source
+        self.leaf_max = leaf_max
+        self.internal_max = internal_max
+        self.blocks_fetched = 0
+        self._cache_nodes = max(16, cache_nodes)
+        self._cache: dict[int, Node] = {}
+        self._fork = log.fork
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The log length this bee reads at (its root is block ``version - 1``)."""
+        return self.log.length
+
+    @property
+    def writable(self) -> bool:
+        return self.log.writable
+
+    def _sync(self) -> None:
+        if self.log.fork != self._fork:
+            self._cache.clear()
+            self._fork = self.log.fork
+
+    def _remember(self, node: Node) -> None:
+        cache = self._cache
+        if len(cache) >= self._cache_nodes:
+            keep = list(cache.items())[len(cache) // 2 :]
+            cache.clear()
+            cache.update(keep)
+        cache[node.seq] = node  # type: ignore[index]
+
+    def _load(self, seq: int) -> Node:
+        node = self._cache.get(seq)
+        if node is not None:
+            return node
+        if not self.log.has(seq):
+            raise BlockMissing(seq)
+        node = decode_node(self.log.get(seq), seq)
+        self._remember(node)
+        return node
+
+    def _root(self, version: int) -> Node | None:
+        return None if version == 0 else self._load(version - 1)
+
+    async def _fetch(self, seq: int) -> None:
+        assert self.source is not None
+        proof = await self.source(seq, self.log.length)
+        self.log.apply_proof(proof)
+        self.blocks_fetched += 1
+
+    async def _retry(self, operation: Callable[[], T]) -> T:
+        """Run a synchronous tree operation, fetching missing blocks until it completes."""
+        previous = -1
+        while True:
+            self._sync()
+            try:
+                return operation()
+            except BlockMissing as missing:
+                if self.source is None or missing.seq == previous:
+                    raise
+                previous = missing.seq
+                await self._fetch(missing.seq)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value stored under ``key`` at the current version, or None."""
+        _check_bytes("key", key)
+        return await self._retry(lambda: lookup(self._root(self.log.length), key, self._load))
+
+    def range(
+        self,
+        *,
+        gt: bytes | None = None,
+        gte: bytes | None = None,
+        lt: bytes | None = None,
+        lte: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> RangeIterator:
+        """Entries with keys inside the bounds, in order (``reverse`` for descending), at the
+        version current now; raises SnapshotExpiredError if the log forks meanwhile."""
+        _check_bounds((gt, gte, lt, lte), limit)
+        pinned = Snapshot(self, self.log.length, self.log.fork, None)
+        cursor = RangeCursor(gt=gt, gte=gte, lt=lt, lte=lte, reverse=reverse)
+        return RangeIterator(self, pinned._current_root, cursor, limit)
+
+    def snapshot(self, version: int | None = None) -> Snapshot:
+        """A read-only view pinned at ``version`` (default: the current one)."""
+        length = self.log.length
+        if version is None:
+            version = length
+        if type(version) is not int or not 0 <= version <= length:
+            raise OutOfRangeError(f"snapshot version {version!r} outside 0..{length}")
+        try:
+            tree_hash: bytes | None = self.log.tree_hash(version)
+        except AutobaseError:
+            tree_hash = None
+        return Snapshot(self, version, self.log.fork, tree_hash)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        """A new batch of puts and deletes, appended by ``await batch.flush()``."""
+        return Batch(self)
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        """Store one entry (a batch of one)."""
+        batch = self.batch()
+        batch.put(key, value)
+        await batch.flush()
+
+    async def delete(self, key: bytes) -> None:
+        """Remove one entry (a batch of one); deleting a missing key appends nothing."""
+        batch = self.batch()
+        batch.delete(key)
+        await batch.flush()
+
+
+class Snapshot:
+    """A read-only view of a bee pinned at one version (see the module docstring for what
+    happens when the log is truncated)."""
+
+    def __init__(self, bee: Bee, version: int, fork: int, tree_hash: bytes | None) -> None:
+        self._bee = bee
+        self._version = version
+        self._fork = fork
+        self._tree_hash = tree_hash
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def _current_root(self) -> Node | None:
+        log = self._bee.log
+        if log.fork != self._fork:
+            still_there = False
+            if self._tree_hash is not None and log.length >= self._version:
+                try:
+                    still_there = log.tree_hash(self._version) == self._tree_hash
+                except AutobaseError:
+                    still_there = False
+            if not still_there:
+                raise SnapshotExpiredError(
+                    f"the log was truncated below this snapshot's version {self._version}"
+                )
+            self._fork = log.fork
+        return self._bee._root(self._version)
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value stored under ``key`` at this snapshot's version, or None."""
+        _check_bytes("key", key)
+        bee = self._bee
+        return await bee._retry(lambda: lookup(self._current_root(), key, bee._load))
+
+    def range(
+        self,
+        *,
+        gt: bytes | None = None,
+        gte: bytes | None = None,
+        lt: bytes | None = None,
+        lte: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> RangeIterator:
+        """Like :meth:`Bee.range`, at this snapshot's version."""
+        _check_bounds((gt, gte, lt, lte), limit)
+        cursor = RangeCursor(gt=gt, gte=gte, lt=lt, lte=lte, reverse=reverse)
+        return RangeIterator(self._bee, self._current_root, cursor, limit)
+
+
+class Batch:
+    """Puts and deletes applied together by one ``flush`` (one log append).
+
+    ``put``/``delete`` are synchronous and only record the operation; ``get``/``range`` on the
+    batch see the recorded operations (read-your-writes). After a flush the batch is empty and
+    may be reused; ``discard`` drops unflushed operations.
+    """
+
+    def __init__(self, bee: Bee) -> None:
+        self._bee = bee
+        self._ops: list[tuple[bytes, bytes | None]] = []
+        self._final: dict[bytes, bytes | None] = {}
+        self._originals: dict[bytes, bytes | None] = {}
+        self._applied = 0
+        self._writer: TreeWriter | None = None
+        self._base: tuple[int, int] = (-1, -1)
+
+    def __len__(self) -> int:
+        """The number of operations recorded since the last flush."""
+        return len(self._ops)
+
+    def _record(self, key: bytes, value: bytes | None) -> None:
+        if not self._bee.log.writable:
+            raise NotWritableError("cannot write to a bee over a read-only log")
+        self._ops.append((key, value))
+        self._final[key] = value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store ``value`` under ``key`` (a put of the value already stored changes nothing)."""
+        _check_bytes("key", key)
+        _check_bytes("value", value)
+        self._record(key, value)
+
+    def delete(self, key: bytes) -> None:
+        """Remove ``key`` (removing a missing key changes nothing)."""
+        _check_bytes("key", key)
+        self._record(key, None)
+
+    def discard(self) -> None:
+        """Forget every operation recorded since the last flush."""
+        self._ops = []
+        self._final = {}
+        self._originals = {}
+        self._applied = 0
+        self._writer = None
+
+    def _advance(self) -> TreeWriter:
+        """Bring the batch's tree up to date with the log and the recorded operations."""
+        bee = self._bee
+        log = bee.log
+        base = (log.fork, log.length)
+        writer = self._writer
+        if writer is None or base != self._base:
+            writer = TreeWriter(
+                bee._root(log.length),
+                bee._load,
+                leaf_max=bee.leaf_max,
+                internal_max=bee.internal_max,
+            )
+            self._writer, self._base = writer, base
+            self._applied = 0
+            self._originals = {}
+        ops = self._ops
+        originals = self._originals
+        while self._applied < len(ops):
+            key, value = ops[self._applied]
+            if value is None:
+                changed, old = writer.delete(key)
+            else:
+                changed, old = writer.put(key, value)
+            self._applied += 1
+            if changed and key not in originals:
+                originals[key] = old
+        return writer
+
+    def _root(self) -> Node | None:
+        return self._advance().root
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value under ``key`` including this batch's unflushed operations."""
+        _check_bytes("key", key)
+        bee = self._bee
+        return await bee._retry(lambda: lookup(self._root(), key, bee._load))
+
+    def range(
+        self,
+        *,
+        gt: bytes | None = None,
+        gte: bytes | None = None,
+        lt: bytes | None = None,
+        lte: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> RangeIterator:
+        """Like :meth:`Bee.range`, including this batch's unflushed operations (each leaf is
+        read from the batch's tree as it is when the iterator reaches it)."""
+        _check_bounds((gt, gte, lt, lte), limit)
+        cursor = RangeCursor(gt=gt, gte=gte, lt=lt, lte=lte, reverse=reverse)
+        return RangeIterator(self._bee, self._root, cursor, limit)
+
+    async def flush(self) -> int:
+        """Append the batch's changes in one log append; returns the new version. Appends
+        nothing when the operations leave every key as it was."""
+        bee = self._bee
+        log = bee.log
+        if not log.writable:
+            raise NotWritableError("cannot write to a bee over a read-only log")
+        writer = await bee._retry(self._advance)
+        # No await from here on: the sealed blocks go on top of exactly the tree they extend.
+        final = self._final
+        if any(final[key] != old for key, old in self._originals.items()):
+            blocks, nodes = writer.seal(log.length)
+            if blocks:
+                try:
+                    log.append(blocks)
+                except BaseException:
+                    self._writer = None  # its nodes were numbered for an append that failed
+                    raise
+                for node in nodes:
+                    bee._remember(node)
+        self.discard()
+        return log.length
+
+
+__all__ = [
+    "Batch",
+    "Bee",
+    "InvalidEntryError",
+    "RangeIterator",
+    "Snapshot",
+    "SnapshotExpiredError",
+]

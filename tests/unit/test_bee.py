@@ -1,0 +1,306 @@
+"""Unit tests of the bee over an in-memory stand-in log (the real log is used in the
+stateful, integration and sparse tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from autobase_py.bee import Bee, InvalidEntryError, SnapshotExpiredError
+from autobase_py.bee.node import decode_node
+from autobase_py.errors import (
+    AutobaseError,
+    BlockNotAvailableError,
+    InvalidProofError,
+    NotWritableError,
+    OutOfRangeError,
+)
+
+
+class MemoryLog:
+    """Just enough of a log: blocks in a list, a fork counter, a chained hash."""
+
+    def __init__(self, writable: bool = True) -> None:
+        self.blocks: list[bytes | None] = []
+        self.writable = writable
+        self.fork = 0
+        self.appends = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.blocks)
+
+    def append(self, blocks: Sequence[bytes]) -> int:
+        assert self.writable
+        self.appends += 1
+        self.blocks.extend(blocks)
+        return self.length
+
+    def get(self, index: int) -> bytes:
+        if index >= self.length or self.blocks[index] is None:
+            raise BlockNotAvailableError(f"block {index}")
+        block = self.blocks[index]
+        assert block is not None
+        return block
+
+    def has(self, index: int) -> bool:
+        return index < self.length and self.blocks[index] is not None
+
+    def tree_hash(self, length: int | None = None) -> bytes:
+        h = hashlib.blake2b(digest_size=32)
+        for block in self.blocks[: self.length if length is None else length]:
+            assert block is not None
+            h.update(hashlib.blake2b(block).digest())
+        return h.digest()
+
+    def truncate(self, length: int) -> None:
+        del self.blocks[length:]
+        self.fork += 1
+
+    def apply_proof(self, proof: Any) -> None:
+        index, block, digest = proof
+        if hashlib.blake2b(block).digest() != digest:
+            raise InvalidProofError("block does not match")
+        self.blocks[index] = block
+
+
+async def collect(it: Any) -> list[tuple[bytes, bytes]]:
+    return [item async for item in it]
+
+
+def k(i: int) -> bytes:
+    return b"key-%06d" % i
+
+
+async def test_empty_bee_reads_nothing() -> None:
+    bee = Bee(MemoryLog())
+    assert bee.version == 0
+    assert await bee.get(b"x") is None
+    assert await collect(bee.range()) == []
+
+
+async def test_put_get_delete_roundtrip() -> None:
+    log = MemoryLog()
+    bee = Bee(log)
+    await bee.put(b"a", b"1")
+    await bee.put(b"b", b"2")
+    assert await bee.get(b"a") == b"1"
+    assert await bee.get(b"b") == b"2"
+    assert await bee.get(b"c") is None
+    await bee.delete(b"a")
+    assert await bee.get(b"a") is None
+    assert await collect(bee.range()) == [(b"b", b"2")]
+
+
+async def test_identical_put_and_missing_delete_append_nothing() -> None:
+    log = MemoryLog()
+    bee = Bee(log)
+    await bee.put(b"a", b"1")
+    appends, length = log.appends, log.length
+    await bee.put(b"a", b"1")
+    await bee.delete(b"missing")
+    batch = bee.batch()
+    batch.put(b"new", b"x")
+    batch.delete(b"new")
+    batch.put(b"a", b"2")
+    batch.put(b"a", b"1")
+    assert await batch.flush() == length
+    assert (log.appends, log.length) == (appends, length)
+
+
+async def test_one_append_per_flush_and_each_node_written_once() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=8, internal_max=8)
+    batch = bee.batch()
+    for i in range(500):
+        batch.put(k(i), b"v")
+    await batch.flush()
+    assert log.appends == 1
+    # Every block is reachable from the root exactly once: no node was written twice.
+    seen: set[int] = set()
+    stack = [log.length - 1]
+    while stack:
+        seq = stack.pop()
+        assert seq not in seen
+        seen.add(seq)
+        node = decode_node(log.get(seq), seq)
+        if node.children is not None:
+            stack.extend(node.children)  # type: ignore[arg-type]
+    assert seen == set(range(log.length))
+
+
+async def test_batch_reads_its_own_writes() -> None:
+    bee = Bee(MemoryLog())
+    await bee.put(b"a", b"1")
+    batch = bee.batch()
+    batch.put(b"b", b"2")
+    batch.delete(b"a")
+    assert await batch.get(b"b") == b"2"
+    assert await batch.get(b"a") is None
+    assert await collect(batch.range()) == [(b"b", b"2")]
+    assert await bee.get(b"a") == b"1"  # nothing flushed yet
+    await batch.flush()
+    assert await bee.get(b"a") is None
+
+
+async def test_range_bounds_reverse_limit_over_many_leaves() -> None:
+    bee = Bee(MemoryLog(), leaf_max=4, internal_max=4)
+    batch = bee.batch()
+    keys = [k(i) for i in range(0, 200, 2)]
+    rng = random.Random(1)
+    for key in rng.sample(keys, len(keys)):
+        batch.put(key, key[::-1])
+    await batch.flush()
+    for _ in range(200):
+        a, b = sorted(rng.randrange(-2, 202) for _ in range(2))
+        lo, hi = k(a) if a >= 0 else None, k(b) if b < 200 else None
+        lo_inc, hi_inc = rng.random() < 0.5, rng.random() < 0.5
+        reverse = rng.random() < 0.5
+        limit = rng.choice([None, 0, 1, 3, 50])
+        expect = [
+            x
+            for x in keys
+            if (lo is None or (x >= lo if lo_inc else x > lo))
+            and (hi is None or (x <= hi if hi_inc else x < hi))
+        ]
+        if reverse:
+            expect.reverse()
+        if limit is not None:
+            expect = expect[:limit]
+        got = await collect(
+            bee.range(
+                gte=lo if lo_inc else None,
+                gt=None if lo_inc else lo,
+                lte=hi if hi_inc else None,
+                lt=None if hi_inc else hi,
+                reverse=reverse,
+                limit=limit,
+            )
+        )
+        assert [key for key, _ in got] == expect
+        assert all(v == key[::-1] for key, v in got)
+
+
+async def test_truncate_rolls_back_and_cache_is_not_stale() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    for i in range(20):
+        await bee.put(k(i), b"old")
+    mid = log.length
+    await bee.put(k(5), b"newer")
+    assert await bee.get(k(5)) == b"newer"
+    log.truncate(mid)
+    assert await bee.get(k(5)) == b"old"
+    # Rewrite the truncated blocks with different content at the same indexes.
+    await bee.put(k(5), b"other")
+    await bee.put(k(99), b"x")
+    assert await bee.get(k(5)) == b"other"
+    assert await bee.get(k(99)) == b"x"
+    assert len(await collect(bee.range())) == 21
+
+
+async def test_snapshot_survives_truncate_above_and_expires_below() -> None:
+    log = MemoryLog()
+    bee = Bee(log)
+    await bee.put(b"a", b"1")
+    early = bee.snapshot()
+    await bee.put(b"a", b"2")
+    late = bee.snapshot()
+    await bee.put(b"a", b"3")
+    log.truncate(late.version)
+    assert await early.get(b"a") == b"1"
+    assert await late.get(b"a") == b"2"
+    log.truncate(early.version)
+    await bee.put(b"a", b"4")
+    assert await early.get(b"a") == b"1"
+    with pytest.raises(SnapshotExpiredError):
+        await late.get(b"a")
+    with pytest.raises(SnapshotExpiredError):
+        await collect(late.range())
+    with pytest.raises(OutOfRangeError):
+        bee.snapshot(version=log.length + 1)
+
+
+async def test_range_iterator_expires_on_fork_change() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    batch = bee.batch()
+    for i in range(40):
+        batch.put(k(i), b"v")
+    await batch.flush()
+    it = bee.range()
+    await it.__anext__()
+    log.truncate(log.length)  # bumps the fork without changing anything
+    with pytest.raises(SnapshotExpiredError):
+        await collect(it)
+
+
+async def test_batch_rebuilds_when_log_moves_underneath() -> None:
+    log = MemoryLog()
+    bee = Bee(log)
+    first, second = bee.batch(), bee.batch()
+    first.put(b"a", b"1")
+    second.put(b"b", b"2")
+    assert await second.get(b"b") == b"2"
+    await first.flush()
+    await second.flush()
+    assert await collect(bee.range()) == [(b"a", b"1"), (b"b", b"2")]
+
+
+async def test_invalid_entries_and_read_only_writes_are_typed_errors() -> None:
+    bee = Bee(MemoryLog())
+    batch = bee.batch()
+    with pytest.raises(InvalidEntryError):
+        batch.put("a", b"1")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEntryError):
+        batch.put(b"a", None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEntryError):
+        await bee.get(1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEntryError):
+        bee.range(gt=b"a", gte=b"b")
+    with pytest.raises(InvalidEntryError):
+        bee.range(limit=-1)
+    replica = Bee(MemoryLog(writable=False))
+    with pytest.raises(NotWritableError):
+        replica.batch().put(b"a", b"1")
+    with pytest.raises(AutobaseError):
+        Bee(MemoryLog(), leaf_max=2)
+
+
+async def test_sparse_reads_fetch_through_source_and_reject_tampering() -> None:
+    writer = MemoryLog()
+    wbee = Bee(writer, leaf_max=8, internal_max=8)
+    batch = wbee.batch()
+    for i in range(1000):
+        batch.put(k(i), b"v%d" % i)
+    await batch.flush()
+    replica = MemoryLog(writable=False)
+    replica.blocks = [None] * writer.length
+    tamper = {"on": False}
+
+    async def source(index: int, length: int) -> Any:
+        assert length == replica.length
+        block = writer.get(index)
+        digest = hashlib.blake2b(block).digest()
+        if tamper["on"]:
+            block = block[:-1] + bytes([block[-1] ^ 1])
+        return (index, block, digest)
+
+    rbee = Bee(replica, source=source)
+    assert await rbee.get(k(500)) == b"v500"
+    fetched = rbee.blocks_fetched
+    assert 2 <= fetched <= 5
+    assert sum(b is not None for b in replica.blocks) == fetched
+    assert await collect(rbee.range(gte=k(10), lt=k(14))) == [
+        (k(i), b"v%d" % i) for i in range(10, 14)
+    ]
+    tamper["on"] = True
+    with pytest.raises(InvalidProofError):
+        await rbee.get(k(999))
+    no_source = Bee(replica)
+    with pytest.raises(BlockNotAvailableError):
+        await no_source.get(k(999))
