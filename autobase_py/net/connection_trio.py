@@ -171,6 +171,12 @@ class Connection:
     def is_closed(self) -> bool:
         return self.closed.is_set()
 
+    def spawn(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run a task that lives as long as this connection (cancelled when it ends)."""
+        if self._tasks is None or self.is_closed:
+            raise ChannelClosedError("connection is closed")
+        self._tasks.start_soon(async_fn, *args)
+
     # -- channels ----------------------------------------------------------------------------
 
     async def open_channel(self, key: Key, handshake: bytes = b"") -> Channel:
