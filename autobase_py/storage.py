@@ -154,6 +154,13 @@ class Storage:
             raise StorageError(f"cannot open database in {folder}: {exc}") from exc
         return cls(folder, db, lock_fd)
 
+    @classmethod
+    def open_memory(cls) -> Storage:
+        """A private in-memory database (no folder, no lock, not durable): for tests."""
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        return cls(Path(":memory:"), db, -1)
+
     def close(self) -> None:
         """Close the database and release the folder's lock. Idempotent."""
         if self._db is None:
@@ -164,8 +171,9 @@ class Storage:
                 db.execute("ROLLBACK")
             db.close()
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            if self._lock_fd >= 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
 
     @property
     def closed(self) -> bool:

@@ -102,7 +102,7 @@ class Store:
         self._logs[log.key] = log
         return log
 
-    def keys(self) -> list[bytes]:
+    def log_keys(self) -> list[bytes]:
         """The keys of every log stored in this folder."""
         return [key for key, _ in self.storage.log_keys()]
 

@@ -1,0 +1,118 @@
+"""Storage: the lock, re-entrant transactions with rollback of logs' memory, records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autobase_py import crypto
+from autobase_py.errors import StorageClosedError, StorageError, StorageLockedError
+from autobase_py.log import Log
+from autobase_py.storage import Storage
+
+
+class BoomError(Exception):
+    pass
+
+
+def test_open_creates_folder_and_wal(tmp_path: Path) -> None:
+    with Storage.open(tmp_path / "a" / "b") as storage:
+        assert (tmp_path / "a" / "b" / "LOCK").exists()
+        assert storage.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert storage.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert storage.closed
+
+
+def test_second_open_in_one_process_is_locked(tmp_path: Path) -> None:
+    first = Storage.open(tmp_path)
+    with pytest.raises(StorageLockedError) as info:
+        Storage.open(tmp_path)
+    assert "in use" in str(info.value) and info.value.code == "STORAGE_LOCKED"
+    first.close()
+    Storage.open(tmp_path).close()  # released on close
+
+
+def test_closed_storage_raises(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path)
+    storage.close()
+    storage.close()  # idempotent
+    with pytest.raises(StorageClosedError):
+        storage.get(b"x")
+
+
+def test_records_crud_and_prefix_iteration(tmp_path: Path) -> None:
+    with Storage.open(tmp_path) as s:
+        assert s.get(b"k") is None
+        for key in [b"a/1", b"a/2", b"a\xff", b"a\xff\xff", b"b", b"a"]:
+            s.put(key, key + b"!")
+        assert s.get(b"a/1") == b"a/1!"
+        assert [k for k, _ in s.iterate(b"a/")] == [b"a/1", b"a/2"]
+        assert [k for k, _ in s.iterate(b"a")] == [b"a", b"a/1", b"a/2", b"a\xff", b"a\xff\xff"]
+        assert [k for k, _ in s.iterate(b"a\xff")] == [b"a\xff", b"a\xff\xff"]
+        assert [k for k, _ in s.iterate(b"a/", reverse=True)] == [b"a/2", b"a/1"]
+        assert len(s.iterate()) == 6
+        s.put(b"a/1", b"new")
+        assert s.get(b"a/1") == b"new"
+        s.delete(b"a/1")
+        assert s.get(b"a/1") is None
+        s.delete_prefix(b"a")
+        assert [k for k, _ in s.iterate()] == [b"b"]
+
+
+def test_outer_rollback_undoes_records_and_log_memory(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    log = Log.create(s, crypto.key_pair(bytes(32)))
+    log.append([b"kept"])
+    signature = log.signature
+    with pytest.raises(BoomError), s.transaction():
+        log.append([b"gone", b"too"])
+        s.put(b"r", b"v")
+        assert log.length == 3 and s.get(b"r") == b"v"
+        raise BoomError
+    assert (log.length, log.signature, s.get(b"r")) == (1, signature, None)
+    assert not log.has(1)
+    assert log.append([b"after"]) == 2 and log.get(1) == b"after"
+
+
+def test_inner_level_rolls_back_alone(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    log = Log.create(s, crypto.key_pair(bytes(32)))
+    with s.transaction():
+        log.append([b"a"])
+        s.put(b"outer", b"1")
+        with pytest.raises(BoomError), s.transaction():
+            log.append([b"b"])
+            s.put(b"inner", b"2")
+            raise BoomError
+        assert log.length == 1 and s.get(b"inner") is None
+        log.append([b"c"])
+    assert [log.get(i) for i in range(log.length)] == [b"a", b"c"]
+    s.close()
+    s = Storage.open(tmp_path)
+    again = Log.create(s, crypto.key_pair(bytes(32)))
+    assert again.length == 2 and s.get(b"outer") == b"1" and s.get(b"inner") is None
+
+
+def test_many_logs_commit_together(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    logs = [Log.create(s, crypto.key_pair(bytes([i]) * 32)) for i in range(3)]
+    with s.transaction():
+        for i, log in enumerate(logs):
+            log.append([b"x"] * (i + 1))
+        s.put(b"state", b"3 logs")
+        assert s.in_transaction
+    assert not s.in_transaction
+    s.close()
+    s = Storage.open(tmp_path)
+    assert [Log.create(s, crypto.key_pair(bytes([i]) * 32)).length for i in range(3)] == [1, 2, 3]
+    assert s.get(b"state") == b"3 logs"
+
+
+def test_sqlite_errors_become_storage_errors(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    with pytest.raises(StorageError), s.transaction():
+        s.db.execute("INSERT INTO no_such_table VALUES (1)")
+    assert not s.in_transaction
+    s.put(b"still", b"works")
+    assert s.get(b"still") == b"works"
