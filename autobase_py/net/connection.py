@@ -45,6 +45,7 @@ from .secretstream import ABYTES, Decryptor, Encryptor
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
+_HANDSHAKE_FRAME_LIMIT = 256  # the largest handshake message is 192 bytes
 
 
 class State(enum.Enum):
@@ -96,7 +97,7 @@ class SecureConnection:
         self._handshake = Handshake(
             key_pair, initiator=initiator, expected_remote_key=expected_remote_key
         )
-        self._frames = FrameDecoder(max_message + ABYTES)
+        self._frames = FrameDecoder(max(max_message + ABYTES, _HANDSHAKE_FRAME_LIMIT))
         self._out = bytearray()
         self._encryptor: Encryptor | None = None
         self._decryptor: Decryptor | None = None
@@ -200,6 +201,8 @@ class SecureConnection:
             if final:
                 self.state = State.REMOTE_CLOSED
                 events.append(PeerClosed(clean=True))
+            elif len(message) > self.max_message:
+                raise ProtocolError(f"message of {len(message)} bytes is over the limit")
             else:
                 events.append(Message(message))
         elif state is State.HANDSHAKE:

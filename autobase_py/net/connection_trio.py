@@ -256,14 +256,13 @@ class Connection:
                     task_status.started()
                     await self._reader()
                     tasks.cancel_scope.cancel()
-        except ProtocolError as exc:
-            log.warning("closing connection to %s: %s", _short(self.core), exc)
-            self.error = exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.error = ChannelClosedError(f"connection lost: {exc!r}")
-        except AutobaseError as exc:
-            log.warning("closing connection to %s: %s", _short(self.core), exc)
-            self.error = exc
+        except BaseException as exc:
+            reason = _connection_failure(exc)
+            if reason is None:
+                raise
+            if isinstance(reason, ProtocolError) or not isinstance(reason, ChannelClosedError):
+                log.warning("closing connection to %s: %s", _short(self.core), reason)
+            self.error = reason
         finally:
             self._finish()
             with trio.CancelScope(shield=True):
@@ -361,6 +360,26 @@ class Connection:
             await self._close_stream()
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _connection_failure(exc: BaseException) -> AutobaseError | None:
+    """The reason a connection ends, when ``exc`` is only about this connection (a peer's
+    violation or a broken socket); None when it is anything else (a bug, a cancellation)."""
+    reason: AutobaseError | None = None
+    for leaf in _leaves(exc):
+        if isinstance(leaf, AutobaseError):
+            reason = reason or leaf
+        elif isinstance(leaf, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            reason = reason or ChannelClosedError(f"connection lost: {leaf!r}")
+        else:
+            return None
+    return reason
+
+
 def _short(core: SecureConnection) -> str:
     try:
         return core.remote_public_key.hex()[:16]
@@ -435,6 +454,7 @@ async def open_connection(
         with trio.CancelScope(shield=True):
             await stream.aclose()
         raise
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         conn = Connection(
             stream,
@@ -446,8 +466,16 @@ async def open_connection(
         await nursery.start(conn._run, pending)
         try:
             yield conn
+        except BaseException as exc:
+            # Re-raised below, outside the task group, so callers see their own exception
+            # rather than an ExceptionGroup wrapping it.
+            if isinstance(exc, trio.Cancelled):
+                raise  # the task group and the cancel scopes handle their own
+            body_error = exc
         finally:
             await conn.aclose()
+    if body_error is not None:
+        raise body_error
 
 
 __all__ = ["Channel", "ChannelHandler", "Connection", "handshake", "open_connection"]

@@ -247,6 +247,7 @@ async def open_endpoint(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> AsyncIterator[Endpoint]:
     """An endpoint whose listeners and connections end with the ``async with`` block."""
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         endpoint = Endpoint(
             key_pair,
@@ -257,8 +258,14 @@ async def open_endpoint(
         )
         try:
             yield endpoint
+        except BaseException as exc:  # re-raised outside the task group (no ExceptionGroup)
+            if isinstance(exc, trio.Cancelled):
+                raise  # the task group and the cancel scopes handle their own
+            body_error = exc
         finally:
             await endpoint.aclose()
+    if body_error is not None:
+        raise body_error
 
 
 __all__ = ["ConnectionHandler", "Endpoint", "connect", "keeps", "listen", "open_endpoint"]

@@ -349,12 +349,19 @@ async def open_rpc_pool(
     **options: Any,
 ) -> AsyncIterator[RpcPool]:
     """A pool whose connections end with the ``async with`` block (options: see RpcPool)."""
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         pool = RpcPool(key_pair, servers, nursery, **options)
         try:
             yield pool
+        except BaseException as exc:  # re-raised outside the task group (no ExceptionGroup)
+            if isinstance(exc, trio.Cancelled):
+                raise  # the task group and the cancel scopes handle their own
+            body_error = exc
         finally:
             await pool.aclose()
+    if body_error is not None:
+        raise body_error
 
 
 __all__ = [
