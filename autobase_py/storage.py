@@ -364,6 +364,14 @@ class Storage:
             [(base + i, s, h) for i, s, h in nodes],
         )
 
+    @staticmethod
+    def node_rowid(log_id: int, index: int) -> int:
+        return (log_id << NODE_SHIFT) + index
+
+    def put_node_rows(self, rows: list[tuple[int, int, bytes]]) -> None:
+        """Store (rowid, size, hash) rows with rowids from :meth:`node_rowid` (the hot path)."""
+        self.db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", rows)
+
     def get_node(self, log_id: int, index: int) -> tuple[int, bytes] | None:
         """(size, hash) of a stored node, or None."""
         row = self.db.execute(

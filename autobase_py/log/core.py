@@ -194,19 +194,22 @@ class Log:
         if not blocks:
             return self.length
         roots = list(self._roots)
-        nodes: list[tuple[int, int, bytes]] = []
+        # Rows go straight to storage as (rowid, size, hash): ``base + flat index``.
+        base = self.storage.node_rowid(self._id, 0)
+        rows: list[tuple[int, int, bytes]] = []
+        add = rows.append
         length = self.length
         byte_length = self.byte_length
         blake2b = hashlib.blake2b
         for block in blocks:
-            if not isinstance(block, bytes):
+            if type(block) is not bytes:
                 raise LocalError(f"blocks must be bytes, got {type(block).__name__}")
             size = len(block)
             index = 2 * length
             digest = blake2b(
                 b"\x00" + size.to_bytes(8, "little") + block, digest_size=32
             ).digest()
-            nodes.append((index, size, digest))
+            add((base + index, size, digest))
             byte_length += size
             length += 1
             folds = (length & -length).bit_length() - 1
@@ -214,12 +217,11 @@ class Log:
             while folds:
                 left = roots.pop()
                 index = left.index + (1 << depth)  # parent of a left child at this depth
-                total = left.size + size
+                size += left.size
                 digest = blake2b(
-                    b"\x01" + total.to_bytes(8, "little") + left.hash + digest, digest_size=32
+                    b"\x01" + size.to_bytes(8, "little") + left.hash + digest, digest_size=32
                 ).digest()
-                size = total
-                nodes.append((index, size, digest))
+                add((base + index, size, digest))
                 depth += 1
                 folds -= 1
             roots.append(Node(index, size, digest))
@@ -230,7 +232,7 @@ class Log:
         with storage.transaction():
             storage.enlist(self)
             storage.put_blocks(self._id, self.length, blocks)
-            storage.put_nodes(self._id, nodes)
+            storage.put_node_rows(rows)
             storage.write_header(self._id, length, self.fork, byte_length, signature)
             self.length = length
             self.byte_length = byte_length

@@ -1,0 +1,151 @@
+"""Benchmark the signed log: durable appends, proof generation and verification, and the
+machine's own limits (ed25519 sign/verify, BLAKE2b-256 on 100 bytes, fsync) measured by the
+same script so the log's figures can be read against them.
+
+Run from the repo root: ``.venv/bin/python bench/log_bench.py [--quick]``. Prints one JSON
+object per line. Storage folders are created next to the repo (same disk), then removed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from autobase_py import crypto  # noqa: E402
+from autobase_py.log import Log  # noqa: E402
+from autobase_py.storage import Storage  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+BLOCK = b"x" * 100
+
+
+def emit(bench: str, figure: str, value: float, unit: str, **params: object) -> None:
+    print(json.dumps({"bench": bench, "figure": figure, "value": round(value, 1), "unit": unit,
+                      **params}), flush=True)
+
+
+def rate(count: int, fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - start)
+
+
+def machine_limits(folder: Path) -> None:
+    kp = crypto.key_pair(bytes(32))
+    message = bytes(112)
+    n = 2000 if QUICK else 10000
+    emit("machine", "ed25519_sign", rate(n, lambda: [crypto.sign(message, kp.secret_key)
+                                                   for _ in range(n)]), "ops/s")
+    signature = crypto.sign(message, kp.secret_key)
+    emit("machine", "ed25519_verify", rate(n, lambda: [crypto.verify(message, signature,
+                                                                     kp.public_key)
+                                                       for _ in range(n)]), "ops/s")
+    m = 100_000 if QUICK else 500_000
+    emit("machine", "blake2b256_100B", rate(m, lambda: [hashlib.blake2b(BLOCK, digest_size=32)
+                                                        .digest() for _ in range(m)]), "ops/s")
+    path = folder / "fsync.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    f = 200 if QUICK else 1000
+
+    def fsyncs() -> None:
+        for _ in range(f):
+            os.write(fd, BLOCK)
+            os.fsync(fd)
+
+    emit("machine", "fsync_after_100B_write", rate(f, fsyncs), "ops/s")
+    os.close(fd)
+
+
+def appends(folder: Path) -> None:
+    for per_call, calls in ((1, 300 if QUICK else 2000), (100, 100 if QUICK else 600)):
+        storage = Storage.open(folder / f"append{per_call}")
+        log = Log.create(storage, crypto.key_pair(bytes([per_call]) * 32))
+        batch = [BLOCK] * per_call
+
+        def run(log: Log = log, batch: list[bytes] = batch, calls: int = calls) -> None:
+            for _ in range(calls):
+                log.append(batch)
+
+        blocks = rate(calls * per_call, run)
+        emit("log", "durable_append", blocks, "blocks/s", blocks_per_call=per_call,
+             block_bytes=100, calls=calls, commit="one per call, synchronous=FULL")
+        storage.close()
+    # group commit: 10 append calls of 100 blocks inside one transaction
+    storage = Storage.open(folder / "group")
+    log = Log.create(storage, crypto.key_pair(bytes([7]) * 32))
+    groups = 30 if QUICK else 100
+
+    def grouped() -> None:
+        for _ in range(groups):
+            with storage.transaction():
+                for _ in range(10):
+                    log.append([BLOCK] * 100)
+
+    emit("log", "durable_append", rate(groups * 1000, grouped), "blocks/s",
+         blocks_per_call=100, block_bytes=100, calls=groups * 10,
+         commit="one per 10 calls (group commit)")
+    storage.close()
+
+
+def proofs(folder: Path) -> None:
+    length = 10_000 if QUICK else 100_000
+    storage = Storage.open(folder / "proofs")
+    writer = Log.create(storage, crypto.key_pair(bytes([9]) * 32))
+    with storage.transaction():
+        for _ in range(length // 100):
+            writer.append([BLOCK] * 100)
+    rng = random.Random(1)
+    n = 2000 if QUICK else 10000
+    indices = [rng.randrange(length) for _ in range(n)]
+    emit("log", "proof_generation", rate(n, lambda: [writer.proof(i) for i in indices]),
+         "proofs/s", kind="block only", length=length)
+    emit("log", "proof_generation", rate(n, lambda: [writer.proof(i, upgrade_from=0)
+                                                     for i in indices]),
+         "proofs/s", kind="block + upgrade from 0", length=length)
+    block_proofs = [writer.proof(i) for i in indices]
+    full = [writer.proof(i, upgrade_from=0) for i in indices[:200]]
+    rstorage = Storage.open(folder / "replica")
+    replica = Log.replica(rstorage, writer.key)
+    replica.apply_proof(full[0])
+
+    def verify_blocks() -> None:
+        with rstorage.transaction():
+            for p in block_proofs:
+                replica.apply_proof(p)
+
+    emit("log", "proof_verification", rate(n, verify_blocks), "proofs/s",
+         kind="block only, stored on the replica (one commit)", length=length)
+
+    def verify_full() -> None:
+        for p in full:
+            fresh = Log.replica(Storage.open_memory(), writer.key)
+            fresh.apply_proof(p)
+
+    emit("log", "proof_verification", rate(len(full), verify_full), "proofs/s",
+         kind="block + upgrade from 0 on a fresh in-memory replica (signature checked)",
+         length=length)
+    rstorage.close()
+    storage.close()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(dir=ROOT, prefix=".bench-") as tmp:
+        folder = Path(tmp)
+        machine_limits(folder)
+        appends(folder)
+        proofs(folder)
+
+
+if __name__ == "__main__":
+    main()
