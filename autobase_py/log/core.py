@@ -125,11 +125,9 @@ class Log:
     def reload(self) -> None:
         """Re-read the header and roots from storage (after a rolled-back transaction)."""
         row = self.storage.find_log(key=self.key)
-        if row is None:  # the log's creation itself was rolled back
-            self.length = self.fork = self.byte_length = 0
-            self.signature = None
-            self._roots = []
-            return
+        if row is None:  # the transaction that created this log rolled back: recreate it
+            manifest = self.manifest.encode() if self.key_pair and self.manifest else None
+            row = self.storage.create_log(self.key, manifest, self.name)
         self._id = row.id
         self._load(row)
 

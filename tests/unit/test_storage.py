@@ -116,3 +116,16 @@ def test_sqlite_errors_become_storage_errors(tmp_path: Path) -> None:
     assert not s.in_transaction
     s.put(b"still", b"works")
     assert s.get(b"still") == b"works"
+
+
+def test_log_created_in_a_rolled_back_transaction_still_works(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    with pytest.raises(BoomError), s.transaction():
+        log = Log.create(s, crypto.key_pair(bytes(32)))
+        log.append([b"gone"])
+        raise BoomError
+    assert log.length == 0
+    assert log.append([b"kept"]) == 1
+    s.close()
+    s = Storage.open(tmp_path)
+    assert Log.create(s, crypto.key_pair(bytes(32))).get(0) == b"kept"
