@@ -379,6 +379,18 @@ class Storage:
         ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
+    def get_nodes(self, log_id: int, indices: list[int]) -> dict[int, tuple[int, bytes]]:
+        """{flat index: (size, hash)} for those of ``indices`` that are stored (one query)."""
+        if not indices:
+            return {}
+        base = log_id << NODE_SHIFT
+        marks = ",".join("?" * len(indices))
+        rows = self.db.execute(
+            f"SELECT id, size, hash FROM nodes WHERE id IN ({marks})",
+            [base + i for i in indices],
+        )
+        return {rowid - base: (size, bytes(h)) for rowid, size, h in rows}
+
     def truncate_log(self, log_id: int, length: int, straddlers: Iterable[int]) -> None:
         """Drop blocks at index >= length and nodes at flat index >= 2*length or in
         ``straddlers`` (nodes below ``2*length`` whose span crosses the cut)."""

@@ -299,12 +299,16 @@ class Log:
         block = None
         if index is not None:
             value = self.get(index)
-            uncles: list[ProofNode] = []
+            wanted: list[int] = []
             node = 2 * index
             while node not in target:
-                uncles.append(self._node(flat_tree.sibling(node)))
+                wanted.append(flat_tree.sibling(node))
                 node = flat_tree.parent(node)
-            block = BlockProof(index, value, tuple(uncles))
+            found = self.storage.get_nodes(self._id, wanted)
+            if len(found) != len(wanted):
+                missing = next(i for i in wanted if i not in found)
+                raise BlockNotAvailableError(f"tree node {missing} is not stored; cannot prove")
+            block = BlockProof(index, value, tuple(found[i] for i in wanted))
         manifest = None
         if upgrade_from == 0 and self.manifest is not None:
             manifest = self.manifest.encode()
@@ -346,16 +350,14 @@ class Log:
         if block is not None:
             if block.index >= length:
                 raise InvalidProofError(f"block {block.index} is past the proven length {length}")
-            storage_node = self.storage.get_node
-            log_id = self._id
-
-            def lookup(index: int) -> ProofNode | None:
-                found = trusted.get(index)
-                if found is None and not fork_change:
-                    found = storage_node(log_id, index)
-                return found
-
-            learned.extend(verify_block_path(block, lookup))
+            if not fork_change:  # what this replica already stores on the block's path
+                path = [2 * block.index]
+                for _ in block.nodes:
+                    path.append(flat_tree.parent(path[-1]))
+                stored = self.storage.get_nodes(self._id, path)
+                stored.update(trusted)
+                trusted = stored
+            learned.extend(verify_block_path(block, trusted.get))
         # Everything is verified: store it.
         storage = self.storage
         with storage.transaction():
