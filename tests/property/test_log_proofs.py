@@ -258,3 +258,45 @@ class WriterAndReplica(RuleBasedStateMachine):
 
 TestWriterAndReplica = WriterAndReplica.TestCase
 TestWriterAndReplica.settings = settings(max_examples=60, stateful_step_count=25)
+
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.binary(max_size=70) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.sampled_from(["fork", "block", "upgrade", "manifest", "x"]), inner,
+                      max_size=5),
+    max_leaves=20,
+)
+
+
+@given(cbor_values)
+def test_decode_proof_wrongly_shaped_cbor_raises_only_decode_error(value: Any) -> None:
+    from autobase_py import encoding
+
+    data = encoding.encode(value)
+    try:
+        proof = decode_proof(data)
+    except DecodeError:
+        return
+    assert encode_proof(proof) == data
+
+
+def test_replica_rolls_back_with_the_outer_transaction() -> None:
+    writer, _ = build([("append", [b"a", b"b", b"c"])])
+    replica = fresh_replica(writer.key)
+    before = snapshot(replica)
+
+    class AbortError(Exception):
+        pass
+
+    try:
+        with replica.storage.transaction():
+            replica.apply_proof(writer.proof(1, upgrade_from=0))
+            assert replica.length == 3
+            raise AbortError
+    except AbortError:
+        pass
+    assert snapshot(replica) == before
+    replica.apply_proof(writer.proof(1, upgrade_from=0))
+    assert replica.get(1) == b"b"
