@@ -94,16 +94,16 @@ class Channel:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ChannelClosedError(f"channel {self.key!r} is closed") from None
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+    def __aiter__(self) -> Channel:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                message = await self.receive()
-            except ChannelClosedError:
-                return
-            yield message
+    async def __anext__(self) -> bytes:
+        # A plain iterator rather than an async generator: nothing to finalize when the
+        # consumer stops early.
+        try:
+            return await self.receive()
+        except ChannelClosedError:
+            raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         if self.closed.is_set():

@@ -1,0 +1,376 @@
+"""The trio adapters over trio.testing memory streams (no sockets), timeouts on a MockClock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from autobase_py import crypto
+from autobase_py.errors import (
+    ChannelClosedError,
+    HandshakeError,
+    LocalError,
+    NotWritableError,
+    ProtocolError,
+    RpcError,
+    TimedOutError,
+)
+from autobase_py.net.connection import SecureConnection
+from autobase_py.net.connection_trio import Channel, ChannelHandler, Connection, open_connection
+from autobase_py.net.framing import encode_frame
+from autobase_py.net.rpc import CBOR, CallContext, UnauthorizedError
+from autobase_py.net.rpc_trio import RpcChannelClosedError, RpcClient, RpcServer, RpcTimeoutError
+
+StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+PAIRS: list[StreamPair] = [
+    trio.testing.memory_stream_pair,
+    trio.testing.lockstep_stream_pair,
+]
+CLIENT, SERVER = crypto.key_pair(b"c" * 32), crypto.key_pair(b"s" * 32)
+
+
+@asynccontextmanager
+async def connected(
+    make_pair: StreamPair = trio.testing.memory_stream_pair,
+    server_protocols: Mapping[str, ChannelHandler] | None = None,
+    client_protocols: Mapping[str, ChannelHandler] | None = None,
+) -> AsyncIterator[tuple[Connection, Connection]]:
+    left, right = make_pair()
+    done = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[Connection]) -> None:
+        async with open_connection(
+            right, SERVER, initiator=False, protocols=server_protocols
+        ) as conn:
+            task_status.started(conn)
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        server_conn_box: list[Connection] = []
+
+        async def start_server() -> None:
+            server_conn_box.append(await nursery.start(serve))
+
+        nursery.start_soon(start_server)
+        async with open_connection(
+            left,
+            CLIENT,
+            initiator=True,
+            expected_remote_key=SERVER.public_key,
+            protocols=client_protocols,
+        ) as client:
+            while not server_conn_box:
+                await trio.testing.wait_all_tasks_blocked()
+            yield client, server_conn_box[0]
+        done.set()
+
+
+async def echo(channel: Channel) -> None:
+    async for message in channel:
+        await channel.send(message[::-1])
+
+
+@pytest.mark.parametrize("make_pair", PAIRS)
+async def test_channels_over_memory_streams(make_pair: StreamPair) -> None:
+    async with connected(make_pair, {"echo": echo}) as (client, server):
+        assert client.remote_public_key == SERVER.public_key
+        assert server.remote_public_key == CLIENT.public_key
+        assert client.handshake_hash == server.handshake_hash
+        one = await client.open_channel(("echo", b"1"), b"hi")
+        two = await client.open_channel(("echo", b"2"))
+        await one.send(b"abc")
+        await two.send(b"xyz")
+        assert await one.receive() == b"cba"
+        assert await two.receive() == b"zyx"
+        with pytest.raises(LocalError):
+            await client.open_channel(("echo", b"1"))
+        await one.aclose()
+        with pytest.raises(ChannelClosedError):
+            await one.send(b"late")
+        await two.send(b"still")
+        assert await two.receive() == b"llits"
+
+
+async def test_unknown_protocol_is_refused_and_connection_survives() -> None:
+    async with connected(server_protocols={"echo": echo}) as (client, _):
+        with pytest.raises(ChannelClosedError):
+            await client.open_channel(("nope", b""))
+        channel = await client.open_channel(("echo", b""))
+        await channel.send(b"ok")
+        assert await channel.receive() == b"ko"
+
+
+async def test_graceful_close_drains_everything_sent_before_it() -> None:
+    received: list[bytes] = []
+    finished = trio.Event()
+
+    async def sink(channel: Channel) -> None:
+        async for message in channel:
+            received.append(message)
+        finished.set()
+
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            protocols = {"sink": sink}
+            async with open_connection(right, SERVER, initiator=False, protocols=protocols) as c:
+                await c.closed.wait()
+
+        nursery.start_soon(serve)
+        async with open_connection(left, CLIENT, initiator=True) as client:
+            channel = await client.open_channel(("sink", b""))
+            for i in range(200):
+                await channel.send(b"%d" % i)
+        # Leaving the block closed the connection gracefully.
+        await finished.wait()
+    assert received == [b"%d" % i for i in range(200)]
+
+
+async def test_handshake_times_out_on_a_silent_peer(autojump_clock: trio.testing.MockClock) -> None:
+    left, _right = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    with pytest.raises(TimedOutError):
+        async with open_connection(left, CLIENT, initiator=True, handshake_timeout=3.0):
+            raise AssertionError("unreachable")  # pragma: no cover
+    assert trio.current_time() - start == pytest.approx(3.0)
+
+
+async def test_handshake_times_out_on_a_slow_peer(autojump_clock: trio.testing.MockClock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+
+    dropped = trio.Event()
+
+    async def dribble() -> None:
+        # A peer that sends its first message one byte every second (35 s for 35 bytes).
+        hello = SecureConnection(CLIENT, initiator=True, now=0.0).data_to_send()
+        try:
+            for i in range(len(hello)):
+                await left.send_all(hello[i : i + 1])
+                await trio.sleep(1.0)
+        except trio.BrokenResourceError:
+            dropped.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dribble)
+        start = trio.current_time()
+        with pytest.raises(TimedOutError):
+            async with open_connection(right, SERVER, initiator=False, handshake_timeout=10.0):
+                raise AssertionError("unreachable")  # pragma: no cover
+        assert trio.current_time() - start == pytest.approx(10.0)
+        await dropped.wait()  # the socket was closed under the slow peer
+
+
+async def test_wrong_remote_key_fails_the_handshake() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            with pytest.raises((HandshakeError, ProtocolError)):
+                async with open_connection(right, SERVER, initiator=False):
+                    raise AssertionError("unreachable")  # pragma: no cover
+
+        nursery.start_soon(serve)
+        with pytest.raises(HandshakeError):
+            async with open_connection(
+                left, CLIENT, initiator=True, expected_remote_key=CLIENT.public_key
+            ):
+                raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def test_garbage_after_the_handshake_closes_only_that_connection() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    # The "peer" is a bare core we drive by hand, so it can send a forged frame.
+    peer = SecureConnection(CLIENT, initiator=True, now=0.0)
+    async with trio.open_nursery() as nursery:
+
+        async def drive_peer() -> None:
+            await left.send_all(peer.data_to_send())
+            while peer.result is None:
+                peer.receive_data(await left.receive_some())
+                await left.send_all(peer.data_to_send())
+            await left.send_all(encode_frame(b"\x00" * 50))  # not a valid ciphertext
+
+        nursery.start_soon(drive_peer)
+        async with open_connection(right, SERVER, initiator=False) as conn:
+            await conn.closed.wait()
+            assert isinstance(conn.error, ProtocolError)
+            with pytest.raises(ChannelClosedError):
+                await conn.open_channel(("x", b""))
+
+
+async def test_a_malformed_mux_frame_closes_the_connection_and_wakes_channels() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    peer = SecureConnection(CLIENT, initiator=True, now=0.0)
+    async with trio.open_nursery() as nursery:
+
+        async def drive_peer() -> None:
+            await left.send_all(peer.data_to_send())
+            while peer.result is None:
+                peer.receive_data(await left.receive_some())
+                await left.send_all(peer.data_to_send())
+            peer.send(b"\x09garbage")  # encrypted properly, but not a mux frame
+            await left.send_all(peer.data_to_send())
+
+        nursery.start_soon(drive_peer)
+        async with open_connection(right, SERVER, initiator=False) as conn:
+            await conn.closed.wait()
+            assert isinstance(conn.error, ProtocolError)
+            assert "mux frame type" in str(conn.error)
+
+
+# -- RPC over memory streams ---------------------------------------------------------------
+
+
+GATES: dict[int, trio.Event] = {}
+
+
+def make_server(concurrency: int = 64) -> tuple[RpcServer, dict[str, int]]:
+    server = RpcServer(concurrency=concurrency)
+    stats = {"running": 0, "peak": 0}
+    gate = GATES[id(stats)] = trio.Event()
+
+    async def echo_value(value: object, context: CallContext) -> object:
+        assert context.remote_public_key == CLIENT.public_key
+        return value
+
+    async def needs_entry(value: object, context: CallContext) -> object:
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            from autobase_py.errors import DecodeError
+
+            raise DecodeError("put: field 'name' is required")
+        return value["name"]
+
+    async def replica(value: object, context: CallContext) -> object:
+        raise NotWritableError("this node is a read-only replica")
+
+    async def forbidden(value: object, context: CallContext) -> object:
+        raise UnauthorizedError("key not on the allow-list")
+
+    async def broken(value: object, context: CallContext) -> object:
+        raise RuntimeError("a bug with secrets in it")
+
+    async def hang(value: object, context: CallContext) -> object:
+        await trio.sleep_forever()
+
+    async def busy(value: object, context: CallContext) -> object:
+        stats["running"] += 1
+        stats["peak"] = max(stats["peak"], stats["running"])
+        await gate.wait()
+        stats["running"] -= 1
+        return b"done"
+
+    server.method("echo", echo_value, request=CBOR, response=CBOR)
+    server.method("put", needs_entry, request=CBOR, response=CBOR)
+    server.method("replica", replica)
+    server.method("forbidden", forbidden)
+    server.method("broken", broken)
+    server.method("hang", hang)
+    server.method("busy", busy)
+    with pytest.raises(ValueError):
+        server.method("echo", echo_value)
+    return server, stats
+
+
+async def test_rpc_results_and_error_codes() -> None:
+    server, _ = make_server()
+    async with connected(server_protocols=server.protocols) as (client_conn, _):
+        client = await RpcClient.open(client_conn)
+        assert await client.call("echo", {"x": [1, 2]}, request=CBOR, response=CBOR) == {
+            "x": [1, 2]
+        }
+        cases = {
+            "nope": "UNKNOWN_METHOD",
+            "replica": "NOT_WRITABLE",
+            "forbidden": "UNAUTHORIZED",
+            "broken": "INTERNAL",
+        }
+        for method, code in cases.items():
+            with pytest.raises(RpcError) as info:
+                await client.call(method)
+            assert info.value.code == code
+        assert "secrets" not in info.value.message
+        with pytest.raises(RpcError) as info:
+            await client.call("echo", b"\xff")  # not CBOR: the server's codec refuses it
+        assert info.value.code == "BAD_REQUEST"
+        with pytest.raises(RpcError) as info:
+            await client.call("put", {"title": "x"}, request=CBOR, response=CBOR)
+        assert info.value.code == "BAD_REQUEST" and "'name'" in info.value.message
+        # The channel is still fine after all those errors.
+        assert await client.call("echo", 5, request=CBOR, response=CBOR) == 5
+
+
+async def test_rpc_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    server, _ = make_server()
+    async with connected(server_protocols=server.protocols) as (client_conn, _):
+        client = await RpcClient.open(client_conn)
+        start = trio.current_time()
+        with pytest.raises(RpcTimeoutError) as info:
+            await client.call("hang")
+        assert info.value.code == "TIMEOUT"
+        assert isinstance(info.value, TimedOutError)
+        assert trio.current_time() - start == pytest.approx(10.0)  # the default per-call timeout
+        with pytest.raises(RpcTimeoutError):
+            await client.call("hang", call_timeout=0.5)
+        assert await client.call("echo", 1, request=CBOR, response=CBOR) == 1
+        assert client.core.pending == 0
+
+
+async def test_rpc_concurrency_cap() -> None:
+    server, stats = make_server(concurrency=3)
+    async with connected(server_protocols=server.protocols) as (client_conn, _):
+        client = await RpcClient.open(client_conn)
+        other = await RpcClient.open(client_conn, name=b"second")
+        results: list[bytes] = []
+
+        async def one(rpc_client: RpcClient) -> None:
+            results.append(await rpc_client.call("busy"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(one, client)
+            await trio.testing.wait_all_tasks_blocked()
+            assert stats["running"] == 3  # the other five wait for a slot
+            # The cap is server-wide: another channel cannot slip past it either.
+            nursery.start_soon(one, other)
+            await trio.testing.wait_all_tasks_blocked()
+            assert stats["running"] == 3
+            GATES[id(stats)].set()
+        assert results == [b"done"] * 9
+        assert stats["peak"] == 3
+
+
+async def test_rpc_channel_closed_mid_call() -> None:
+    server, _ = make_server()
+    async with connected(server_protocols=server.protocols) as (client_conn, server_conn):
+        client = await RpcClient.open(client_conn)
+        async with trio.open_nursery() as nursery:
+
+            async def call() -> None:
+                with pytest.raises(RpcChannelClosedError) as info:
+                    await client.call("hang")
+                assert info.value.code == "CHANNEL_CLOSED"
+                assert isinstance(info.value, ChannelClosedError)
+
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            await server_conn.aclose()
+        with pytest.raises(RpcChannelClosedError):
+            await client.call("echo")
+
+
+async def test_a_malformed_rpc_reply_closes_the_connection() -> None:
+    async def liar(channel: Channel) -> None:
+        await channel.receive()
+        await channel.send(b"\xa0")  # an empty map: not a response
+
+    async with connected(server_protocols={"rpc": liar}) as (client_conn, _):
+        client = await RpcClient.open(client_conn)
+        with pytest.raises(RpcChannelClosedError):
+            await client.call("anything")
+        await client_conn.closed.wait()
+        assert isinstance(client_conn.error, ProtocolError)
