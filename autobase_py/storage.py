@@ -406,6 +406,27 @@ class Storage:
         base = log_id << NODE_SHIFT
         db.executemany("DELETE FROM nodes WHERE id = ?", [(base + i,) for i in straddlers])
 
+    def retain_spans(self, log_id: int, spans: Iterable[tuple[int, int]]) -> None:
+        """Drop every block and node of the log outside the given subtrees, each given by its
+        (left, right) flat span: a subtree's nodes are exactly the flat indices of its span,
+        its blocks the indices ``left // 2 .. right // 2``."""
+        spans = sorted(spans)
+        self._delete_outside("nodes", NODE_SHIFT, log_id, spans)
+        self._delete_outside("blocks", BLOCK_SHIFT, log_id, [(a // 2, b // 2) for a, b in spans])
+
+    def _delete_outside(
+        self, table: str, shift: int, log_id: int, keep: list[tuple[int, int]]
+    ) -> None:
+        base = log_id << shift
+        gaps = []
+        start = 0
+        for first, last in keep:
+            if first > start:
+                gaps.append((base + start, base + first))
+            start = max(start, last + 1)
+        gaps.append((base + start, base + (1 << shift)))
+        self.db.executemany(f"DELETE FROM {table} WHERE id >= ? AND id < ?", gaps)
+
     def count_blocks(self, log_id: int) -> int:
         row = self.db.execute(
             "SELECT count(*) FROM blocks WHERE id >= ? AND id < ?",

@@ -22,6 +22,9 @@ path) with pure functions from :mod:`.proof` before it touches storage, then sto
 in one transaction. In-memory state changes only inside those transactions and the log enlists
 in them, so a rollback anywhere reloads it from disk.
 
+Forks. A replica follows a newer fork only through an upgrade from 0 (all roots); it keeps
+the subtrees under new roots it already stores with equal hashes and drops the rest.
+
 Equivocation. A valid signature for the replica's own (length, fork) over a different tree hash
 freezes the log (persisted) and raises :class:`EquivocationError`; every later write raises
 :class:`LogFrozenError`.
@@ -328,6 +331,7 @@ class Log:
         if proof.fork < self.fork:
             raise ProofMismatchError(f"proof is for fork {proof.fork}; the log is at {self.fork}")
         fork_change = proof.fork > self.fork
+        kept: list[tuple[int, int]] = []  # flat spans still valid after a fork change
         trusted: dict[int, ProofNode] = {}
         learned: list[Node] = []
         header: tuple[int, int, bytes | None] | None = None  # (length, byte length, signature)
@@ -344,26 +348,31 @@ class Log:
             length = header[0]
             for node in learned:
                 trusted[node.index] = (node.size, node.hash)
+            if fork_change:
+                kept = self._unchanged_subtrees(length, trusted)
         elif fork_change:
             raise ProofMismatchError("a proof from a newer fork must carry an upgrade from 0")
         block = proof.block
         if block is not None:
             if block.index >= length:
                 raise InvalidProofError(f"block {block.index} is past the proven length {length}")
-            if not fork_change:  # what this replica already stores on the block's path
-                path = [2 * block.index]
-                for _ in block.nodes:
-                    path.append(flat_tree.parent(path[-1]))
-                stored = self.storage.get_nodes(self._id, path)
-                stored.update(trusted)
-                trusted = stored
+            # what this replica already stores on the block's path (still valid after a
+            # fork change only inside the subtrees the new fork did not touch)
+            path = [2 * block.index]
+            for _ in block.nodes:
+                path.append(flat_tree.parent(path[-1]))
+            if fork_change:
+                path = [i for i in path if any(a <= i <= b for a, b in kept)]
+            stored = self.storage.get_nodes(self._id, path)
+            stored.update(trusted)
+            trusted = stored
             learned.extend(verify_block_path(block, trusted.get))
         # Everything is verified: store it.
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
             if fork_change:
-                storage.truncate_log(self._id, 0, ())
+                storage.retain_spans(self._id, kept)
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
             if learned:
@@ -373,6 +382,19 @@ class Log:
             if header is not None:
                 storage.write_header(self._id, header[0], proof.fork, header[1], header[2])
                 self.reload()
+
+    def _unchanged_subtrees(
+        self, length: int, proven: dict[int, ProofNode]
+    ) -> list[tuple[int, int]]:
+        """Flat spans of the new fork's roots that this replica already stores with the same
+        size and hash: equal root hashes mean equal subtrees, so what it holds there stays."""
+        roots = flat_tree.full_roots(length)
+        stored = self.storage.get_nodes(self._id, roots)
+        return [
+            (flat_tree.left_span(r), flat_tree.right_span(r))
+            for r in roots
+            if r in stored and stored[r] == proven.get(r)
+        ]
 
     def _proof_manifest(self, proof: Proof) -> tuple[Manifest, bytes | None]:
         """(the manifest to verify with, its bytes if newly learned from this proof)."""

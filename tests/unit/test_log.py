@@ -307,3 +307,21 @@ def test_reopen_restores_header_and_roots(folder: Path) -> None:
     again = Log.create(open_storage(folder, "w"), crypto.key_pair(SEED))
     assert state(again) == snapshot
     assert again.append([b"next"]) == 38
+
+
+def test_replica_keeps_untouched_subtrees_across_a_fork(writer: Log, replica: Log) -> None:
+    writer.append([b"%d" % i for i in range(16)])
+    replica.apply_proof(writer.proof(None, upgrade_from=0))
+    for i in range(16):
+        replica.apply_proof(writer.proof(i))
+    writer.truncate(12)  # roots of 12 are nodes 7 (blocks 0-7) and 19 (blocks 8-11)
+    writer.append([b"x", b"y", b"z"])
+    replica.apply_proof(writer.proof(13, upgrade_from=0))
+    assert (replica.fork, replica.length) == (1, 15)
+    assert [replica.has(i) for i in range(15)] == [True] * 12 + [False, True, False]
+    assert [replica.get(i) for i in range(12)] == [b"%d" % i for i in range(12)]
+    assert replica.get(13) == b"y" and replica.tree_hash() == writer.tree_hash()
+    replica.apply_proof(writer.proof(14))
+    second = Log.replica(Storage.open_memory(), writer.key)
+    second.apply_proof(replica.proof(5, upgrade_from=0))  # kept blocks can still be proven
+    assert second.get(5) == b"5"
