@@ -139,12 +139,22 @@ class Endpoint:
         self.on_connection = on_connection
         self.handshake_timeout = handshake_timeout
         self.connections: dict[bytes, Connection] = {}
+        self.established = 0  # handshakes completed, duplicates included
+        self._changed = trio.Event()
         self._nursery = nursery
         self._closed = False
 
     @property
     def public_key(self) -> bytes:
         return self.key_pair.public_key
+
+    async def wait_changed(self) -> None:
+        """Return after the next connection is established or ends."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def listen(self, host: str, port: int = 0) -> int:
         """Start accepting on ``host:port``; returns the bound port."""
@@ -201,6 +211,8 @@ class Endpoint:
             await self._serve(conn)
 
     def _register(self, conn: Connection) -> Connection:
+        self.established += 1
+        self._notify()
         key = conn.remote_public_key
         existing = self.connections.get(key)
         if existing is not None and not existing.is_closed:
@@ -220,6 +232,7 @@ class Endpoint:
         finally:
             if self.connections.get(conn.remote_public_key) is conn:
                 del self.connections[conn.remote_public_key]
+            self._notify()
 
     async def _run_callback(self, conn: Connection) -> None:
         assert self.on_connection is not None
