@@ -41,6 +41,7 @@ from typing import TypeVar
 
 from ..errors import (
     AutobaseError,
+    BlockNotAvailableError,
     LocalError,
     NotWritableError,
     OutOfRangeError,
@@ -180,9 +181,11 @@ class Bee:
         node = self._cache.get(seq)
         if node is not None:
             return node
-        if not self.log.has(seq):
-            raise BlockMissing(seq)
-        node = decode_node(self.log.get(seq), seq)
+        try:
+            data = self.log.get(seq)
+        except BlockNotAvailableError as exc:
+            raise BlockMissing(seq) from exc
+        node = decode_node(data, seq)
         self._remember(node)
         return node
 
