@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import trio
 
@@ -65,6 +66,20 @@ DEFAULT_CLOSE_TIMEOUT = 5.0
 ChannelHandler = Callable[["Channel"], Awaitable[None]]
 
 
+class ChannelProtocol(Protocol):
+    """A protocol that vets each channel the peer opens before answering it."""
+
+    def accept(self, connection: Connection, key: Key, handshake: bytes) -> bytes | None:
+        """Our OPEN handshake for this channel, or None to reject it. Raising ProtocolError
+        closes the whole connection (a peer that proved nothing, for instance)."""
+        ...
+
+    async def run(self, channel: Channel) -> None: ...
+
+
+ProtocolEntry = ChannelHandler | ChannelProtocol
+
+
 class Channel:
     """One ``(protocol, name)`` channel: ``send``, ``receive`` (or ``async for``), ``aclose``."""
 
@@ -93,6 +108,13 @@ class Channel:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ChannelClosedError(f"channel {self.key!r} is closed") from None
+
+    def receive_nowait(self) -> bytes | None:
+        """The next message if one is already buffered, else None (also once closed)."""
+        try:
+            return self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
 
     def __aiter__(self) -> Channel:
         return self
@@ -134,7 +156,7 @@ class Connection:
         stream: trio.abc.Stream,
         core: SecureConnection,
         *,
-        protocols: Mapping[str, ChannelHandler],
+        protocols: Mapping[str, ProtocolEntry],
         close_timeout: float,
         max_channels: int,
     ) -> None:
@@ -176,6 +198,18 @@ class Connection:
         if self._tasks is None or self.is_closed:
             raise ChannelClosedError("connection is closed")
         self._tasks.start_soon(async_fn, *args)
+
+    def has_channel(self, key: Key) -> bool:
+        return key in self._channels
+
+    def abort(self, reason: AutobaseError) -> None:
+        """End the connection now because of ``reason`` (logged); no graceful close."""
+        if self.is_closed:
+            return
+        log.warning("closing connection to %s: %s", _short(self.core), reason)
+        self.error = reason
+        self._finish()
+        self._scope.cancel()
 
     # -- channels ----------------------------------------------------------------------------
 
@@ -306,14 +340,18 @@ class Connection:
         self._pump()
 
     def _answer_request(self, event: ChannelRequested) -> None:
-        handler = self.protocols.get(event.key[0])
-        if handler is None or self._tasks is None or self.is_closed:
+        entry = self.protocols.get(event.key[0])
+        handshake: bytes | None = b""
+        if entry is not None and not callable(entry):
+            handshake = entry.accept(self, event.key, event.handshake)
+        if entry is None or handshake is None or self._tasks is None or self.is_closed:
             log.info("refusing channel %r from %s", event.key, _short(self.core))
             self.mux.reject(event.key)
             return
+        handler = entry if callable(entry) else entry.run
         channel = Channel(self, event.key)
         self._channels[event.key] = channel
-        self.mux.open(event.key)
+        self.mux.open(event.key, handshake)
         channel._mark_opened(event.handshake)
         self._tasks.start_soon(self._run_handler, handler, channel)
 
@@ -432,7 +470,7 @@ async def open_connection(
     *,
     initiator: bool,
     expected_remote_key: bytes | None = None,
-    protocols: Mapping[str, ChannelHandler] | None = None,
+    protocols: Mapping[str, ProtocolEntry] | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     max_channels: int = DEFAULT_MAX_CHANNELS,
@@ -478,4 +516,12 @@ async def open_connection(
         raise body_error
 
 
-__all__ = ["Channel", "ChannelHandler", "Connection", "handshake", "open_connection"]
+__all__ = [
+    "Channel",
+    "ChannelHandler",
+    "ChannelProtocol",
+    "Connection",
+    "ProtocolEntry",
+    "handshake",
+    "open_connection",
+]

@@ -24,7 +24,7 @@ import trio
 from .. import crypto
 from ..errors import AutobaseError, ChannelClosedError, ClosedError
 from .connection import DEFAULT_HANDSHAKE_TIMEOUT
-from .connection_trio import ChannelHandler, Connection, open_connection
+from .connection_trio import Connection, ProtocolEntry, open_connection
 
 log = logging.getLogger("autobase_py.net")
 
@@ -38,7 +38,7 @@ async def _wait_closed(connection: Connection) -> None:
 async def _serve_one(
     key_pair: crypto.KeyPair,
     handler: ConnectionHandler,
-    protocols: Mapping[str, ChannelHandler] | None,
+    protocols: Mapping[str, ProtocolEntry] | None,
     handshake_timeout: float,
     stream: trio.SocketStream,
 ) -> None:
@@ -65,7 +65,7 @@ async def listen(
     key_pair: crypto.KeyPair,
     handler: ConnectionHandler = _wait_closed,
     *,
-    protocols: Mapping[str, ChannelHandler] | None = None,
+    protocols: Mapping[str, ProtocolEntry] | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -85,7 +85,7 @@ async def connect(
     key_pair: crypto.KeyPair,
     *,
     expected_remote_key: bytes | None = None,
-    protocols: Mapping[str, ChannelHandler] | None = None,
+    protocols: Mapping[str, ProtocolEntry] | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> AsyncIterator[Connection]:
     """Dial ``host:port`` and yield the encrypted connection (closed gracefully on exit).
@@ -130,7 +130,7 @@ class Endpoint:
         key_pair: crypto.KeyPair,
         nursery: trio.Nursery,
         *,
-        protocols: Mapping[str, ChannelHandler] | None,
+        protocols: Mapping[str, ProtocolEntry] | None,
         on_connection: ConnectionHandler | None,
         handshake_timeout: float,
     ) -> None:
@@ -255,7 +255,7 @@ class Endpoint:
 async def open_endpoint(
     key_pair: crypto.KeyPair,
     *,
-    protocols: Mapping[str, ChannelHandler] | None = None,
+    protocols: Mapping[str, ProtocolEntry] | None = None,
     on_connection: ConnectionHandler | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> AsyncIterator[Endpoint]:

@@ -1,0 +1,255 @@
+"""trio adapter for replication: a ``Replicator`` runs a ``LogSession`` per log per connection.
+
+``Replicator`` is a channel protocol for ``"log"``: it answers the peer's channel requests for
+logs it holds (after checking the peer's capability) and opens channels for its own logs on
+every connection it is attached to (``attach``/``replicate``), including logs ``add``-ed
+later. Each session runs in the connection's task group: a reader (peer messages into the
+core) and a pusher (our log changed: sync and new requests). ``announce(log)`` tells every
+session of a log that it changed locally (after an append). Waiting is by events:
+``wait_for(log, predicate)`` and ``fetch(log, index)`` (a sparse read: asks the peers that
+have the block, then waits until it is verified and stored).
+
+A peer whose data fails verification makes the core raise ``InvalidPeerDataError``; it reaches
+the connection's single error boundary, which logs the reason and closes that connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import ChannelClosedError
+from ..log import Log
+from ..store import Store
+from .connection_trio import Channel, Connection
+from .mux import Key
+from .replication import (
+    DEFAULT_WINDOW,
+    PROTOCOL,
+    Claims,
+    InvalidPeerDataError,
+    LogSession,
+    capability,
+    channel_key,
+)
+
+log = logging.getLogger("autobase_py.net.replication")
+
+BATCH = 256  # messages handled per storage transaction
+
+
+@dataclass(eq=False, slots=True)
+class _Live:
+    session: LogSession
+    channel: Channel
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+class Replicator:
+    """Replicates a set of logs (a store's, plus any ``add``-ed) over many connections."""
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        logs: Iterable[Log] = (),
+        *,
+        eager: bool = True,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.eager = eager
+        self.window = window
+        self._logs: dict[bytes, Log] = {}
+        self._claims: dict[bytes, Claims] = {}
+        self._sessions: dict[bytes, set[_Live]] = {}
+        self._updated: dict[bytes, trio.Event] = {}
+        self._connections: set[Connection] = set()
+        if store is not None:
+            for key in store.log_keys():
+                self._register(store.get(key=key))
+        for item in logs:
+            self._register(item)
+
+    @property
+    def protocols(self) -> dict[str, Replicator]:
+        return {PROTOCOL: self}
+
+    @property
+    def logs(self) -> list[Log]:
+        return list(self._logs.values())
+
+    def _register(self, item: Log) -> bool:
+        if item.discovery_key in self._logs:
+            return False
+        dk = item.discovery_key
+        self._logs[dk] = item
+        self._claims[dk] = Claims()
+        self._sessions[dk] = set()
+        self._updated[dk] = trio.Event()
+        return True
+
+    # -- connections -------------------------------------------------------------------------
+
+    def attach(self, connection: Connection) -> None:
+        """Replicate every log on ``connection`` (and answer the peer's log channels)."""
+        if connection in self._connections or connection.is_closed:
+            return
+        connection.protocols[PROTOCOL] = self
+        self._connections.add(connection)
+        connection.spawn(self._forget_when_closed, connection)
+        for item in self._logs.values():
+            connection.spawn(self._open, connection, item)
+
+    async def replicate(self, connection: Connection) -> None:
+        """``attach``, then wait until the connection ends."""
+        self.attach(connection)
+        await connection.closed.wait()
+
+    async def _forget_when_closed(self, connection: Connection) -> None:
+        try:
+            await connection.closed.wait()
+        finally:
+            self._connections.discard(connection)
+
+    def add(self, item: Log) -> None:
+        """Start replicating ``item`` on every attached connection too."""
+        if self._register(item):
+            for connection in list(self._connections):
+                if not connection.is_closed:
+                    connection.spawn(self._open, connection, item)
+
+    def announce(self, item: Log) -> None:
+        """``item`` changed locally (an append): tell the peers, wake the waiters."""
+        dk = item.discovery_key
+        for live in self._sessions.get(dk, ()):
+            live.wake.set()
+        event = self._updated.get(dk)
+        if event is not None:
+            event.set()
+            self._updated[dk] = trio.Event()
+
+    # -- channel protocol --------------------------------------------------------------------
+
+    def accept(self, connection: Connection, key: Key, handshake: bytes) -> bytes | None:
+        item = self._logs.get(key[1])
+        if item is None:
+            return None  # not a log we know: refuse quietly
+        self._check_capability(connection, item, handshake)
+        return capability(item.key, connection.handshake_hash, initiator=connection.initiator)
+
+    async def run(self, channel: Channel) -> None:
+        await self._session(channel, self._logs[channel.key[1]])
+
+    def _check_capability(self, connection: Connection, item: Log, handshake: bytes) -> None:
+        expected = capability(
+            item.key, connection.handshake_hash, initiator=not connection.initiator
+        )
+        if handshake != expected:
+            raise InvalidPeerDataError(f"bad capability for log {item.key.hex()[:16]}")
+
+    async def _open(self, connection: Connection, item: Log) -> None:
+        key = channel_key(item)
+        if connection.has_channel(key) or connection.is_closed:
+            return
+        ours = capability(item.key, connection.handshake_hash, initiator=connection.initiator)
+        try:
+            channel = await connection.open_channel(key, ours)
+        except ChannelClosedError:
+            return  # the peer does not know this log
+        self._check_capability(connection, item, channel.remote_handshake)
+        try:
+            await self._session(channel, item)
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def _session(self, channel: Channel, item: Log) -> None:
+        dk = item.discovery_key
+        session = LogSession(item, self._claims[dk], eager=self.eager, window=self.window)
+        live = _Live(session, channel)
+        self._sessions[dk].add(live)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._push, live)
+                await self._send(channel, session.start())
+                async for data in channel:
+                    out, stored = self._receive_batch(session, channel, data)
+                    await self._send(channel, out)
+                    if stored:
+                        self.announce(item)
+                nursery.cancel_scope.cancel()
+        except* ChannelClosedError:
+            pass  # the channel or connection ended; other sessions carry on
+        finally:
+            session.release()
+            self._sessions[dk].discard(live)
+            for other in self._sessions[dk]:
+                other.wake.set()  # they may take over what this one had claimed
+
+    @staticmethod
+    def _receive_batch(
+        session: LogSession, channel: Channel, first: bytes
+    ) -> tuple[list[bytes], bool]:
+        """Handle ``first`` and whatever else is already buffered in one storage transaction
+        (one commit per batch instead of one per proof). If the peer lied anywhere in the
+        batch the whole batch rolls back; the peer is dropped and honest data stays."""
+        out: list[bytes] = []
+        stored = False
+        with session.log.storage.transaction():
+            data: bytes | None = first
+            count = 0
+            while data is not None:
+                more, got = session.receive(data)
+                out += more
+                stored = stored or got
+                count += 1
+                data = channel.receive_nowait() if count < BATCH else None
+        return out, stored
+
+    async def _push(self, live: _Live) -> None:
+        while True:
+            await live.wake.wait()
+            live.wake = trio.Event()
+            await self._send(live.channel, live.session.local_changed())
+
+    @staticmethod
+    async def _send(channel: Channel, messages: list[bytes]) -> None:
+        for message in messages:
+            await channel.send(message)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def complete(self, item: Log) -> bool:
+        """Eager mode: every block up to the log's length is stored (as far as seen here)."""
+        if item.writable:
+            return True
+        claims = self._claims[item.discovery_key]
+        return claims.fork == item.fork and claims.contiguous >= item.length
+
+    async def wait_for(self, item: Log, predicate: Callable[[Log], bool]) -> None:
+        """Return once ``predicate(item)`` holds (checked after every change to ``item``)."""
+        dk = item.discovery_key
+        while not predicate(item):
+            await self._updated[dk].wait()
+
+    async def fetch(self, item: Log, index: int) -> bytes:
+        """Block ``index``, downloaded and verified if it is not stored yet (a sparse read).
+
+        Waits until some peer that has it answers; callers bound it with their own timeout.
+        """
+        dk = item.discovery_key
+        while not item.has(index):
+            for live in list(self._sessions.get(dk, ())):
+                try:
+                    await self._send(live.channel, live.session.want(index, index + 1))
+                except ChannelClosedError:
+                    continue
+            await self._updated[dk].wait()
+        return item.get(index)
+
+
+__all__ = ["Replicator"]
