@@ -63,6 +63,13 @@ class SnapshotExpiredError(OutOfRangeError):
     code = "SNAPSHOT_EXPIRED"
 
 
+class NotAVersionError(OutOfRangeError):
+    """The log (or a requested version) ends between two flushes: its last block is not a
+    root. Truncate views only to lengths a flush returned."""
+
+    code = "NOT_A_BEE_VERSION"
+
+
 class InvalidEntryError(LocalError):
     """A key or value is not ``bytes``, or range arguments are inconsistent."""
 
@@ -190,7 +197,15 @@ class Bee:
         return node
 
     def _root(self, version: int) -> Node | None:
-        return None if version == 0 else self._load(version - 1)
+        if version == 0:
+            return None
+        node = self._load(version - 1)
+        if not node.root:
+            raise NotAVersionError(
+                f"block {version - 1} is not a bee root: length {version} falls between two "
+                "flushes (was the log truncated to a length no flush ended at?)"
+            )
+        return node
 
     async def _fetch(self, seq: int) -> None:
         assert self.source is not None
@@ -447,6 +462,7 @@ __all__ = [
     "Batch",
     "Bee",
     "InvalidEntryError",
+    "NotAVersionError",
     "RangeIterator",
     "Snapshot",
     "SnapshotExpiredError",

@@ -9,7 +9,8 @@ the block naming it, so any walk down a stored tree terminates, whatever a write
 Block layout (canonical, one encoding per node)::
 
     byte 0   FORMAT_VERSION (1)
-    byte 1   KIND_LEAF (0) or KIND_INTERNAL (1)
+    byte 1   kind: KIND_LEAF (0) or KIND_INTERNAL (1), plus ROOT_FLAG (2) on the root that
+             ends each flush (so a reader can tell a log cut between flushes from a version)
     rest     canonical CBOR array of two arrays:
              leaf:     [[key, ...], [value, ...]]       keys strictly increasing, equal counts
              internal: [[key, ...], [child seq, ...]]   >= 1 key, len(children) = len(keys) + 1,
@@ -36,12 +37,13 @@ from ..errors import DecodeError, EncodeError
 FORMAT_VERSION = 1
 KIND_LEAF = 0
 KIND_INTERNAL = 1
+ROOT_FLAG = 2
 
 
 class Node:
     """One B+ tree node; ``children is None`` for a leaf, ``values is None`` for an internal."""
 
-    __slots__ = ("children", "keys", "origin", "seq", "values")
+    __slots__ = ("children", "keys", "origin", "root", "seq", "values")
 
     def __init__(
         self,
@@ -49,8 +51,11 @@ class Node:
         values: list[bytes] | None,
         children: list[int | Node] | None,
         seq: int | None = None,
+        *,
         origin: Node | None = None,
+        root: bool = False,
     ) -> None:
+        self.root = root
         self.keys = keys
         self.values = values
         self.children = children
@@ -68,7 +73,7 @@ class Node:
             None if self.values is None else list(self.values),
             None if self.children is None else list(self.children),
             None,
-            self if self.seq is not None else self.origin,
+            origin=self if self.seq is not None else self.origin,
         )
 
     def __repr__(self) -> str:
@@ -76,8 +81,9 @@ class Node:
         return f"Node({kind}, seq={self.seq}, keys={len(self.keys)})"
 
 
-def encode_node(node: Node) -> bytes:
-    """The block for a node whose children are all stored (block indexes)."""
+def encode_node(node: Node, *, root: bool = False) -> bytes:
+    """The block for a node whose children are all stored (block indexes); ``root`` marks
+    the root a flush ends with."""
     if node.children is None:
         if node.values is None or len(node.values) != len(node.keys):
             raise EncodeError("leaf node needs one value per key")
@@ -91,6 +97,8 @@ def encode_node(node: Node) -> bytes:
             refs.append(child)
         body = [node.keys, refs]
         kind = KIND_INTERNAL
+    if root:
+        kind |= ROOT_FLAG
     return bytes((FORMAT_VERSION, kind)) + cbor2.dumps(body, canonical=True)
 
 
@@ -111,9 +119,10 @@ def decode_node(data: bytes, seq: int) -> Node:
         raise DecodeError("bee block: too short")
     if data[0] != FORMAT_VERSION:
         raise DecodeError(f"bee block: unknown format version {data[0]}")
-    kind = data[1]
-    if kind not in (KIND_LEAF, KIND_INTERNAL):
-        raise DecodeError(f"bee block: unknown node kind {kind}")
+    kind = data[1] & ~ROOT_FLAG
+    if data[1] > (KIND_INTERNAL | ROOT_FLAG):
+        raise DecodeError(f"bee block: unknown node kind {data[1]}")
+    root = bool(data[1] & ROOT_FLAG)
     payload = bytes(data[2:])
     try:
         body = cbor2.loads(payload)
@@ -129,14 +138,14 @@ def decode_node(data: bytes, seq: int) -> Node:
     if kind == KIND_LEAF:
         if len(second) != len(keys) or not _all_bytes(second):
             raise DecodeError("bee block: leaf needs one byte-string value per key")
-        node = Node(keys, second, None, seq)
+        node = Node(keys, second, None, seq, root=root)
     else:
         if not keys or len(second) != len(keys) + 1:
             raise DecodeError("bee block: internal node needs >= 1 key and one more child")
         for child in second:
             if type(child) is not int or not 0 <= child < seq:
                 raise DecodeError("bee block: child must name an earlier block")
-        node = Node(keys, None, second, seq)
+        node = Node(keys, None, second, seq, root=root)
     try:
         canonical = cbor2.dumps(body, canonical=True)
     except Exception as exc:
@@ -150,6 +159,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KIND_INTERNAL",
     "KIND_LEAF",
+    "ROOT_FLAG",
     "Node",
     "decode_node",
     "encode_node",

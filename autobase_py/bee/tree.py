@@ -411,19 +411,21 @@ class TreeWriter:
             ):
                 return origin
             node.seq = length + len(blocks)
-            blocks.append(encode_node(node))
+            node.root = node is root
+            blocks.append(encode_node(node, root=node.root))
             nodes.append(node)
             return node
 
         top = store(root)
-        if top.seq not in (length + len(blocks) - 1, length - 1) or (
-            blocks and top.seq == length - 1
-        ):
-            # The root is an older block (the tree collapsed back onto an unchanged subtree):
-            # the root must be the last block, so store a copy of it.
-            copy = Node(top.keys, top.values, top.children, length + len(blocks))
-            blocks.append(encode_node(copy))
-            nodes.append(copy)
+        if blocks and top is nodes[-1]:
+            return blocks, nodes  # a new root, written last
+        if not blocks and top.seq == length - 1:
+            return [], []  # exactly the stored tree
+        # The tree collapsed back onto an older, unchanged subtree: the root must be the last
+        # block and carry the root mark, so store a copy of that subtree's root.
+        copy = Node(top.keys, top.values, top.children, length + len(blocks), root=True)
+        blocks.append(encode_node(copy, root=True))
+        nodes.append(copy)
         return blocks, nodes
 
 

@@ -82,11 +82,12 @@ nodes = st.one_of(
 )
 
 
-@given(nodes)
-def test_node_blocks_round_trip(node: Node) -> None:
-    block = encode_node(node)
+@given(nodes, st.booleans())
+def test_node_blocks_round_trip(node: Node, root: bool) -> None:
+    block = encode_node(node, root=root)
     back = decode_node(block, 1000)
     assert (back.keys, back.values, back.children) == (node.keys, node.values, node.children)
+    assert back.root == root
 
 
 @settings(max_examples=300)
@@ -109,7 +110,7 @@ def test_damaged_node_blocks_raise_only_decode_error(node: Node, data: st.DataOb
     except DecodeError:
         return
     # Whatever still decodes must be a well-formed node that re-encodes to the same bytes.
-    assert encode_node(back) == damaged
+    assert encode_node(back, root=back.root) == damaged
 
 
 def test_node_decoder_rejects_shapes_it_must_not_trust() -> None:
@@ -122,6 +123,7 @@ def test_node_decoder_rejects_shapes_it_must_not_trust() -> None:
         encode_node(Node([b"b", b"a"], [b"1", b"2"], None)),  # keys out of order
         encode_node(Node([b"a", b"a"], [b"1", b"2"], None)),  # duplicate keys
         encode_node(Node([], None, [1])),  # internal without keys
+        good_leaf[:1] + b"\x04" + good_leaf[2:],  # unknown kind flag
     ]
     for block in bad:
         try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from autobase_py.bee import Bee, InvalidEntryError, SnapshotExpiredError
+from autobase_py.bee import Bee, InvalidEntryError, NotAVersionError, SnapshotExpiredError
 from autobase_py.bee.node import decode_node
 from autobase_py.errors import (
     AutobaseError,
@@ -223,6 +223,24 @@ async def test_snapshot_survives_truncate_above_and_expires_below() -> None:
         await collect(late.range())
     with pytest.raises(OutOfRangeError):
         bee.snapshot(version=log.length + 1)
+
+
+async def test_log_cut_between_flushes_is_a_typed_error_not_a_wrong_tree() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    batch = bee.batch()
+    for i in range(40):
+        batch.put(k(i), b"v")
+    version = await batch.flush()
+    assert version > 2
+    log.truncate(version - 1)  # drops the root, leaving an inner node last
+    with pytest.raises(NotAVersionError):
+        await bee.get(k(1))
+    with pytest.raises(NotAVersionError):
+        await bee.put(k(1), b"w")
+    log.truncate(0)
+    await bee.put(k(1), b"w")
+    assert await collect(bee.range()) == [(k(1), b"w")]
 
 
 async def test_range_iterator_expires_on_fork_change() -> None:
