@@ -151,7 +151,8 @@ class Claims:
 class _Request:
     index: int | None
     upgrade: int | None
-    fork: int
+    fork: int  # our fork and length when we asked: a mismatch from an unchanged state is
+    length: int  # the peer's fault, from a changed state it is just a race
 
 
 class LogSession:
@@ -261,7 +262,7 @@ class LogSession:
     def _request(self, index: int | None, upgrade: int | None) -> bytes:
         request_id = self._next_id
         self._next_id += 1
-        self._inflight[request_id] = _Request(index, upgrade, self.log.fork)
+        self._inflight[request_id] = _Request(index, upgrade, self.log.fork, self.log.length)
         return encode_request(request_id, index, upgrade)
 
     def release(self) -> None:
@@ -317,11 +318,18 @@ class LogSession:
         block = proof.block
         if request.index is not None and (block is None or block.index != request.index):
             raise InvalidPeerDataError("proof does not answer the block that was asked for")
-        if request.upgrade is not None and proof.upgrade is None and proof.block is None:
-            raise InvalidPeerDataError("empty proof for an upgrade request")
+        if request.upgrade is None and proof.upgrade is not None:
+            raise InvalidPeerDataError("proof carries an upgrade that was not asked for")
+        if request.upgrade is not None:
+            if proof.upgrade is None:
+                raise InvalidPeerDataError("no upgrade in the answer to an upgrade request")
+            if proof.upgrade.start != request.upgrade:
+                raise InvalidPeerDataError("upgrade does not start where it was asked to")
         try:
             log.apply_proof(proof)
-        except ProofMismatchError:
+        except ProofMismatchError as exc:
+            if (log.fork, log.length) == (request.fork, request.length):
+                raise InvalidPeerDataError(f"proof does not fit the request: {exc}") from exc
             # Our state moved since we asked (another peer was faster): not the peer's fault;
             # the next pump asks again from the new state.
             return False

@@ -128,3 +128,21 @@ def test_random_frames_after_the_handshake_only_typed_errors(frames: list[bytes]
                     raise AssertionError("forged message accepted")
     except AutobaseError as exc:
         assert isinstance(exc, ProtocolError)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300), st.booleans())
+def test_replication_messages_random_bytes(data: bytes, as_proof: bool) -> None:
+    from autobase_py.log import Log
+    from autobase_py.net import replication as rep
+    from autobase_py.storage import Storage
+
+    writer = Log.create(Storage.open_memory(), KEYS[0])
+    writer.append([b"a", b"b", b"c"])
+    replica = Log.replica(Storage.open_memory(), writer.key)
+    session = rep.LogSession(replica)
+    requests = session.receive(rep.encode_sync(3, 0))[0]
+    message = rep.encode_data(rep.decode_message(requests[0])["id"], data) if as_proof else data
+    with contextlib.suppress(rep.InvalidPeerDataError):
+        session.receive(message)
+    assert replica.length in (0, 3)

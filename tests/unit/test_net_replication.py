@@ -1,0 +1,241 @@
+"""Replication sessions wired to each other directly (no sockets): sync, sparse reads, forks,
+shared claims, and every way a peer can lie."""
+
+from __future__ import annotations
+
+import pytest
+
+from autobase_py import crypto, encoding
+from autobase_py.errors import LocalError
+from autobase_py.log import Log, decode_proof, encode_proof
+from autobase_py.net import replication as rep
+from autobase_py.net.replication import Claims, InvalidPeerDataError, LogSession, capability
+from autobase_py.storage import Storage
+
+WRITER = crypto.key_pair(b"w" * 32)
+
+
+def writer_log(blocks: int) -> Log:
+    log = Log.create(Storage.open_memory(), WRITER)
+    for start in range(0, blocks, 50):
+        log.append([b"block %d" % i for i in range(start, min(blocks, start + 50))])
+    return log
+
+
+def replica_of(log: Log) -> Log:
+    return Log.replica(Storage.open_memory(), log.key)
+
+
+def run(a: LogSession, b: LogSession, *, max_rounds: int = 10_000) -> None:
+    """Shuttle messages between two sessions until both are quiet."""
+    queues = {id(a): a.start(), id(b): b.start()}
+    for _ in range(max_rounds):
+        if not queues[id(a)] and not queues[id(b)]:
+            return
+        for src, dst in ((a, b), (b, a)):
+            pending, queues[id(src)] = queues[id(src)], []
+            for message in pending:
+                out, _ = dst.receive(message)
+                queues[id(dst)] += out
+    raise AssertionError("sessions did not go quiet")
+
+
+def test_a_replica_downloads_everything_and_verifies_it() -> None:
+    source = writer_log(300)
+    replica = replica_of(source)
+    theirs, mine = LogSession(source), LogSession(replica, window=16)
+    run(theirs, mine)
+    assert (replica.length, replica.fork) == (300, 0)
+    assert all(replica.get(i) == b"block %d" % i for i in range(300))
+    assert mine.upgrades_received == 1 and mine.blocks_received == 300
+    assert mine.claims.contiguous == 300
+    assert mine.done and mine.inflight == 0
+    # Live: the writer appends; a new sync pulls the rest.
+    source.append([b"late"])
+    out = theirs.local_changed()
+    assert [rep.decode_message(m)["t"] for m in out] == ["sync"]
+    queue = out
+    while queue:
+        nxt = []
+        for message in queue:
+            more, _ = mine.receive(message)
+            for reply in more:
+                back, _ = theirs.receive(reply)
+                nxt += back
+        queue = nxt
+    assert replica.length == 301 and replica.get(300) == b"late"
+
+
+def test_sparse_mode_fetches_only_what_is_wanted() -> None:
+    source = writer_log(100)
+    replica = replica_of(source)
+    theirs, mine = LogSession(source), LogSession(replica, eager=False)
+    run(theirs, mine)
+    assert replica.length == 100  # the upgrade came, the blocks did not
+    assert not any(replica.has(i) for i in range(100))
+    queue = mine.want(42, 44)
+    while queue:
+        nxt: list[bytes] = []
+        for message in queue:
+            back, _ = theirs.receive(message)
+            for reply in back:
+                more, _ = mine.receive(reply)
+                nxt += more
+        queue = nxt
+    assert [i for i in range(100) if replica.has(i)] == [42, 43]
+    with pytest.raises(LocalError):
+        mine.want(5, 2)
+
+
+def test_a_replica_follows_a_new_fork() -> None:
+    source = writer_log(40)
+    replica = replica_of(source)
+    run(LogSession(source), LogSession(replica))
+    source.truncate(30)
+    source.append([b"fork one %d" % i for i in range(15)])
+    run(LogSession(source), LogSession(replica))
+    assert (replica.length, replica.fork) == (45, 1)
+    assert replica.get(10) == b"block 10"
+    assert replica.get(44) == b"fork one 14"
+
+
+def test_replicas_serve_what_they_hold_and_say_none_otherwise() -> None:
+    source = writer_log(20)
+    sparse = replica_of(source)
+    sparse_session = LogSession(sparse, eager=False)
+    run(LogSession(source), sparse_session)
+    # A third node asks the sparse replica for a block it does not hold.
+    answer = sparse_session.receive(rep.encode_request(0, 5, None))[0]
+    assert [rep.decode_message(m)["t"] for m in answer] == ["none"]
+    answer = sparse_session.receive(rep.encode_request(1, None, 999))[0]
+    assert [rep.decode_message(m)["t"] for m in answer] == ["none"]
+
+
+def test_sessions_of_one_log_do_not_ask_twice_for_a_block() -> None:
+    source = writer_log(10)
+    replica = replica_of(source)
+    claims = Claims()
+    first, second = LogSession(replica, claims, window=4), LogSession(replica, claims, window=4)
+    sync = rep.encode_sync(source.length, source.fork)
+    # Both learn the length first (through an upgrade proof answered by hand).
+    upgrade = first.receive(sync)[0]
+    proof = LogSession(source).receive(upgrade[0])[0][0]
+    after_upgrade = first.receive(proof)[0]  # a sync of the new length, then block requests
+    asked_first = [rep.decode_message(m).get("index") for m in after_upgrade]
+    assert first.pump() == []  # its window is full
+    asked_second = [rep.decode_message(m)["index"] for m in second.receive(sync)[0]]
+    asked = [i for i in asked_first + asked_second if i is not None]
+    assert len(asked) == len(set(asked)) == 8  # two windows of four, disjoint
+    first.release()  # the first peer left: its claims go back
+    assert claims.blocks == set(i for i in asked_second if i is not None)
+
+
+# -- lying peers -----------------------------------------------------------------------------
+
+
+def requested(session: LogSession, source: Log) -> tuple[LogSession, list[bytes]]:
+    """A replica session after the sync, with the data answers the honest source would send."""
+    honest = LogSession(source)
+    requests = session.receive(rep.encode_sync(source.length, source.fork))[0]
+    answers = [honest.receive(r)[0][0] for r in requests]
+    return honest, answers
+
+
+def block_requests(messages: list[bytes]) -> list[bytes]:
+    return [m for m in messages if rep.decode_message(m)["t"] == "request"]
+
+
+def test_a_flipped_bit_anywhere_in_a_proof_is_caught_and_nothing_is_stored() -> None:
+    source = writer_log(8)
+    _, answers = requested(LogSession(replica_of(source)), source)
+    data = rep.decode_message(answers[0])
+    raw = data["proof"]
+    caught = 0
+    for pos in range(len(raw)):
+        bad = bytearray(raw)
+        bad[pos] ^= 0x10
+        replica = replica_of(source)
+        session = LogSession(replica)
+        session.receive(rep.encode_sync(source.length, source.fork))
+        try:
+            session.receive(rep.encode_data(data["id"], bytes(bad)))
+        except InvalidPeerDataError:
+            caught += 1
+            assert replica.length == 0 and replica.manifest is None
+        else:  # pragma: no cover - a flip that verifies would be a forgery
+            raise AssertionError(f"flipped byte {pos} was accepted")
+    assert caught == len(raw)
+
+
+def test_a_tampered_block_value_is_rejected() -> None:
+    source = writer_log(8)
+    replica = replica_of(source)
+    session = LogSession(replica)
+    honest, answers = requested(session, source)
+    requests = block_requests(session.receive(answers[0])[0])  # the upgrade, then blocks
+    reply = honest.receive(requests[0])[0][0]
+    data = rep.decode_message(reply)
+    proof = decode_proof(data["proof"])
+    assert proof.block is not None
+    forged = type(proof)(
+        fork=proof.fork,
+        block=type(proof.block)(proof.block.index, b"forged", proof.block.nodes),
+        upgrade=proof.upgrade,
+        manifest=proof.manifest,
+    )
+    with pytest.raises(InvalidPeerDataError, match="invalid proof"):
+        session.receive(rep.encode_data(data["id"], encode_proof(forged)))
+    assert not replica.has(proof.block.index)
+
+
+def test_answers_that_were_never_asked_for() -> None:
+    source = writer_log(4)
+    session = LogSession(replica_of(source))
+    with pytest.raises(InvalidPeerDataError, match="not pending"):
+        session.receive(rep.encode_none(7))
+    _, answers = requested(session, source)
+    # An answer to the upgrade request that proves a block instead of nothing is fine only if
+    # it is the block asked for: prove block 2 for a request about block 0.
+    first = rep.decode_message(block_requests(session.receive(answers[0])[0])[0])
+    wrong = encode_proof(source.proof(first["index"] + 1))
+    with pytest.raises(InvalidPeerDataError, match="asked for"):
+        session.receive(rep.encode_data(first["id"], wrong))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [1],
+        {"t": "sync", "length": 1},
+        {"t": "sync", "length": -1, "fork": 0},
+        {"t": "sync", "length": 1, "fork": 0, "x": 1},
+        {"t": "request", "id": 0, "index": None, "upgrade": None},
+        {"t": "request", "id": 0, "index": "1", "upgrade": None},
+        {"t": "request", "id": 0, "index": True, "upgrade": None},
+        {"t": "data", "id": 0, "proof": "text"},
+        {"t": "gossip", "id": 0},
+    ],
+)
+def test_malformed_messages(obj: object) -> None:
+    with pytest.raises(InvalidPeerDataError):
+        rep.decode_message(encoding.encode(obj))
+
+
+def test_undecodable_proof_is_the_peers_fault() -> None:
+    source = writer_log(4)
+    session = LogSession(replica_of(source))
+    requests = session.receive(rep.encode_sync(4, 0))[0]
+    request_id = rep.decode_message(requests[0])["id"]
+    with pytest.raises(InvalidPeerDataError, match="undecodable"):
+        session.receive(rep.encode_data(request_id, b"\xff\x00"))
+
+
+def test_capabilities_bind_key_connection_and_role() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    h1, h2 = b"1" * 64, b"2" * 64
+    base = capability(key, h1, initiator=True)
+    assert len(base) == 32
+    assert base == capability(key, h1, initiator=True)
+    assert base != capability(key, h1, initiator=False)
+    assert base != capability(key, h2, initiator=True)
+    assert base != capability(other, h1, initiator=True)
