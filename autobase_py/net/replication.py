@@ -16,7 +16,9 @@ Messages (canonical CBOR maps, field ``t`` names the type)::
     request  {t: "request", id, index, upgrade}      a block (index or null) and/or an upgrade
                                                      from ``upgrade`` (my length, or 0)
     data     {t: "data", id, proof}                  ``encode_proof`` bytes answering ``id``
-    none     {t: "none", id}                         cannot serve ``id``
+    none     {t: "none", id}                         cannot serve ``id`` (yet)
+    have     {t: "have", start, end}                 blocks [start, end) I said "none" for
+                                                     are stored now: ask again
 
 A session that sees the peer ahead (a newer fork, or the same fork and a greater length) asks
 for an upgrade from its own length (0 across forks, which also carries the manifest). Once the
@@ -94,11 +96,16 @@ def encode_none(request_id: int) -> bytes:
     return encoding.encode({"t": "none", "id": request_id})
 
 
+def encode_have(start: int, end: int) -> bytes:
+    return encoding.encode({"t": "have", "start": start, "end": end})
+
+
 _FIELDS: Final = {
     "sync": frozenset({"t", "length", "fork"}),
     "request": frozenset({"t", "id", "index", "upgrade"}),
     "data": frozenset({"t", "id", "proof"}),
     "none": frozenset({"t", "id"}),
+    "have": frozenset({"t", "start", "end"}),
 }
 
 
@@ -118,7 +125,7 @@ def decode_message(data: bytes) -> dict[str, Any]:
         kind = encoding.field(obj, "t", str, "replication message")
         if kind not in _FIELDS or frozenset(obj) != _FIELDS[kind]:
             raise DecodeError(f"replication message: bad type or fields for {kind!r}")
-        for name in ("length", "fork", "id"):
+        for name in ("length", "fork", "id", "start", "end"):
             if name in obj:
                 value = encoding.field(obj, name, int, kind)
                 if not 0 <= value < 2**63:
@@ -130,6 +137,8 @@ def decode_message(data: bytes) -> dict[str, Any]:
                 raise DecodeError("request: asks for nothing")
         if kind == "data":
             encoding.field(obj, "proof", bytes, kind)
+        if kind == "have" and not obj["start"] < obj["end"]:
+            raise DecodeError("have: empty range")
     except DecodeError as exc:
         raise InvalidPeerDataError(f"malformed replication message: {exc.message}") from exc
     return obj
@@ -182,6 +191,7 @@ class LogSession:
         self._inflight: dict[int, _Request] = {}
         self._sent_state: tuple[int, int] | None = None
         self._refused: set[int] = set()  # blocks this peer said it cannot serve (until sync)
+        self._owed: set[int] = set()  # blocks we said "none" for: announce when stored
 
     # -- outgoing ----------------------------------------------------------------------------
 
@@ -195,6 +205,10 @@ class LogSession:
         if state != self._sent_state:
             self._sent_state = state
             out.append(encode_sync(*state))
+        if self._owed:
+            ready = sorted(i for i in self._owed if self.log.has(i))
+            self._owed.difference_update(ready)
+            out += [encode_have(i, i + 1) for i in ready]
         out += self.pump()
         return out
 
@@ -285,6 +299,9 @@ class LogSession:
             return self.pump(), False
         if kind == "request":
             return [self._serve(msg["id"], msg["index"], msg["upgrade"])], False
+        if kind == "have":
+            self._refused.difference_update(range(msg["start"], msg["end"]))
+            return self.pump(), False
         request = self._inflight.pop(msg["id"], None)
         if request is None:
             raise InvalidPeerDataError(f"answer to request {msg['id']}, which is not pending")
@@ -306,6 +323,9 @@ class LogSession:
                 return encode_none(request_id)
             proof = log.proof(index, upgrade)
         except (BlockNotAvailableError, OutOfRangeError):
+            owe = index is not None and upgrade is None and index < log.length
+            if owe and index is not None and len(self._owed) < 4 * self.window:
+                self._owed.add(index)  # we will say "have" once it arrives
             return encode_none(request_id)
         return encode_data(request_id, encode_proof(proof))
 
@@ -363,6 +383,7 @@ __all__ = [
     "channel_key",
     "decode_message",
     "encode_data",
+    "encode_have",
     "encode_none",
     "encode_request",
     "encode_sync",

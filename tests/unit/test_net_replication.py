@@ -239,3 +239,33 @@ def test_capabilities_bind_key_connection_and_role() -> None:
     assert base != capability(key, h1, initiator=False)
     assert base != capability(key, h2, initiator=True)
     assert base != capability(other, h1, initiator=True)
+
+
+def test_a_relay_that_lacked_a_block_says_have_once_it_arrives() -> None:
+    source = writer_log(6)
+    relay = replica_of(source)
+    relay_up = LogSession(relay, eager=False)  # the relay's session towards the writer
+    run(LogSession(source), relay_up)  # the relay knows the length, holds no block
+    leaf = replica_of(source)
+    leaf_session, relay_down = LogSession(leaf), LogSession(relay)
+    run(relay_down, leaf_session)  # the leaf got the upgrade and "none" for every block
+    assert leaf.length == 6 and not any(leaf.has(i) for i in range(6))
+    # The relay now fetches block 3 from the writer ...
+    queue = relay_up.want(3, 4)
+    writer_side = LogSession(source)
+    writer_side.receive(rep.encode_sync(relay.length, relay.fork))
+    for message in queue:
+        for reply in writer_side.receive(message)[0]:
+            relay_up.receive(reply)
+    assert relay.has(3)
+    # ... and tells the leaf, which asks again and gets it.
+    announced = relay_down.local_changed()
+    assert [rep.decode_message(m)["t"] for m in announced] == ["have"]
+    queue = announced
+    while queue:
+        nxt: list[bytes] = []
+        for message in queue:
+            for reply in leaf_session.receive(message)[0]:
+                nxt += relay_down.receive(reply)[0]
+        queue = nxt
+    assert [i for i in range(6) if leaf.has(i)] == [3]
