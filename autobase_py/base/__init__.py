@@ -1,0 +1,1 @@
+"""Autobase: many writers, one deterministic view (apply loop, membership, checkpoints)."""

@@ -1,0 +1,696 @@
+"""Autobase: many writers' oplogs -> one linearized order -> one deterministic view.
+
+Theory of operation
+===================
+
+Logs. Every node has a writable *local* oplog (``store.get(name="local")``) and a local
+*view* log (``store.get(name="view")``) that ``open_view`` turns into the user's view object.
+Other writers' oplogs are replicas in the same store; whatever fills them (the in-process
+``autobase_py.testing.sync`` helper or network replication) works at the store level, and the
+base only reads them in ``update()``.
+
+Cycle. ``update()`` and ``append()`` run one *cycle* under a lock, inside ONE storage
+transaction: (1) *ingest*: decode new oplog blocks of the writers in the applied membership
+(and of writers referenced as heads) into the linearizer, in causal order; (2) *drain*: ask the
+linearizer how the order changed (``update(settle=True)``), roll the view back (truncate the
+view log to the length recorded for the first undone position, restore the membership
+snapshot) and apply the new nodes batch by batch through the user's ``apply``; after each
+commit that confirmed values, compute the checkpoint, sign it if this node is in the
+confirming indexer set, and hand a confirmed indexer-set change to the linearizer
+(``set_indexers``) before anything else is confirmed; (3) *persist*: the linearizer state,
+the applied-order records of the tip, the membership snapshots, pending checkpoint signatures
+and certificates. The transaction then commits: oplog appends, view blocks, system state and
+applied-order records are durable together or not at all, so ``kill -9`` at any instant leaves
+a state that equals a fresh replay of the persisted order, and reopening resumes from the
+records without replaying history.
+
+Failure. If ``apply`` raises or calls ``host.interrupt``, the transaction rolls back (nothing
+of the cycle is stored), the base stops with an ``error``/``interrupted`` event, and every
+later call raises :class:`ApplyError`; reopen after fixing the cause. A writer whose oplog
+holds an undecodable or structurally invalid block is reported (``error`` event, ``status``)
+and skipped from that block on; everything else keeps working.
+
+Lengths (one name each, everywhere): ``applied_length`` = nodes of the order applied to the
+local view (optimistic: includes the tip); ``confirmed_length`` = the quorum-confirmed
+prefix; ``signed_length`` = the confirmed length covered by the newest quorum certificate.
+All count order positions, acks included.
+
+Checkpoints (``checkpoint.py``). Boundaries are deterministic: a checkpoint covers the
+confirmed prefix up to its last value node. Every peer computes the same checkpoint at the
+same boundary; indexers of the confirming set sign it and carry the signature in their next
+oplog node (or in a checkpoint ack, ``publish_checkpoints``). Any peer assembles a certificate
+once a majority of that set signed; a boundary where the indexer set changed becomes a link
+of the chain that lets a reader verify from the registry key alone.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from .. import encoding, ids
+from ..crypto import discovery_key
+from ..errors import (
+    ApplyError,
+    ClosedError,
+    DecodeError,
+    InvalidNodeError,
+    LocalError,
+    NotWritableError,
+)
+from ..linearizer import Linearizer, Node
+from ..log import Log
+from ..store import Store
+from .checkpoint import Certificate, Checkpoint, CheckpointSignature, assemble
+from .events import Event, EventHub
+from .host import ApplyHost, ApplyNode
+from .oplog import OplogBlock, decode_block, encode_block
+from .system import Membership
+
+V = TypeVar("V")
+ApplyFn = Callable[[list[ApplyNode], V, ApplyHost], Awaitable[None]]
+OpenView = Callable[[Log], V]
+
+_META = b"base/meta"
+_STATE = b"base/state"
+_TIP = b"base/tip/"  # + u64be(position): applied-order record of an unconfirmed position
+_MEMBERSHIP = b"base/membership/"  # + u64be(order length): membership after that many nodes
+_LINK = b"base/link/"  # + u64be(boundary): certificate of an indexer-set change
+_CERT = b"base/certificate"
+_BE64 = struct.Struct(">Q")
+FORMAT = 1
+MAX_ACKS_PER_CYCLE = 4  # should_ack turns false after our ack; this only guards against bugs
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What applying one order position left behind."""
+
+    writer: bytes
+    length: int
+    view_length: int  # view log length after applying this position
+    is_value: bool
+
+    def to_wire(self) -> list[Any]:
+        return [self.writer, self.length, self.view_length, self.is_value]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Record:
+        if (
+            not isinstance(obj, list)
+            or len(obj) != 4
+            or not isinstance(obj[0], bytes)
+            or not isinstance(obj[1], int)
+            or not isinstance(obj[2], int)
+            or not isinstance(obj[3], bool)
+        ):
+            raise DecodeError("base: malformed applied-order record")
+        return cls(obj[0], obj[1], obj[2], obj[3])
+
+
+@dataclass(slots=True)
+class _Boundary:
+    checkpoint: Checkpoint
+    signing: tuple[bytes, ...]
+    membership: Membership
+    link: bool
+
+
+class _StopError(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class Autobase(Generic[V]):
+    """A multi-writer base over one store. Open with :meth:`open`."""
+
+    def __init__(
+        self, store: Store, key: bytes, apply: ApplyFn[V], open_view: OpenView[V]
+    ) -> None:
+        self.store = store
+        self.storage = store.storage
+        self.key = key
+        self.local_log = store.get(name="local")
+        self.local_key = self.local_log.key
+        pair = self.local_log.key_pair
+        if pair is None:
+            raise LocalError("the local oplog has no key pair")
+        self._key_pair = pair
+        self.view_log = store.get(name="view")
+        self.view: V = open_view(self.view_log)
+        self._apply_fn = apply
+        self._lock = trio.Lock()
+        self._events = EventHub()
+        self._wakeup = trio.Event()
+        self._failed: str | None = None
+        self._closed = False
+        self.bad_writers: dict[bytes, str] = {}
+        self._wanted: dict[bytes, int] = {}
+        # applied state
+        self.membership = Membership.genesis(key)
+        self._memberships: list[tuple[int, Membership]] = [(0, self.membership.copy())]
+        self._records: list[Record] = []  # positions [floor, applied_length)
+        self._floor_view_length = 0
+        self._value_end = 0
+        self._applied_length = 0
+        self.lin = Linearizer([key], keep_history=False)
+        # checkpoints
+        self._boundaries: dict[int, _Boundary] = {}
+        self._pool: dict[int, dict[bytes, CheckpointSignature]] = {}
+        self._pending: list[CheckpointSignature] = []
+        self.certificate: Certificate | None = None
+        self.chain: list[Certificate] = []
+        self._was_indexer = False
+        self._was_writable = False
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        store: Store,
+        bootstrap: bytes | str | None = None,
+        *,
+        apply: ApplyFn[V],
+        open_view: OpenView[V],
+    ) -> Autobase[V]:
+        """Open (or create) the base in ``store``; ``bootstrap`` is the registry key to join."""
+        local_key = store.get(name="local").key
+        meta = store.storage.get(_META)
+        if meta is not None:
+            stored = encoding.expect_map(encoding.decode(meta), "base meta")
+            key = encoding.field(stored, "key", bytes, "base meta")
+            if bootstrap is not None and ids.normalize(bootstrap) != key:
+                raise LocalError(
+                    f"this storage already holds base {ids.encode(key)}, not "
+                    f"{ids.encode(ids.normalize(bootstrap))}"
+                )
+        else:
+            key = local_key if bootstrap is None else ids.normalize(bootstrap)
+        base = cls(store, key, apply, open_view)
+        if meta is None:
+            with store.storage.transaction():
+                store.storage.put(_META, encoding.encode({"v": FORMAT, "key": key}))
+                base._put_membership(0, base.membership)
+                base._persist()
+        else:
+            base._restore()
+        base._log(key)
+        base._was_indexer = base.is_indexer
+        base._was_writable = base.writable
+        return base
+
+    def _restore(self) -> None:
+        raw = self.storage.get(_STATE)
+        if raw is None:
+            raise DecodeError("base: storage has a base but no state record")
+        state = encoding.expect_map(encoding.decode(raw), "base state")
+        self._floor_view_length = encoding.field(state, "view_length", int, "base state")
+        self._value_end = encoding.field(state, "value_end", int, "base state")
+        self._pending = [CheckpointSignature.from_wire(s) for s in state.get("pending", [])]
+        self._records = [
+            Record.from_wire(encoding.decode(v)) for _, v in self.storage.iterate(_TIP)
+        ]
+        self._memberships = [
+            (_BE64.unpack(k[len(_MEMBERSHIP) :])[0], Membership.from_wire(encoding.decode(v)))
+            for k, v in self.storage.iterate(_MEMBERSHIP)
+        ]
+        self.membership = self._memberships[-1][1].copy()
+        tip = [(r.writer, r.length) for r in self._records]
+        self.lin = Linearizer.restore(state["lin"], keep_history=False, applied_tip=tip)
+        self._applied_length = self.lin.confirmed_length + len(self._records)
+        for _, v in self.storage.iterate(_LINK):
+            self.chain.append(Certificate.from_wire(self.key, encoding.decode(v)))
+        cert = self.storage.get(_CERT)
+        if cert is not None:
+            self.certificate = Certificate.from_wire(self.key, encoding.decode(cert))
+        for boundary in state.get("boundaries", []):
+            self._boundaries[boundary[0]] = _Boundary(
+                Checkpoint.from_wire(self.key, boundary[1]),
+                tuple(boundary[2]),
+                Membership.from_wire(boundary[3]),
+                bool(boundary[4]),
+            )
+        for writer in self.membership.writers:
+            self._log(writer)
+
+    # --- public properties ------------------------------------------------------------------
+
+    @property
+    def discovery_key(self) -> bytes:
+        return discovery_key(self.key)
+
+    @property
+    def writable(self) -> bool:
+        return self.membership.is_writer(self.local_key)
+
+    @property
+    def is_indexer(self) -> bool:
+        return self.local_key in self.lin.indexers
+
+    @property
+    def applied_length(self) -> int:
+        return self._applied_length
+
+    @property
+    def confirmed_length(self) -> int:
+        return self.lin.confirmed_length
+
+    @property
+    def signed_length(self) -> int:
+        return 0 if self.certificate is None else self.certificate.checkpoint.confirmed_length
+
+    @property
+    def indexers(self) -> list[bytes]:
+        """The indexer set the quorum currently uses (changes act once confirmed)."""
+        return self.lin.indexers
+
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    def events(self) -> AsyncIterator[Event]:
+        return self._events.subscribe()
+
+    @property
+    def recent_events(self) -> list[Event]:
+        return list(self._events.history)
+
+    def writer_keys(self) -> list[bytes]:
+        """Oplogs this base reads: its writers, plus writers it needs as dependencies."""
+        return sorted(set(self.membership.writers) | set(self._wanted) | {self.key})
+
+    def wakeup(self) -> None:
+        """Tell the base that replication brought data (wakes ``flush``)."""
+        self._wakeup.set()
+
+    # --- the cycle --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ClosedError("the base is closed")
+        if self._failed is not None:
+            raise ApplyError(f"the base stopped: {self._failed}")
+
+    async def update(self) -> None:
+        """Take in what replication brought, apply it, and ack if that helps confirmation."""
+        async with self._lock:
+            self._check_usable()
+            await self._cycle(None)
+
+    async def append(self, value: bytes | Sequence[bytes]) -> int:
+        """Append one value or an atomic batch; returns once durable and applied locally.
+
+        Returns the local oplog length after the append.
+        """
+        values = [value] if isinstance(value, (bytes, bytearray)) else list(value)
+        if not values:
+            raise LocalError("append needs at least one value")
+        if not all(isinstance(v, (bytes, bytearray)) for v in values):
+            raise LocalError("values must be bytes")
+        async with self._lock:
+            self._check_usable()
+            if not self.writable:
+                raise NotWritableError(f"{ids.encode(self.local_key)} is not a writer of this base")
+            await self._cycle([bytes(v) for v in values])
+        return self.local_log.length
+
+    async def ack(self) -> bool:
+        """Append an ack if one would help confirmation (``update`` does this already)."""
+        async with self._lock:
+            self._check_usable()
+            before = self.local_log.length
+            await self._cycle(None)
+            return self.local_log.length > before
+
+    async def publish_checkpoints(self) -> bool:
+        """Append an ack carrying checkpoint signatures nobody has seen yet (indexers only)."""
+        async with self._lock:
+            self._check_usable()
+            if not self._pending or not self.writable:
+                return False
+            await self._cycle([], force_ack=True)
+            return True
+
+    @property
+    def unconfirmed_values(self) -> int:
+        """Value nodes applied locally but not confirmed yet (trailing acks do not count)."""
+        return sum(1 for r in self._records if r.is_value)
+
+    async def flush(self) -> None:
+        """Wait until every value node this base knows is confirmed.
+
+        Acks at the end of the order stay unconfirmed until later rounds and are not waited
+        for. Needs the other indexers: with fewer than a majority reachable it waits until
+        they return (wrap it in a trio timeout to bound it).
+        """
+        while True:
+            self._wakeup = trio.Event()
+            await self.update()
+            if not self.unconfirmed_values:
+                return
+            await self._wakeup.wait()
+
+    async def _cycle(self, values: list[bytes] | None, *, force_ack: bool = False) -> None:
+        confirmed_before = self.lin.confirmed_length
+        try:
+            with self.storage.transaction():
+                self._ingest()
+                await self._drain()
+                if values or force_ack:
+                    self._append_local(values or [])
+                    self._ingest()
+                    await self._drain()
+                for _ in range(MAX_ACKS_PER_CYCLE):
+                    if not (self.is_indexer and self.lin.should_ack(self.local_key)):
+                        break
+                    self._append_local([])
+                    self._ingest()
+                    await self._drain()
+                self._persist()
+        except _StopError as stop:
+            self._failed = stop.reason
+            self._events.publish(stop.kind, reason=stop.reason)
+            raise ApplyError(f"the base stopped: {stop.reason}") from None
+        except BaseException as exc:
+            # the transaction rolled back but memory did not: stop rather than diverge
+            self._failed = f"cycle failed: {type(exc).__name__}: {exc}"
+            self._events.publish("error", reason=self._failed)
+            raise
+        self._announce(confirmed_before)
+
+    def _announce(self, confirmed_before: int) -> None:
+        if self.lin.confirmed_length > confirmed_before:
+            self._events.publish("confirmed", length=self.lin.confirmed_length)
+        if self.is_indexer != self._was_indexer:
+            self._was_indexer = self.is_indexer
+            self._events.publish("is-indexer" if self.is_indexer else "is-non-indexer")
+        if self.writable != self._was_writable:
+            self._was_writable = self.writable
+            self._events.publish("writable" if self.writable else "unwritable")
+
+    # --- ingest -----------------------------------------------------------------------------
+
+    def _log(self, key: bytes) -> Log:
+        return self.store.get(key=key)
+
+    def _ingest(self) -> None:
+        progressed = True
+        while progressed:
+            progressed = False
+            for key in self.writer_keys():
+                if key not in self.bad_writers and self._ingest_writer(key):
+                    progressed = True
+
+    def _ingest_writer(self, key: bytes) -> bool:
+        log = self._log(key)
+        lin = self.lin
+        added = False
+        n = lin.known_length(key)
+        while n < log.length and log.has(n):
+            try:
+                block = decode_block(log.get(n))
+            except DecodeError as exc:
+                self._report_bad(key, n, exc.message)
+                break
+            missing = False
+            for writer, length in block.heads:
+                if lin.known_length(writer) < length:
+                    missing = True
+                    if self._wanted.get(writer, 0) < length:
+                        self._wanted[writer] = length
+            if missing:
+                break
+            node = Node(key, n + 1, block.heads, block.batch, block.value)
+            try:
+                lin.add(node)
+            except InvalidNodeError as exc:
+                self._report_bad(key, n, exc.message)
+                break
+            if block.checkpoints:
+                self._collect(block.checkpoints)
+            n += 1
+            added = True
+        return added
+
+    def _report_bad(self, key: bytes, index: int, reason: str) -> None:
+        message = f"writer {ids.encode(key)} block {index}: {reason}"
+        self.bad_writers[key] = message
+        self._events.publish("error", writer=ids.encode(key), index=index, reason=reason)
+
+    # --- drain: undo / apply / confirm ------------------------------------------------------
+
+    async def _drain(self) -> None:
+        while True:
+            before = self.lin.confirmed_length
+            update = self.lin.update(settle=True)
+            if update.undo:
+                self._undo(update.undo)
+            if update.apply:
+                await self._apply_nodes(update.apply)
+            if update.confirmed_length != before:
+                self._on_confirmed(before, update.confirmed_length)
+            if update.settled:
+                return
+
+    def _view_length_at(self, length: int) -> int:
+        """View log length after ``length`` order positions (``length >= floor``)."""
+        floor = self._floor()
+        if length < floor:
+            raise AssertionError(f"view length at {length} is below the record floor {floor}")
+        if length == floor:
+            return self._floor_view_length
+        return self._records[length - floor - 1].view_length
+
+    def _floor(self) -> int:
+        """Order position of ``self._records[0]``."""
+        return self._applied_length - len(self._records)
+
+    def _undo(self, count: int) -> None:
+        target = self._applied_length - count
+        if target < self._floor():
+            raise AssertionError("the linearizer undid confirmed positions")
+        view_length = self._view_length_at(target)
+        if self.view_log.length > view_length:
+            self.view_log.truncate(view_length)
+        for position in range(target, self._applied_length):
+            self.storage.delete(_TIP + _BE64.pack(position))
+        del self._records[target - self._floor() :]
+        self._applied_length = target
+        while self._memberships[-1][0] > target:
+            length, _ = self._memberships.pop()
+            self.storage.delete(_MEMBERSHIP + _BE64.pack(length))
+        self.membership = self._memberships[-1][1].copy()
+
+    async def _apply_nodes(self, nodes: list[Node]) -> None:
+        unit: list[Node] = []
+        for node in nodes:
+            unit.append(node)
+            if node.batch == 1:
+                await self._apply_unit(unit)
+                unit = []
+        if unit:
+            raise AssertionError("the linearizer exposed an incomplete batch")
+
+    async def _apply_unit(self, unit: list[Node]) -> None:
+        values = [
+            ApplyNode(n.writer, n.length, n.value)
+            for n in unit
+            if n.value is not None and self.membership.is_writer(n.writer)
+        ]
+        if values:
+            before = self.membership.encode()
+            host = ApplyHost(self.membership)
+            try:
+                await self._apply_fn(values, self.view, host)
+            except _StopError:
+                raise
+            except Exception as exc:
+                raise _StopError("error", f"apply raised {type(exc).__name__}: {exc}") from exc
+            if host.interrupted is not None:
+                raise _StopError("interrupted", host.interrupted)
+            for refusal in host.refusals:
+                self._events.publish("error", reason=refusal)
+            for key in host.added:
+                self._log(key)
+            if self.membership.encode() != before:
+                length = self._applied_length + len(unit)
+                self._memberships.append((length, self.membership.copy()))
+                self._put_membership(length, self.membership)
+        view_length = self.view_log.length
+        for node in unit:
+            record = Record(node.writer, node.length, view_length, node.value is not None)
+            self.storage.put(
+                _TIP + _BE64.pack(self._applied_length), encoding.encode(record.to_wire())
+            )
+            self._records.append(record)
+            self._applied_length += 1
+
+    def _put_membership(self, length: int, membership: Membership) -> None:
+        self.storage.put(_MEMBERSHIP + _BE64.pack(length), membership.encode())
+
+    def _membership_at(self, length: int) -> Membership:
+        found = self._memberships[0][1]
+        for at, membership in self._memberships:
+            if at > length:
+                break
+            found = membership
+        return found
+
+    def _on_confirmed(self, before: int, after: int) -> None:
+        floor = self._floor()
+        value_end = self._value_end
+        for position in range(before, after):
+            if self._records[position - floor].is_value:
+                value_end = position + 1
+        new_view_length = self._view_length_at(after)
+        if value_end > self._value_end:
+            self._value_end = value_end
+            membership = self._membership_at(value_end)
+            signing = tuple(self.lin.indexers)
+            view_length = self._view_length_at(value_end)
+            checkpoint = Checkpoint(
+                self.key,
+                membership.epoch,
+                value_end,
+                view_length,
+                self.view_log.tree_hash(view_length),
+                membership.hash(),
+            )
+            link = tuple(membership.indexers) != tuple(signing)
+            self._boundaries[value_end] = _Boundary(checkpoint, signing, membership.copy(), link)
+            if self.local_key in signing:
+                signature = CheckpointSignature.create(checkpoint, self._key_pair)
+                self._pending.append(signature)
+                self._pool.setdefault(value_end, {})[self.local_key] = signature
+            if link:
+                at = max(
+                    (length - 1 for length, _ in self._memberships if before < length <= after),
+                    default=after - 1,
+                )
+                self.lin.set_indexers(membership.indexers, at=at)
+        # positions below ``after`` are confirmed: forget their records
+        for position in range(floor, after):
+            self.storage.delete(_TIP + _BE64.pack(position))
+        del self._records[: after - floor]
+        self._floor_view_length = new_view_length
+        self._certify()
+
+    # --- checkpoints and certificates -------------------------------------------------------
+
+    def _collect(self, signatures: Sequence[CheckpointSignature]) -> None:
+        newest = self.signed_length
+        for sig in signatures:
+            boundary = sig.confirmed_length
+            if boundary <= newest and not self._is_pending_link(boundary):
+                continue
+            if not sig.verify(self.key):
+                continue
+            self._pool.setdefault(boundary, {})[sig.signer] = sig
+        self._certify()
+
+    def _is_pending_link(self, boundary: int) -> bool:
+        b = self._boundaries.get(boundary)
+        return b is not None and b.link
+
+    def _certify(self) -> None:
+        changed = False
+        for boundary in sorted(self._boundaries):
+            info = self._boundaries[boundary]
+            sigs = self._pool.get(boundary)
+            if not sigs:
+                continue
+            cert = assemble(self.key, sigs.values(), info.membership, info.signing)
+            if cert is None or cert.checkpoint != info.checkpoint:
+                continue
+            if info.link:
+                self.chain.append(cert)
+                self.storage.put(_LINK + _BE64.pack(boundary), cert.encode())
+            if self.certificate is None or boundary > self.signed_length:
+                self.certificate = cert
+                self.storage.put(_CERT, cert.encode())
+                changed = True
+            del self._boundaries[boundary]
+            self._pool.pop(boundary, None)
+        if self.certificate is not None:
+            newest = self.signed_length
+            for boundary in [b for b in self._boundaries if b < newest]:
+                if not self._boundaries[boundary].link:
+                    del self._boundaries[boundary]
+                    self._pool.pop(boundary, None)
+        if changed:
+            self._events.publish("certified", length=self.signed_length)
+
+    # --- local appends ----------------------------------------------------------------------
+
+    def _append_local(self, values: list[bytes]) -> None:
+        heads = tuple(h for h in self.lin.heads() if h[0] != self.local_key)
+        checkpoints = tuple(self._pending[-8:])
+        self._pending.clear()
+        if not values:
+            blocks = [encode_block(OplogBlock(heads=heads, checkpoints=checkpoints))]
+        else:
+            count = len(values)
+            blocks = [
+                encode_block(
+                    OplogBlock(
+                        heads=heads if i == 0 else (),
+                        batch=count - i,
+                        value=value,
+                        checkpoints=checkpoints if i == 0 else (),
+                    )
+                )
+                for i, value in enumerate(values)
+            ]
+        self.local_log.append(blocks)
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def _persist(self) -> None:
+        state = {
+            "lin": self.lin.state(),
+            "view_length": self._floor_view_length,
+            "value_end": self._value_end,
+            "pending": [s.to_wire() for s in self._pending],
+            "boundaries": [
+                [b, info.checkpoint.to_wire(), list(info.signing), info.membership.to_wire(),
+                 info.link]
+                for b, info in sorted(self._boundaries.items())
+            ],
+        }
+        self.storage.put(_STATE, encoding.encode(state))
+
+    # --- status and closing -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "key": ids.encode(self.key),
+            "local_key": ids.encode(self.local_key),
+            "writable": self.writable,
+            "is_indexer": self.is_indexer,
+            "writers": [
+                {"key": ids.encode(k), "indexer": idx}
+                for k, idx in sorted(self.membership.writers.items())
+            ],
+            "indexers": [ids.encode(k) for k in self.lin.indexers],
+            "applied_length": self.applied_length,
+            "confirmed_length": self.confirmed_length,
+            "signed_length": self.signed_length,
+            "bad_writers": sorted(self.bad_writers.values()),
+            "failed": self._failed,
+        }
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            self._events.close()
+            self._wakeup.set()
+
+
+__all__ = ["ApplyFn", "Autobase", "OpenView", "Record"]
