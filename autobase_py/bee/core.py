@@ -52,7 +52,7 @@ from .tree import BlockMissing, RangeCursor, TreeWriter, lookup
 
 T = TypeVar("T")
 
-DEFAULT_LEAF_MAX = 32
+DEFAULT_LEAF_MAX = 16
 DEFAULT_INTERNAL_MAX = 64
 DEFAULT_CACHE_NODES = 32768
 
@@ -159,6 +159,7 @@ class Bee:
         self._cache_nodes = max(16, cache_nodes)
         self._cache: dict[int, Node] = {}
         self._fork = log.fork
+        self._length = log.length  # the longest length seen since the cache was last valid
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -172,9 +173,14 @@ class Bee:
         return self.log.writable
 
     def _sync(self) -> None:
-        if self.log.fork != self._fork:
+        log = self.log
+        length = log.length
+        if log.fork != self._fork or length < self._length:
+            # A truncate (new fork), or appends undone by a rolled-back storage transaction
+            # (same fork, shorter log): blocks from here on may come back different.
             self._cache.clear()
-            self._fork = self.log.fork
+            self._fork = log.fork
+        self._length = length
 
     def _remember(self, node: Node) -> None:
         cache = self._cache
@@ -310,6 +316,11 @@ class Snapshot:
                     f"the log was truncated below this snapshot's version {self._version}"
                 )
             self._fork = log.fork
+        elif log.length < self._version:
+            raise SnapshotExpiredError(
+                f"the log is shorter than this snapshot's version {self._version} (a "
+                "rolled-back transaction undid the appends it saw)"
+            )
         return self._bee._root(self._version)
 
     async def get(self, key: bytes) -> bytes | None:
@@ -454,6 +465,7 @@ class Batch:
                     raise
                 for node in nodes:
                     bee._remember(node)
+                bee._length = log.length
         self.discard()
         return log.length
 

@@ -188,7 +188,7 @@ class TreeWriter:
     """A batch's copy-on-write view of the tree: apply puts and deletes, then :meth:`seal`."""
 
     def __init__(
-        self, root: Node | None, load: Load, *, leaf_max: int = 32, internal_max: int = 64
+        self, root: Node | None, load: Load, *, leaf_max: int = 16, internal_max: int = 64
     ) -> None:
         if leaf_max < 4 or internal_max < 4:
             raise ValueError("leaf_max and internal_max must be at least 4")

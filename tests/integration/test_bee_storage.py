@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
-from autobase_py.bee import Bee
+from autobase_py.bee import Bee, SnapshotExpiredError
 from autobase_py.store import Store
 
 CHILD = Path(__file__).with_name("_bee_child.py")
@@ -85,3 +86,44 @@ def test_sigkill_mid_flush_leaves_exactly_a_flushed_tree(tmp_path: Path) -> None
             store.get(name="view").truncate(0)
         finally:
             store.close()
+
+
+async def test_rolled_back_transaction_leaves_no_stale_nodes(tmp_path: Path) -> None:
+    """Appends undone by a rolled-back storage transaction keep the fork; the bee still
+    must not serve the nodes it cached from them once those indexes are rewritten."""
+    store = Store.open(tmp_path / "s", primary_seed=SEED)
+    try:
+        log = store.get(name="view")
+        bee = Bee(log, leaf_max=4, internal_max=4)
+        for i in range(30):
+            await bee.put(b"k%02d" % i, b"committed")
+        version, fork = bee.version, log.fork
+        snap = bee.snapshot()
+        try:
+            with store.storage.transaction():
+                await bee.put(b"k05", b"rolled back")
+                await bee.put(b"zz", b"rolled back")
+                inner = bee.snapshot()
+                assert await bee.get(b"k05") == b"rolled back"
+                raise RuntimeError("abort the apply cycle")
+        except RuntimeError:
+            pass
+        assert (log.length, log.fork) == (version, fork)
+        assert await bee.get(b"k05") == b"committed"
+        assert await bee.get(b"zz") is None
+        with pytest.raises(SnapshotExpiredError):
+            await inner.get(b"k05")
+        # Rewrite the same block indexes with other content, through another bee on the log
+        # (so the first bee's cache is not simply overwritten by its own flushes).
+        other = Bee(log, leaf_max=4, internal_max=4)
+        await other.put(b"k06", b"new")
+        await other.put(b"aa", b"new")
+        await other.put(b"ab", b"new")
+        assert log.length > version + 3
+        assert await bee.get(b"k05") == b"committed"
+        assert await bee.get(b"zz") is None
+        assert await bee.get(b"aa") == b"new"
+        assert await snap.get(b"k06") == b"committed"
+        assert len({k async for k, _ in bee.range()}) == 32
+    finally:
+        store.close()

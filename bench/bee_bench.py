@@ -1,0 +1,203 @@
+"""Benchmarks of the bee (the view store) on a real log in a real SQLite store.
+
+Prints one JSON object per line: puts/s (1 and 100 per flush, random and sequential keys),
+gets/s on 100,000 keys (hot cache), range scan entries/s, bytes on disk per entry, and blocks
+touched / fetched per sparse lookup at 10,000 and 100,000 entries.
+
+Run from the repository root: ``.venv/bin/python bench/bee_bench.py`` (``--quick`` for a
+smaller run). Numbers depend on the machine; compare runs on the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import trio  # noqa: E402
+
+from autobase_py.bee import Bee  # noqa: E402
+from autobase_py.log import Log, decode_proof, encode_proof  # noqa: E402
+from autobase_py.store import Store  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+
+
+def emit(bench: str, figure: str, value: float, unit: str, **params: Any) -> None:
+    print(json.dumps({"bench": bench, "figure": figure, "value": round(value, 2), "unit": unit,
+                      **params}), flush=True)
+
+
+def key(i: int) -> bytes:
+    return b"model/%08d" % i
+
+
+def value(i: int) -> bytes:
+    # about the size of a registry entry: a name, a 32-byte key, a type
+    return b"%08d" % i + bytes(32) + b"type:llm"
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class CountingLog:
+    """Counts block reads of a log (blocks a lookup touches with a cold cache)."""
+
+    def __init__(self, log: Log) -> None:
+        self.inner = log
+        self.reads = 0
+
+    writable = property(lambda self: self.inner.writable)
+    length = property(lambda self: self.inner.length)
+    fork = property(lambda self: self.inner.fork)
+
+    def append(self, blocks: Any) -> int:
+        return self.inner.append(blocks)
+
+    def get(self, index: int) -> bytes:
+        self.reads += 1
+        return self.inner.get(index)
+
+    def has(self, index: int) -> bool:
+        return self.inner.has(index)
+
+    def tree_hash(self, length: int | None = None) -> bytes:
+        return self.inner.tree_hash(length)
+
+    def apply_proof(self, proof: Any) -> None:
+        self.inner.apply_proof(proof)
+
+
+async def fill(bee: Bee, order: list[int], per_flush: int) -> float:
+    start = time.perf_counter()
+    for at in range(0, len(order), per_flush):
+        batch = bee.batch()
+        for i in order[at : at + per_flush]:
+            batch.put(key(i), value(i))
+        await batch.flush()
+    return time.perf_counter() - start
+
+
+async def bench_puts(root: Path) -> None:
+    n_single = 1000 if QUICK else 3000
+    for name, order in [
+        ("random", random.Random(1).sample(range(10**6), n_single)),
+        ("sequential", list(range(n_single))),
+    ]:
+        store = Store.open(root / f"single-{name}")
+        bee = Bee(store.get(name="view"))
+        took = await fill(bee, order, 1)
+        emit("bee", f"puts_per_s_1_per_flush_{name}", n_single / took, "puts/s", n=n_single)
+        store.close()
+    n = 20_000 if QUICK else 100_000
+    for name, order in [
+        ("random", random.Random(2).sample(range(n), n)),
+        ("sequential", list(range(n))),
+    ]:
+        path = root / f"batched-{name}"
+        store = Store.open(path)
+        log = store.get(name="view")
+        bee = Bee(log)
+        took = await fill(bee, order, 100)
+        emit("bee", f"puts_per_s_100_per_flush_{name}", n / took, "puts/s", n=n)
+        emit("bee", f"log_bytes_per_entry_{name}", log.byte_length / n, "bytes/entry", n=n,
+             note="block bytes appended (all versions), 100 puts per flush")
+        store.close()
+        emit("bee", f"disk_bytes_per_entry_{name}", folder_bytes(path) / n, "bytes/entry", n=n,
+             note="whole SQLite folder incl. Merkle nodes and WAL, 100 puts per flush")
+
+
+async def bench_reads(root: Path) -> None:
+    n = 20_000 if QUICK else 100_000
+    store = Store.open(root / "reads")
+    log = store.get(name="view")
+    bee = Bee(log)
+    await fill(bee, random.Random(3).sample(range(n), n), 1000)
+    rng = random.Random(4)
+    probes = [key(rng.randrange(n)) for _ in range(50_000)]
+    for k in probes[:20_000]:  # warm the cache
+        await bee.get(k)
+    start = time.perf_counter()
+    for k in probes:
+        await bee.get(k)
+    took = time.perf_counter() - start
+    emit("bee", "gets_per_s_hot", len(probes) / took, "gets/s", n=n)
+
+    start = time.perf_counter()
+    count = 0
+    async for _ in bee.range():
+        count += 1
+    took = time.perf_counter() - start
+    assert count == n
+    emit("bee", "range_scan_entries_per_s_hot", count / took, "entries/s", n=n)
+    cold = Bee(log)
+    start = time.perf_counter()
+    count = 0
+    async for _ in cold.range():
+        count += 1
+    took = time.perf_counter() - start
+    emit("bee", "range_scan_entries_per_s_cold", count / took, "entries/s", n=n,
+         note="fresh bee: every node read from SQLite and decoded")
+    store.close()
+
+
+async def bench_sparse(root: Path) -> None:
+    for n in ([10_000] if QUICK else [10_000, 100_000]):
+        writer_store = Store.open(root / f"sparse-w-{n}")
+        replica_store = Store.open(root / f"sparse-r-{n}")
+        wlog = writer_store.get(name="view")
+        wbee = Bee(wlog)
+        await fill(wbee, random.Random(5).sample(range(n), n), 1000)
+        rng = random.Random(6)
+        probes = [key(rng.randrange(n)) for _ in range(200)]
+
+        touched = []
+        for k in probes[:50]:
+            counting = CountingLog(wlog)
+            assert await Bee(counting).get(k) is not None
+            touched.append(counting.reads)
+        emit("bee", "blocks_touched_per_lookup", sum(touched) / len(touched), "blocks", n=n,
+             note="cold cache: every node on the path")
+
+        rlog = replica_store.get(key=wlog.key)
+        rlog.apply_proof(decode_proof(encode_proof(wlog.proof(None, upgrade_from=0))))
+
+        async def source(index: int, length: int, wlog: Log = wlog) -> Any:
+            return decode_proof(encode_proof(wlog.proof(index)))
+
+        rbee = Bee(rlog, source=source)
+        assert await rbee.get(probes[0]) is not None
+        first = rbee.blocks_fetched
+        for k in probes[1:]:
+            assert await rbee.get(k) is not None
+        emit("bee", "blocks_fetched_first_sparse_lookup", first, "blocks", n=n,
+             note="empty replica")
+        emit("bee", "blocks_fetched_per_sparse_lookup_avg", rbee.blocks_fetched / len(probes),
+             "blocks", n=n, lookups=len(probes),
+             note="one replica, upper levels shared between lookups")
+        writer_store.close()
+        replica_store.close()
+
+
+async def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="bee-bench-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        await bench_puts(root)
+        await bench_reads(root)
+        await bench_sparse(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    trio.run(main)
