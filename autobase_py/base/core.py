@@ -283,8 +283,10 @@ class Autobase(Generic[V]):
         return list(self._events.history)
 
     def writer_keys(self) -> list[bytes]:
-        """Oplogs this base reads: its writers, plus writers it needs as dependencies."""
-        return sorted(set(self.membership.writers) | set(self._wanted) | {self.key})
+        """Oplogs this base reads: its writers, the quorum's indexers (a removed indexer still
+        votes until its removal is confirmed), and writers it needs as dependencies."""
+        keys = set(self.membership.writers) | set(self.lin.indexers) | set(self._wanted)
+        return sorted(keys | {self.key})
 
     def wakeup(self) -> None:
         """Tell the base that replication brought data (wakes ``flush``)."""
@@ -450,10 +452,15 @@ class Autobase(Generic[V]):
         while True:
             before = self.lin.confirmed_length
             update = self.lin.update(settle=True)
+            nodes = update.apply
             if update.undo:
-                self._undo(update.undo)
-            if update.apply:
-                await self._apply_nodes(update.apply)
+                kept = self._reorder_acks(update.undo, nodes)
+                if kept is None:
+                    self._undo(update.undo)
+                else:
+                    nodes = nodes[kept:]
+            if nodes:
+                await self._apply_nodes(nodes)
             if update.confirmed_length != before:
                 self._on_confirmed(before, update.confirmed_length)
             if update.settled:
@@ -487,6 +494,48 @@ class Autobase(Generic[V]):
             length, _ = self._memberships.pop()
             self.storage.delete(_MEMBERSHIP + _BE64.pack(length))
         self.membership = self._memberships[-1][1].copy()
+
+    def _reorder_acks(self, count: int, nodes: list[Node]) -> int | None:
+        """Keep the view when a reorder only moved acks around values already applied.
+
+        If the values of the undone positions come back first, in the same order, in
+        ``nodes``, the view (a function of the value sequence) is unchanged: only the
+        applied-order records are rewritten. Returns how many of ``nodes`` were taken over,
+        or None when a real rollback is needed (values reordered, or membership changed in
+        the undone range).
+        """
+        target = self._applied_length - count
+        floor = self._floor()
+        undone = self._records[target - floor :]
+        values = [(r.writer, r.length) for r in undone if r.is_value]
+        if not values or self._memberships[-1][0] > target:
+            return None
+        incoming = [n.key for n in nodes if n.value is not None][: len(values)]
+        if incoming != values:
+            return None
+        view_after = {(r.writer, r.length): r.view_length for r in undone if r.is_value}
+        running = self._view_length_at(target)
+        for position in range(target, self._applied_length):
+            self.storage.delete(_TIP + _BE64.pack(position))
+        del self._records[target - floor :]
+        self._applied_length = target
+        remaining = len(values)
+        taken = 0
+        for node in nodes:
+            if remaining == 0:
+                break
+            if node.value is not None:
+                running = view_after[node.key]
+                remaining -= 1
+            self._push_record(node, running)
+            taken += 1
+        return taken
+
+    def _push_record(self, node: Node, view_length: int) -> None:
+        record = Record(node.writer, node.length, view_length, node.value is not None)
+        self.storage.put(_TIP + _BE64.pack(self._applied_length), encoding.encode(record.to_wire()))
+        self._records.append(record)
+        self._applied_length += 1
 
     async def _apply_nodes(self, nodes: list[Node]) -> None:
         unit: list[Node] = []
@@ -525,12 +574,7 @@ class Autobase(Generic[V]):
                 self._put_membership(length, self.membership)
         view_length = self.view_log.length
         for node in unit:
-            record = Record(node.writer, node.length, view_length, node.value is not None)
-            self.storage.put(
-                _TIP + _BE64.pack(self._applied_length), encoding.encode(record.to_wire())
-            )
-            self._records.append(record)
-            self._applied_length += 1
+            self._push_record(node, view_length)
 
     def _put_membership(self, length: int, membership: Membership) -> None:
         self.storage.put(_MEMBERSHIP + _BE64.pack(length), membership.encode())

@@ -15,6 +15,7 @@ from typing import Any
 from .. import encoding
 from ..base.host import ApplyHost, ApplyNode
 from ..bee import Bee
+from ..errors import DecodeError
 from ..log import Log
 
 _COUNT = b"~count"
@@ -72,7 +73,7 @@ async def apply(nodes: list[ApplyNode], view: Bee, host: ApplyHost) -> None:
         count += 1
         try:
             op: Any = encoding.decode(node.value)
-        except encoding.DecodeError:
+        except DecodeError:
             continue  # not an op: journaled only
         if not isinstance(op, list) or not op:
             continue
