@@ -46,7 +46,7 @@ from ..errors import (
     NotWritableError,
     OutOfRangeError,
 )
-from .node import Node, decode_node
+from .node import MAX_KEY_BYTES, Node, decode_node
 from .source import BeeLog, BlockSource
 from .tree import BlockMissing, RangeCursor, TreeWriter, lookup
 
@@ -376,6 +376,8 @@ class Batch:
         """Store ``value`` under ``key`` (a put of the value already stored changes nothing)."""
         _check_bytes("key", key)
         _check_bytes("value", value)
+        if len(key) > MAX_KEY_BYTES:
+            raise InvalidEntryError(f"bee keys are at most {MAX_KEY_BYTES} bytes")
         self._record(key, value)
 
     def delete(self, key: bytes) -> None:
@@ -463,6 +465,9 @@ class Batch:
                 except BaseException:
                     self._writer = None  # its nodes were numbered for an append that failed
                     raise
+                cache = bee._cache
+                for seq in writer.superseded:  # older versions only: rarely read again
+                    cache.pop(seq, None)
                 for node in nodes:
                     bee._remember(node)
                 bee._length = log.length

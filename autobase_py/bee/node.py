@@ -6,15 +6,23 @@ separator keys and one more child than keys. Child ``i`` of an internal node hol
 block; a child is named by its block index (``seq``), which is always smaller than the index of
 the block naming it, so any walk down a stored tree terminates, whatever a writer signed.
 
-Block layout (canonical, one encoding per node)::
+Block layout (fixed-width fields, little-endian; exactly one encoding per node)::
 
-    byte 0   FORMAT_VERSION (1)
-    byte 1   kind: KIND_LEAF (0) or KIND_INTERNAL (1), plus ROOT_FLAG (2) on the root that
-             ends each flush (so a reader can tell a log cut between flushes from a version)
-    rest     canonical CBOR array of two arrays:
-             leaf:     [[key, ...], [value, ...]]       keys strictly increasing, equal counts
-             internal: [[key, ...], [child seq, ...]]   >= 1 key, len(children) = len(keys) + 1,
-                                                        0 <= child seq < this block's seq
+    byte 0        FORMAT_VERSION (1)
+    byte 1        kind: KIND_LEAF (0) or KIND_INTERNAL (1), plus ROOT_FLAG (2) on the root
+                  that ends each flush (so a reader can tell a log cut between two flushes
+                  from a version)
+    u16           n, the number of keys
+    n x u16       key lengths
+    leaf:         n x u32 value lengths
+    internal:     (n + 1) x u32 child block indexes (n >= 1; each below this block's index)
+    bytes         the keys, concatenated, strictly increasing
+    leaf: bytes   the values, concatenated
+    (nothing after that)
+
+Fixed-width headers let ``struct`` do the work: encoding is one ``join``, decoding a few
+``unpack_from`` calls and slices, several times faster than CBOR for these shapes. Limits that
+follow: keys up to 65,535 bytes, 65,535 keys per node, block indexes below 2**32.
 
 ``decode_node`` checks all of that and raises :class:`DecodeError` for anything else, so the
 tree code can trust a decoded node's shape.
@@ -27,10 +35,8 @@ the stored node it was copied from so a flush can reuse that block when nothing 
 
 from __future__ import annotations
 
-from itertools import pairwise
-from typing import Any
-
-import cbor2
+import struct
+from itertools import accumulate, pairwise
 
 from ..errors import DecodeError, EncodeError
 
@@ -38,6 +44,9 @@ FORMAT_VERSION = 1
 KIND_LEAF = 0
 KIND_INTERNAL = 1
 ROOT_FLAG = 2
+MAX_KEY_BYTES = 0xFFFF
+MAX_KEYS = 0xFFFF
+MAX_SEQ = 0xFFFFFFFF
 
 
 class Node:
@@ -84,30 +93,33 @@ class Node:
 def encode_node(node: Node, *, root: bool = False) -> bytes:
     """The block for a node whose children are all stored (block indexes); ``root`` marks
     the root a flush ends with."""
-    if node.children is None:
-        if node.values is None or len(node.values) != len(node.keys):
-            raise EncodeError("leaf node needs one value per key")
-        body: list[Any] = [node.keys, node.values]
-        kind = KIND_LEAF
-    else:
-        refs: list[int] = []
-        for child in node.children:
-            if not isinstance(child, int):
-                raise EncodeError("internal node still points at an unstored child")
-            refs.append(child)
-        body = [node.keys, refs]
-        kind = KIND_INTERNAL
+    keys = node.keys
+    n = len(keys)
+    if n > MAX_KEYS:
+        raise EncodeError(f"a bee node holds at most {MAX_KEYS} keys")
+    kind = KIND_LEAF if node.children is None else KIND_INTERNAL
     if root:
         kind |= ROOT_FLAG
-    return bytes((FORMAT_VERSION, kind)) + cbor2.dumps(body, canonical=True)
+    try:
+        head = struct.pack(f"<BBH{n}H", FORMAT_VERSION, kind, n, *map(len, keys))
+        if node.children is None:
+            values = node.values
+            if values is None or len(values) != n:
+                raise EncodeError("leaf node needs one value per key")
+            return b"".join(
+                [head, struct.pack(f"<{n}I", *map(len, values)), *keys, *values]
+            )
+        if not all(type(child) is int for child in node.children):
+            raise EncodeError("internal node still points at an unstored child")
+        refs = struct.pack(f"<{len(node.children)}I", *node.children)
+    except struct.error as exc:
+        raise EncodeError(f"bee node out of format limits: {exc}") from exc
+    return b"".join([head, refs, *keys])
 
 
-def _all_bytes(items: list[Any]) -> bool:
-    return all(type(item) is bytes for item in items)
-
-
-def _increasing(keys: list[bytes]) -> bool:
-    return all(a < b for a, b in pairwise(keys))
+def _slices(data: bytes, start: int, lengths: tuple[int, ...]) -> list[bytes]:
+    ends = accumulate(lengths, initial=start)
+    return [data[a:b] for a, b in pairwise(ends)]
 
 
 def decode_node(data: bytes, seq: int) -> Node:
@@ -115,50 +127,50 @@ def decode_node(data: bytes, seq: int) -> Node:
     ``encode_node`` produces for a well-formed node."""
     if not isinstance(data, (bytes, bytearray)):
         raise DecodeError(f"bee block: expected bytes, got {type(data).__name__}")
-    if len(data) < 3:
+    data = bytes(data)
+    size = len(data)
+    if size < 4:
         raise DecodeError("bee block: too short")
     if data[0] != FORMAT_VERSION:
         raise DecodeError(f"bee block: unknown format version {data[0]}")
-    kind = data[1] & ~ROOT_FLAG
-    if data[1] > (KIND_INTERNAL | ROOT_FLAG):
-        raise DecodeError(f"bee block: unknown node kind {data[1]}")
-    root = bool(data[1] & ROOT_FLAG)
-    payload = bytes(data[2:])
+    flags = data[1]
+    if flags > (KIND_INTERNAL | ROOT_FLAG):
+        raise DecodeError(f"bee block: unknown node kind {flags}")
+    internal = bool(flags & KIND_INTERNAL)
+    n = data[2] | data[3] << 8
+    pos = 4 + 2 * n
     try:
-        body = cbor2.loads(payload)
-    except Exception as exc:  # cbor2 raises many types on garbage; convert at this boundary
-        raise DecodeError(f"bee block: malformed CBOR: {exc}") from exc
-    if type(body) is not list or len(body) != 2:
-        raise DecodeError("bee block: body is not a two-element array")
-    keys, second = body
-    if type(keys) is not list or type(second) is not list:
-        raise DecodeError("bee block: keys and payload must be arrays")
-    if not _all_bytes(keys) or not _increasing(keys):
-        raise DecodeError("bee block: keys must be byte strings in strictly increasing order")
-    if kind == KIND_LEAF:
-        if len(second) != len(keys) or not _all_bytes(second):
-            raise DecodeError("bee block: leaf needs one byte-string value per key")
-        node = Node(keys, second, None, seq, root=root)
-    else:
-        if not keys or len(second) != len(keys) + 1:
-            raise DecodeError("bee block: internal node needs >= 1 key and one more child")
-        for child in second:
-            if type(child) is not int or not 0 <= child < seq:
-                raise DecodeError("bee block: child must name an earlier block")
-        node = Node(keys, None, second, seq, root=root)
-    try:
-        canonical = cbor2.dumps(body, canonical=True)
-    except Exception as exc:
-        raise DecodeError(f"bee block: cannot re-encode: {exc}") from exc
-    if canonical != payload:
-        raise DecodeError("bee block: not canonical CBOR (or trailing bytes)")
-    return node
+        key_lengths = struct.unpack_from(f"<{n}H", data, 4)
+        if internal:
+            if n == 0:
+                raise DecodeError("bee block: internal node without keys")
+            children = list(struct.unpack_from(f"<{n + 1}I", data, pos))
+            pos += 4 * (n + 1)
+            value_lengths: tuple[int, ...] = ()
+        else:
+            value_lengths = struct.unpack_from(f"<{n}I", data, pos)
+            pos += 4 * n
+    except struct.error as exc:
+        raise DecodeError(f"bee block: truncated header: {exc}") from exc
+    key_bytes = sum(key_lengths)
+    if pos + key_bytes + sum(value_lengths) != size:
+        raise DecodeError("bee block: lengths do not add up to the block size")
+    keys = _slices(data, pos, key_lengths)
+    if not all(a < b for a, b in pairwise(keys)):
+        raise DecodeError("bee block: keys must be strictly increasing")
+    if internal:
+        if max(children) >= seq:
+            raise DecodeError("bee block: child must name an earlier block")
+        return Node(keys, None, children, seq, root=bool(flags & ROOT_FLAG))
+    values = _slices(data, pos + key_bytes, value_lengths)
+    return Node(keys, values, None, seq, root=bool(flags & ROOT_FLAG))
 
 
 __all__ = [
     "FORMAT_VERSION",
     "KIND_INTERNAL",
     "KIND_LEAF",
+    "MAX_KEY_BYTES",
     "ROOT_FLAG",
     "Node",
     "decode_node",

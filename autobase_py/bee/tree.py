@@ -198,6 +198,7 @@ class TreeWriter:
         self.internal_max = internal_max
         self.leaf_min = max(1, leaf_max // 4)
         self.internal_min = max(1, internal_max // 4)
+        self.superseded: list[int] = []  # after seal: stored nodes the new blocks replace
 
     # -- gather ---------------------------------------------------------------------------
 
@@ -392,6 +393,7 @@ class TreeWriter:
             return [], []
         blocks: list[bytes] = []
         nodes: list[Node] = []
+        superseded = self.superseded = []
 
         def store(node: Node) -> Node:
             if node.seq is not None:
@@ -410,6 +412,8 @@ class TreeWriter:
                 and origin.children == children
             ):
                 return origin
+            if origin is not None:
+                superseded.append(origin.seq)  # type: ignore[arg-type]
             node.seq = length + len(blocks)
             node.root = node is root
             blocks.append(encode_node(node, root=node.root))

@@ -118,6 +118,9 @@ def test_node_decoder_rejects_shapes_it_must_not_trust() -> None:
     internal = encode_node(Node([b"m"], None, [3, 4]))
     bad = [
         b"",
+        good_leaf[:-1],  # truncated value
+        good_leaf + b"x",  # trailing byte
+        good_leaf[:2] + b"\xff\xff" + good_leaf[4:],  # key count past the header
         b"\x02" + good_leaf[1:],  # unknown format version
         good_leaf[:1] + b"\x07" + good_leaf[2:],  # unknown kind
         encode_node(Node([b"b", b"a"], [b"1", b"2"], None)),  # keys out of order

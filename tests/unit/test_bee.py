@@ -282,6 +282,8 @@ async def test_invalid_entries_and_read_only_writes_are_typed_errors() -> None:
         bee.range(gt=b"a", gte=b"b")
     with pytest.raises(InvalidEntryError):
         bee.range(limit=-1)
+    with pytest.raises(InvalidEntryError):
+        batch.put(b"k" * 65536, b"1")
     replica = Bee(MemoryLog(writable=False))
     with pytest.raises(NotWritableError):
         replica.batch().put(b"a", b"1")
