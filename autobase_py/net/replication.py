@@ -289,7 +289,8 @@ class LogSession:
     # -- incoming ----------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> tuple[list[bytes], bool]:
-        """Handle one message: (messages to send, whether anything was stored)."""
+        """Handle one message: (messages to send, whether the other sessions of this log should
+        look again: something was stored, or a claimed block was given back)."""
         msg = decode_message(data)
         kind = msg["t"]
         if kind == "sync":
@@ -312,9 +313,9 @@ class LogSession:
             # until its next sync; other sessions may still fetch it.
             if request.index is not None:
                 self._refused.add(request.index)
-            return self.pump(), False
+            return self.pump(), request.index is not None
         stored = self._apply(msg["proof"], request)
-        return self.local_changed(), stored
+        return self.local_changed(), stored or request.index is not None
 
     def _serve(self, request_id: int, index: int | None, upgrade: int | None) -> bytes:
         log = self.log

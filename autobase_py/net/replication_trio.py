@@ -177,9 +177,9 @@ class Replicator:
                 nursery.start_soon(self._push, live)
                 await self._send(channel, session.start())
                 async for data in channel:
-                    out, stored = self._receive_batch(session, channel, data)
+                    out, kick = self._receive_batch(session, channel, data)
                     await self._send(channel, out)
-                    if stored:
+                    if kick:
                         self.announce(item)
                 nursery.cancel_scope.cancel()
         except* ChannelClosedError:
