@@ -1,0 +1,337 @@
+"""The registry database: the ``entries`` collection and its indexes on a bee.
+
+Theory of operation
+===================
+
+Key layout. Every bee key is a tuple (``autobase_py.bee.encode_tuple``, order-preserving)
+whose first element is the collection or index id declared in ``registry/spec/registry.json``:
+
+=================================  ==========================================================
+``(1, name)``                      the entry record (``schema.encode_record``, latest version)
+``(2, drive_key, name)``           index ``entries-by-drive-key``, value ``b""``
+``(3, type, name)``                index ``entries-by-type``, value ``b""``
+``(4, owner, name)``               index ``entries-by-owner`` (schema v2), value ``b""``
+``(4, 0, name)``                   the same index for an entry *without* owner
+``(0, "schema")``                  meta: the schema version the stored data is complete for
+=================================  ==========================================================
+
+Because the name is the last element, a lookup is one range over the prefix
+``(index id, value)``: exact (``"t"`` never matches ``"t1"``: the string terminator is part of
+the prefix), sorted by name, and O(log n + results) with one primary ``get`` per result. An
+entry without owner is indexed under the integer ``0``, a different element kind from every
+owner string, so ``entries_of_owner(None)`` is an exact lookup too, never a scan.
+
+Writes. A :class:`Transaction` wraps ONE bee batch: reads inside it see its own writes, and
+``flush`` appends everything with one log append (the service's ``apply`` opens one
+transaction per apply call). ``put`` reads the stored record first: an identical entry writes
+nothing; a changed ``drive_key``/``type``/``owner`` deletes the old index key and writes the new
+one. ``delete`` removes the record and its index keys; a missing name is a no-op.
+
+Schema upgrade (v1 -> v2). Version 1 had no ``owner`` and no ``entries-by-owner`` index, so a
+view written by v1 code has no ``(4, 0, name)`` keys for its entries. Choice: a deterministic
+*migration* run by the first write transaction that finds the meta version older than the
+code's (or absent on a non-empty view, i.e. data from before the meta key): it adds
+``(4, 0, name)`` for every stored entry (v1 records never carry an owner) and records the new
+version, inside the same batch as the writes that triggered it. Records themselves are not
+rewritten: ``decode_record`` reads v1 records under v2 (owner ``None``). In the service the
+migration therefore runs inside ``apply``; if the base later undoes past it, the view is
+truncated back to v1 data and the next apply migrates again at the same point of the order, so
+the view stays a function of the order. Reads never write: a reader (or replica) that opens a
+view still at version 1 answers ``entries_of_owner(None)`` by scanning the primary collection
+(the only O(n) path, and only until a writer migrates) and ``entries_of_owner("x")`` with
+``[]`` (v1 entries have no owner). Note that a migrated view differs byte-wise from one built
+by v2 code from scratch (records keep ``"v": 1``), so indexers should run the same version to
+agree on checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+from autobase_py import encoding, ids
+from autobase_py.bee import Batch, Bee, RangeIterator, Snapshot, decode_tuple, encode_tuple
+from autobase_py.bee import prefix_range as _prefix_range
+from autobase_py.errors import DecodeError, InvalidKeyError, NotWritableError
+
+from .entry import Entry, validate_name
+from .errors import SchemaError, ValidationError
+from .schema import Spec, decode_record, encode_record, load_spec
+
+_RECORD = "entry"
+_META_ID = 0
+_SCHEMA_KEY = encode_tuple((_META_ID, "schema"))
+NO_OWNER = 0  # the index element standing for "no owner" (an int: never equal to a string)
+
+
+class _Source(Protocol):
+    async def get(self, key: bytes) -> bytes | None: ...
+
+    def range(
+        self,
+        *,
+        gt: bytes | None = None,
+        gte: bytes | None = None,
+        lt: bytes | None = None,
+        lte: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> RangeIterator: ...
+
+
+class Layout:
+    """The key layout derived from the spec's collection and index ids (see module doc)."""
+
+    def __init__(self, spec: Spec) -> None:
+        latest = spec.latest
+        self.spec = spec
+        self.version = latest.version
+        try:
+            self.entries = latest.collections["entries"].id
+            self.by_drive_key = latest.indexes["entries-by-drive-key"].id
+            self.by_type = latest.indexes["entries-by-type"].id
+            self.by_owner = latest.indexes["entries-by-owner"].id
+        except KeyError as exc:
+            raise SchemaError(f"the registry needs collection/index {exc.args[0]!r}") from exc
+        ids = [c.id for c in latest.collections.values()] + [x.id for x in latest.indexes.values()]
+        if _META_ID in ids:
+            raise SchemaError(f"id {_META_ID} is reserved for the registry's meta keys")
+        # the schema version that introduced the owner index (older data needs the migration)
+        self.owner_since = next(
+            v.version for v in spec.versions if "entries-by-owner" in v.indexes
+        )
+
+    def primary(self, name: str) -> bytes:
+        return encode_tuple((self.entries, name))
+
+    def index_keys(self, entry: Entry) -> list[bytes]:
+        owner: int | str = NO_OWNER if entry.owner is None else entry.owner
+        return [
+            encode_tuple((self.by_drive_key, entry.drive_key, entry.name)),
+            encode_tuple((self.by_type, entry.type, entry.name)),
+            encode_tuple((self.by_owner, owner, entry.name)),
+        ]
+
+    def encode(self, entry: Entry) -> bytes:
+        return encode_record(self.spec.latest, _RECORD, entry.to_dict())
+
+    def decode(self, data: bytes) -> Entry:
+        fields = decode_record(self.spec, _RECORD, data)
+        try:
+            return Entry(**fields)
+        except TypeError as exc:  # the spec and Entry disagree on the field set
+            raise DecodeError(f"entry record does not fit Entry: {exc}") from exc
+
+
+def _scan(
+    source: _Source, prefix: tuple[int | bytes | str, ...], limit: int | None = None
+) -> RangeIterator:
+    """Every key starting with the tuple ``prefix`` (exact elements), in key order."""
+    bounds = _prefix_range(prefix)
+    return source.range(gte=bounds["gte"], lt=bounds["lt"], limit=limit)
+
+
+def _name_of(key: bytes) -> str:
+    parts = decode_tuple(key)
+    name = parts[-1] if parts else None
+    if not isinstance(name, str):
+        raise DecodeError("index key does not end with an entry name")
+    return name
+
+
+def _as_entry(entry: Entry | Mapping[str, Any]) -> Entry:
+    return Entry.parse(entry)
+
+
+class _Reader:
+    """Lookups over any bee-like source (a bee, a snapshot, or a batch)."""
+
+    def __init__(self, source: _Source, layout: Layout) -> None:
+        self._source = source
+        self._layout = layout
+
+    async def get(self, name: str) -> Entry | None:
+        """The entry called ``name``, or None."""
+        raw = await self._source.get(self._layout.primary(validate_name(name)))
+        return None if raw is None else self._layout.decode(raw)
+
+    async def get_by_drive_key(self, key: bytes | str) -> Entry | None:
+        """The first entry (by name) whose drive key is ``key`` (bytes, hex or z-base-32)."""
+        try:
+            drive_key = ids.normalize(key)
+        except InvalidKeyError as exc:
+            raise ValidationError("drive_key", exc.message) from exc
+        async for k, _ in _scan(self._source, (self._layout.by_drive_key, drive_key), 1):
+            return await self._must_get(_name_of(k))
+        return None
+
+    def entries_of_type(self, type: str) -> AsyncIterator[Entry]:  # noqa: A002 (domain name)
+        """Entries whose type is exactly ``type``, sorted by name."""
+        return self._by_index((self._layout.by_type, type))
+
+    def entries_of_owner(self, owner: str | None) -> AsyncIterator[Entry]:
+        """Entries whose owner is exactly ``owner`` (None: entries without owner), by name."""
+        element: int | str = NO_OWNER if owner is None else owner
+        return self._owner_lookup(element)
+
+    async def _owner_lookup(self, element: int | str) -> AsyncIterator[Entry]:
+        if await self.schema_version() < self._layout.owner_since:
+            # unmigrated older data: the owner index does not exist yet (see module doc)
+            if element == NO_OWNER:
+                async for entry in self.entries():
+                    if entry.owner is None:
+                        yield entry
+            return
+        async for entry in self._by_index((self._layout.by_owner, element)):
+            yield entry
+
+    async def _by_index(self, prefix: tuple[int | bytes | str, ...]) -> AsyncIterator[Entry]:
+        async for k, _ in _scan(self._source, prefix):
+            yield await self._must_get(_name_of(k))
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        """Every entry, sorted by name."""
+        async for _, v in _scan(self._source, (self._layout.entries,)):
+            yield self._layout.decode(v)
+
+    async def schema_version(self) -> int:
+        """The schema version the stored data is complete for (0: empty, never written)."""
+        raw = await self._source.get(_SCHEMA_KEY)
+        if raw is not None:
+            version = encoding.decode(raw)
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise DecodeError("registry meta: bad schema version")
+            return version
+        async for _ in _scan(self._source, (self._layout.entries,), 1):
+            return 1  # entries written before the meta key existed: version 1 data
+        return 0
+
+    async def _must_get(self, name: str) -> Entry:
+        entry = await self.get(name)
+        if entry is None:
+            raise DecodeError(f"index points at entry {name!r} which is not stored")
+        return entry
+
+
+class Transaction(_Reader):
+    """Writes to the registry through ONE bee batch (reads see its own writes).
+
+    Use as ``async with registry.transaction() as tx:``; the batch is flushed once on a clean
+    exit and discarded when the block raises.
+    """
+
+    def __init__(self, batch: Batch, layout: Layout) -> None:
+        super().__init__(batch, layout)
+        self._batch = batch
+        self._checked = False
+
+    async def _prepare(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        stored = await self.schema_version()
+        if stored >= self._layout.version:
+            return
+        if 0 < stored < self._layout.owner_since:
+            await self._migrate_owner_index()
+        self._batch.put(_SCHEMA_KEY, encoding.encode(self._layout.version))
+
+    async def _migrate_owner_index(self) -> None:
+        no_owner = []
+        async for entry in self.entries():
+            if entry.owner is None:
+                no_owner.append(encode_tuple((self._layout.by_owner, NO_OWNER, entry.name)))
+        for key in no_owner:
+            self._batch.put(key, b"")
+
+    async def put(self, entry: Entry | Mapping[str, Any]) -> bool:
+        """Insert or update; returns False when the identical entry was already stored."""
+        new = _as_entry(entry)
+        await self._prepare()
+        layout = self._layout
+        old = await self.get(new.name)
+        if old == new:
+            return False
+        if old is not None:
+            new_keys = set(layout.index_keys(new))
+            for key in layout.index_keys(old):
+                if key not in new_keys:
+                    self._batch.delete(key)
+        self._batch.put(layout.primary(new.name), layout.encode(new))
+        for key in layout.index_keys(new):
+            self._batch.put(key, b"")
+        return True
+
+    async def delete(self, name: str) -> bool:
+        """Remove the entry and its index keys; returns False when there was none."""
+        name = validate_name(name)
+        old = await self.get(name)
+        if old is None:
+            return False
+        await self._prepare()
+        self._batch.delete(self._layout.primary(name))
+        for key in self._layout.index_keys(old):
+            self._batch.delete(key)
+        return True
+
+    async def flush(self) -> int:
+        """Append the changes with one log append; returns the bee version."""
+        return await self._batch.flush()
+
+    def discard(self) -> None:
+        self._batch.discard()
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.flush()
+        else:
+            self.discard()
+
+
+class Registry(_Reader):
+    """The model registry over a bee (read-write) or a bee snapshot (read-only)."""
+
+    def __init__(self, bee: Bee | Snapshot, spec: Spec | None = None) -> None:
+        self.layout = Layout(spec if spec is not None else load_spec())
+        super().__init__(bee, self.layout)
+        self.bee = bee
+
+    def transaction(self) -> Transaction:
+        """A write transaction over one new bee batch (flushed once by ``async with``)."""
+        if not isinstance(self.bee, Bee):
+            raise NotWritableError("this registry reads a snapshot; it cannot be written")
+        return Transaction(self.bee.batch(), self.layout)
+
+    def at(self, version: int) -> Registry:
+        """A read-only registry pinned at bee ``version`` (a flush boundary)."""
+        if isinstance(self.bee, Bee):
+            return Registry(self.bee.snapshot(version), self.layout.spec)
+        raise NotWritableError("snapshot registries cannot be re-pinned")
+
+    @property
+    def version(self) -> int:
+        """The bee version (view length) this registry reads."""
+        return self.bee.version
+
+    async def put(self, entry: Entry | Mapping[str, Any]) -> bool:
+        """Insert or update one entry (validated first); False when nothing changed."""
+        new = _as_entry(entry)
+        async with self.transaction() as tx:
+            return await tx.put(new)
+
+    async def delete(self, name: str) -> bool:
+        """Remove the entry ``name``; a missing name is a no-op (returns False)."""
+        async with self.transaction() as tx:
+            return await tx.delete(name)
+
+
+__all__ = ["NO_OWNER", "Layout", "Registry", "Transaction"]
