@@ -1,0 +1,98 @@
+"""Round bookkeeping for confirmed nodes: a step function per (writer, indexer).
+
+Every node ``v`` carries a *round vector* ``rv(v)``: for each indexer ``i`` of the current
+epoch, the round of the newest node of ``i`` in ``v``'s past (``v`` included), or ``-1``.
+Unconfirmed nodes keep their vector in memory. Confirmed nodes are forgotten, yet a late node
+(from a writer that was partitioned for a while) may still name one of them as a head, and its
+round depends on that head's vector. Along one writer's log the vector only grows, and each
+entry only changes when a round changes, so ``k -> rv(writer@k)[i]`` is a step function with at
+most one step per round: :class:`RoundSteps` stores those steps and answers the lookup by
+bisection. Its size grows with the number of rounds of the epoch (a few integers per round per
+writer/indexer pair), not with the number of nodes; it is reset at every epoch change.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+from ..errors import DecodeError
+
+
+class RoundSteps:
+    """Per-writer, per-indexer step functions ``length -> round`` (``-1`` before any step)."""
+
+    __slots__ = ("_n", "_steps")
+
+    def __init__(self, indexer_count: int) -> None:
+        self._n = indexer_count
+        # writer -> per indexer: (lengths where the round steps up, the round from there on)
+        self._steps: dict[bytes, list[tuple[list[int], list[int]]]] = {}
+
+    def record(self, writer: bytes, length: int, rv: list[int]) -> None:
+        """Note that ``writer@length`` has round vector ``rv`` (lengths arrive in order)."""
+        per = self._steps.get(writer)
+        if per is None:
+            per = [([], []) for _ in range(self._n)]
+            self._steps[writer] = per
+        for i, value in enumerate(rv):
+            starts, rounds = per[i]
+            if value >= 0 and (not rounds or value > rounds[-1]):
+                starts.append(length)
+                rounds.append(value)
+
+    def lookup(self, writer: bytes, length: int) -> list[int]:
+        """The round vector of ``writer@length`` as recorded."""
+        per = self._steps.get(writer)
+        if per is None:
+            return [-1] * self._n
+        out: list[int] = []
+        for starts, rounds in per:
+            at = bisect_right(starts, length) - 1
+            out.append(rounds[at] if at >= 0 else -1)
+        return out
+
+    def entries(self) -> int:
+        """How many steps are stored (for memory reports)."""
+        return sum(len(starts) for per in self._steps.values() for starts, _ in per)
+
+    def encode(self, limits: dict[bytes, int]) -> list[Any]:
+        """CBOR-ready steps, keeping only steps at or below ``limits[writer]`` (confirmed)."""
+        out: list[Any] = []
+        for writer in sorted(self._steps):
+            limit = limits.get(writer, 0)
+            per = []
+            for starts, rounds in self._steps[writer]:
+                keep = bisect_right(starts, limit)
+                per.append([starts[:keep], rounds[:keep]])
+            out.append([writer, per])
+        return out
+
+    @classmethod
+    def decode(cls, indexer_count: int, data: Any) -> RoundSteps:
+        steps = cls(indexer_count)
+        if not isinstance(data, list):
+            raise DecodeError("round steps must be a list")
+        for item in data:
+            if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], bytes):
+                raise DecodeError("malformed round steps entry")
+            writer, per = item
+            if not isinstance(per, list) or len(per) != indexer_count:
+                raise DecodeError("round steps entry has the wrong indexer count")
+            parsed: list[tuple[list[int], list[int]]] = []
+            for pair in per:
+                if (
+                    not isinstance(pair, list)
+                    or len(pair) != 2
+                    or not all(isinstance(x, list) for x in pair)
+                    or len(pair[0]) != len(pair[1])
+                    or not all(_is_int(x) for x in pair[0] + pair[1])
+                ):
+                    raise DecodeError("malformed round step function")
+                parsed.append((list(pair[0]), list(pair[1])))
+            steps._steps[writer] = parsed
+        return steps
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,244 @@
+"""Simulated writers on a simulated network, for linearizer tests and benchmarks.
+
+:class:`SimNetwork` holds one :class:`SimPeer` per writer. Each peer has its own
+``Linearizer``, the nodes it has seen (added in causal order), and a *view*: the list of keys
+it got by replaying ``update()`` results (undo, then apply), which must always equal
+``order()``. The network can be partitioned into groups; a peer only receives nodes that some
+peer of its group already has, one causal step at a time, in any order the caller picks.
+
+``sync`` drives a linearizer the way the base does: ``update(settle=True)`` until settled,
+replaying each result into the view and declaring indexer-set changes made by confirmed
+*membership ops* (values built by :func:`membership_op`) with ``set_indexers``. It also checks,
+on every call, that the view equals ``order()``, that undo never reaches into the confirmed
+prefix, and that the confirmed prefix only grows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+
+from ..encoding import decode, encode
+from ..linearizer import Linearizer, Node
+from ..linearizer.node import NodeKey
+
+MEMBERSHIP_TAG = b"indexers:"
+
+
+def writer_keys(count: int) -> list[bytes]:
+    """``count`` distinct 32-byte writer keys, sorted (key ``i`` is ``bytes([i + 1]) * 32``)."""
+    return [bytes([i + 1]) * 32 for i in range(count)]
+
+
+def membership_op(keys: Iterable[bytes]) -> bytes:
+    """A value that, once confirmed, sets the indexer set to ``keys``."""
+    return MEMBERSHIP_TAG + encode(sorted(keys))
+
+
+def membership(node: Node) -> list[bytes] | None:
+    """The indexer set a membership op names, or None for any other node."""
+    if node.value is None or not node.value.startswith(MEMBERSHIP_TAG):
+        return None
+    keys = decode(node.value[len(MEMBERSHIP_TAG):])
+    assert isinstance(keys, list)
+    return [bytes(k) for k in keys]
+
+
+class SimPeer:
+    def __init__(self, key: bytes, lin: Linearizer) -> None:
+        self.key = key
+        self.lin = lin
+        self.view: list[NodeKey] = []
+        self.confirmed: list[NodeKey] = []
+        self.known: set[NodeKey] = set()
+        self.added: list[Node] = []
+
+    def receive(self, node: Node) -> None:
+        if node.key in self.known:
+            return
+        self.lin.add(node)
+        self.known.add(node.key)
+        self.added.append(node)
+
+
+class SimNetwork:
+    def __init__(
+        self,
+        writers: Sequence[bytes],
+        indexers: Sequence[bytes],
+        *,
+        membership: Callable[[Node], Sequence[bytes] | None] | None = membership,
+        keep_history: bool = True,
+    ) -> None:
+        self.writers = list(writers)
+        self.genesis = sorted(indexers)
+        self.membership = membership
+        self.nodes: dict[NodeKey, Node] = {}
+        self.peers = {w: SimPeer(w, Linearizer(self.genesis, keep_history=keep_history))
+                      for w in self.writers}
+        self.group: dict[bytes, int] = dict.fromkeys(self.writers, 0)
+        self.acks = 0
+        self.values = 0
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def append(self, writer: bytes, values: Sequence[bytes | None]) -> list[Node]:
+        """Append a batch (or one node, or one ack ``[None]``) to ``writer``'s log."""
+        peer = self.peers[writer]
+        length = peer.lin.known_length(writer)
+        heads = tuple(peer.lin.heads())
+        out: list[Node] = []
+        for i, value in enumerate(values):
+            node = Node(writer, length + 1 + i, heads if i == 0 else (), len(values) - i, value)
+            out.append(node)
+            self.nodes[node.key] = node
+            peer.receive(node)
+            if value is None:
+                self.acks += 1
+            else:
+                self.values += 1
+        return out
+
+    def ack(self, writer: bytes) -> Node | None:
+        """Append an ack if the writer's linearizer says it would help."""
+        if not self.peers[writer].lin.should_ack(writer):
+            return None
+        return self.append(writer, [None])[0]
+
+    # --- network ----------------------------------------------------------------------------
+
+    def partition(self, groups: dict[bytes, int]) -> None:
+        self.group = {w: groups.get(w, 0) for w in self.writers}
+
+    def heal(self) -> None:
+        self.group = dict.fromkeys(self.writers, 0)
+
+    def deliverable(self, to: bytes) -> list[Node]:
+        """Nodes ``to`` lacks whose dependencies it has, held by a peer of its group."""
+        peer = self.peers[to]
+        held: set[NodeKey] = set()
+        for other in self.peers.values():
+            if self.group[other.key] == self.group[to]:
+                held |= other.known
+        out = []
+        for key in held - peer.known:
+            node = self.nodes[key]
+            if node.length > 1 and (node.writer, node.length - 1) not in peer.known:
+                continue
+            if all(h in peer.known for h in node.heads):
+                out.append(node)
+        return sorted(out, key=lambda n: n.key)
+
+    def deliver(self, to: bytes, limit: int | None = None, rng: random.Random | None = None) -> int:
+        """Deliver up to ``limit`` nodes (all reachable if None) to ``to``, in a random order."""
+        count = 0
+        while limit is None or count < limit:
+            ready = self.deliverable(to)
+            if not ready:
+                break
+            node = rng.choice(ready) if rng is not None else ready[0]
+            self.peers[to].receive(node)
+            count += 1
+        return count
+
+    def deliver_all(self, rng: random.Random | None = None) -> None:
+        for key in self.writers:
+            self.deliver(key, rng=rng)
+        for key in self.writers:  # a second pass catches what others received meanwhile
+            self.deliver(key, rng=rng)
+
+    # --- driving the linearizers -------------------------------------------------------------
+
+    def sync(self, writer: bytes) -> None:
+        """Run ``update(settle=True)`` to a fixpoint, replaying it into the peer's view."""
+        peer = self.peers[writer]
+        lin = peer.lin
+        while True:
+            before = lin.confirmed_length
+            update = lin.update(settle=True)
+            assert update.undo <= len(peer.view) - before, "undo reached into the confirmed prefix"
+            del peer.view[len(peer.view) - update.undo:]
+            peer.view.extend(node.key for node in update.apply)
+            if lin.history_start == 0:
+                assert peer.view == lin.order(), "replayed view differs from order()"
+            assert update.confirmed_length == lin.confirmed_length
+            change: list[bytes] | None = None
+            at = -1
+            if self.membership is not None:
+                for position in range(before, update.confirmed_length):
+                    node = self.nodes[peer.view[position]]
+                    keys = self.membership(node) if node.value is not None else None
+                    if keys:
+                        change, at = sorted(set(keys)), position
+            confirmed = peer.view[: update.confirmed_length]
+            assert confirmed[: len(peer.confirmed)] == peer.confirmed, "confirmed prefix changed"
+            peer.confirmed = confirmed
+            switched = False
+            if change is not None and change != lin.indexers:
+                lin.set_indexers(change, at=at)
+                switched = True
+            if update.settled and not switched:
+                return
+
+    def sync_all(self) -> None:
+        for key in self.writers:
+            self.sync(key)
+
+    def restart(self, writer: bytes, *, with_history: bool = True) -> None:
+        """Rebuild the peer's linearizer from its persisted state plus its unconfirmed nodes."""
+        peer = self.peers[writer]
+        old = peer.lin
+        state = decode(encode(old.state()))
+        conf = old.confirmed_length
+        lin = Linearizer.restore(
+            state,
+            history=peer.view[:conf] if with_history and old.history_start == 0 else None,
+            applied_tip=peer.view[conf:],
+        )
+        for node in peer.added:
+            if node.length > lin.known_length(node.writer):
+                lin.add(node)
+        peer.lin = lin
+
+    def ack_wave(self) -> int:
+        """Every indexer that should ack does so at the same moment, then all is delivered."""
+        acking = [w for w in self.writers if self.peers[w].lin.should_ack(w)]
+        made = [self.append(w, [None])[0] for w in acking]
+        self.deliver_all()
+        self.sync_all()
+        return len(made)
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def check_safety(self) -> None:
+        """Every two peers' confirmed prefixes are prefixes of one another."""
+        peers = list(self.peers.values())
+        for a in peers:
+            for b in peers:
+                short, long = sorted((a.confirmed, b.confirmed), key=len)
+                assert long[: len(short)] == short, "confirmed prefixes diverged"
+
+    def value_keys(self, writer: bytes) -> set[NodeKey]:
+        return {k for k in self.peers[writer].known if self.nodes[k].value is not None}
+
+    def unconfirmed_values(self, writer: bytes) -> set[NodeKey]:
+        peer = self.peers[writer]
+        return self.value_keys(writer) - set(peer.confirmed)
+
+
+def causal_shuffle(nodes: Sequence[Node], rng: random.Random) -> list[Node]:
+    """The same nodes in another random causal order."""
+    pending = {n.key: n for n in nodes}
+    done: set[NodeKey] = set()
+    out: list[Node] = []
+    while pending:
+        ready = [
+            n for n in pending.values()
+            if (n.length == 1 or (n.writer, n.length - 1) in done)
+            and all(h in done for h in n.heads)
+        ]
+        node = rng.choice(sorted(ready, key=lambda n: n.key))
+        del pending[node.key]
+        done.add(node.key)
+        out.append(node)
+    return out
