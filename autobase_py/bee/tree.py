@@ -30,11 +30,13 @@ therefore independent of the previous one, which makes retrying after a fetch tr
 a batch's range keep going while the batch changes.
 
 Shape rules: a leaf splits above ``leaf_max`` entries, an internal node above ``internal_max``
-keys; a non-root node below a quarter of its maximum borrows from or merges with an adjacent
-sibling; an internal root left with one child is replaced by it. A split caused by an insert at
-the very end of a node keeps the old node full (sequential keys fill nodes instead of leaving
-them half empty). The shape depends only on the sequence of updates, so every peer replaying the
-same updates writes byte-identical blocks.
+keys. A leaf split or rebalance uses as separator the shortest prefix of the right side's first
+key that still exceeds the left side's last key (smaller internal nodes). A non-root node below
+a quarter of its maximum borrows from or merges with an adjacent sibling; an internal root left
+with one child is replaced by it. A split caused by an insert at the very end of a node keeps
+the old node full (sequential keys fill nodes instead of leaving them half empty). The shape
+depends only on the sequence of updates, so every peer replaying the same updates writes
+byte-identical blocks.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ class BlockMissing(BlockNotAvailableError):  # noqa: N818 - a signal as much as 
 def _child(node: Node, index: int, load: Load) -> Node:
     ref = node.children[index]  # type: ignore[index]
     return ref if isinstance(ref, Node) else load(ref)
+
+
+def separator(left_max: bytes, right_min: bytes) -> bytes:
+    """The shortest prefix of ``right_min`` that is greater than ``left_max`` (which must be
+    smaller): a valid separator between two leaves that keeps internal nodes small."""
+    common = 0
+    for a, b in zip(left_max, right_min, strict=False):
+        if a != b:
+            break
+        common += 1
+    return right_min[: common + 1]
 
 
 def lookup(root: Node | None, key: bytes, load: Load) -> bytes | None:
@@ -271,7 +284,7 @@ class TreeWriter:
                 assert node.values is not None
                 mid = len(node.keys) - 1 if at_end else len(node.keys) // 2
                 right = Node(node.keys[mid:], node.values[mid:], None)
-                sep = right.keys[0]
+                sep = separator(node.keys[mid - 1], right.keys[0])
                 del node.keys[mid:]
                 del node.values[mid:]
             else:
@@ -362,7 +375,7 @@ class TreeWriter:
             m = len(keys) // 2
             left.keys, left.values = keys[:m], values[:m]
             right.keys, right.values = keys[m:], values[m:]
-            parent.keys[li] = right.keys[0]
+            parent.keys[li] = separator(left.keys[-1], right.keys[0])
             return False
         assert right.children is not None
         if len(left.keys) + 1 + len(right.keys) <= self.internal_max:
