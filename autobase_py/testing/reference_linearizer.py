@@ -128,7 +128,9 @@ class ReferenceLinearizer:
                 holders = {u[0] for u in seen if rounds[u] == top}
                 rounds[key] = top + 1 if len(holders) >= quorum else top
 
-            def vertex(writer: bytes, rnd: int) -> NodeKey | None:
+            def vertex(
+                writer: bytes, rnd: int, rounds: dict[NodeKey, int] = rounds
+            ) -> NodeKey | None:
                 mine = [k for k, r in rounds.items() if k[0] == writer and r == rnd]
                 return min(mine) if mine else None
 
