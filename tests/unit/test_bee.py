@@ -133,6 +133,67 @@ async def test_one_append_per_flush_and_each_node_written_once() -> None:
     assert seen == set(range(log.length))
 
 
+async def test_collapse_onto_an_unchanged_subtree_rewrites_it_as_the_last_block() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    batch = bee.batch()
+    for i in range(5):  # sequential: the root splits into a full leaf and a leaf of one
+        batch.put(k(i), b"v")
+    await batch.flush()
+    root = decode_node(log.get(log.length - 1), log.length - 1)
+    assert root.children is not None and len(root.children) == 2
+    length = log.length
+    await bee.delete(k(4))  # empties the right leaf: the tree collapses onto the left one
+    assert log.length == length + 1  # only a copy of the left leaf, marked as the root
+    top = decode_node(log.get(log.length - 1), log.length - 1)
+    assert top.root and top.children is None
+    assert await collect(bee.range()) == [(k(i), b"v") for i in range(4)]
+
+
+async def test_failed_append_keeps_the_batch_and_a_retry_flushes_it() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    await bee.put(b"base", b"0")
+    real_append = log.append
+    calls = {"n": 0}
+
+    def failing_append(blocks: Sequence[bytes]) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full")
+        return real_append(blocks)
+
+    log.append = failing_append  # type: ignore[method-assign]
+    batch = bee.batch()
+    for i in range(20):
+        batch.put(k(i), b"v")
+    length = log.length
+    with pytest.raises(OSError):
+        await batch.flush()
+    assert log.length == length
+    assert await bee.get(k(3)) is None
+    assert await batch.get(k(3)) == b"v"  # the operations survived the failed append
+    await batch.flush()
+    assert len(await collect(bee.range())) == 21
+
+
+async def test_range_keeps_reading_its_version_while_new_flushes_land() -> None:
+    bee = Bee(MemoryLog(), leaf_max=4, internal_max=4)
+    batch = bee.batch()
+    for i in range(50):
+        batch.put(k(i), b"old")
+    await batch.flush()
+    it = bee.range()
+    first = [await it.__anext__() for _ in range(10)]
+    batch = bee.batch()
+    for i in range(50):
+        batch.put(k(i), b"new")
+    batch.put(k(999), b"new")
+    await batch.flush()
+    rest = await it.collect()
+    assert first + rest == [(k(i), b"old") for i in range(50)]
+
+
 async def test_batch_reads_its_own_writes() -> None:
     bee = Bee(MemoryLog())
     await bee.put(b"a", b"1")
