@@ -29,7 +29,6 @@ from .errors import RouterError, ValidationError
 from .schema import FieldSpec, OpSpec, Spec
 
 C = TypeVar("C")
-Handler = Callable[[Mapping[str, Any], C], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +51,10 @@ class UnknownOp:
 
 
 Outcome = Applied | Skipped | UnknownOp
+
+# A handler returns None when it applied the op, or Skipped(reason) when the op is well-formed
+# but must not take effect (e.g. not authorized); both outcomes are deterministic.
+Handler = Callable[[Mapping[str, Any], C], Awaitable[Skipped | None]]
 
 
 class InvalidOpError(DecodeError):
@@ -166,7 +169,9 @@ class Router(Generic[C]):
             return Skipped(exc.message)
         if isinstance(op, int):
             return UnknownOp(op)
-        await self._handlers[op.name](request, context)
+        skipped = await self._handlers[op.name](request, context)
+        if skipped is not None:
+            return skipped
         return Applied(op.name)
 
 
