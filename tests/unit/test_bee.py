@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autobase_py.bee import Bee, InvalidEntryError, NotAVersionError, SnapshotExpiredError
 from autobase_py.bee.node import decode_node
@@ -385,3 +388,43 @@ async def test_sparse_reads_fetch_through_source_and_reject_tampering() -> None:
     no_source = Bee(replica)
     with pytest.raises(BlockNotAvailableError):
         await no_source.get(k(999))
+
+
+ops_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "delete", "flush", "read"]),
+        st.integers(0, 80),
+        st.sampled_from([b"a", b"bb", b"c" * 30]),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=60)
+@given(ops_strategy)
+def test_same_operations_give_byte_identical_logs(ops: list[tuple[str, int, bytes]]) -> None:
+    """Peers replaying the same operations must sign the same view: the blocks may depend
+    only on the operations and flush boundaries, not on reads, cache size or cache state."""
+
+    async def replay(log: MemoryLog, *, reads: bool, cache_nodes: int) -> None:
+        bee = Bee(log, leaf_max=4, internal_max=5, cache_nodes=cache_nodes)
+        batch = bee.batch()
+        for op, i, value in ops:
+            if op == "put":
+                batch.put(k(i), value)
+            elif op == "delete":
+                batch.delete(k(i))
+            elif op == "flush":
+                await batch.flush()
+                if reads:  # a fresh bee each time: nothing cached
+                    bee = Bee(log, leaf_max=4, internal_max=5, cache_nodes=cache_nodes)
+                    batch = bee.batch()
+            elif reads:
+                await batch.get(k(i))
+                await bee.get(k(i))
+        await batch.flush()
+
+    plain, busy = MemoryLog(), MemoryLog()
+    trio.run(lambda: replay(plain, reads=False, cache_nodes=100_000))
+    trio.run(lambda: replay(busy, reads=True, cache_nodes=16))
+    assert plain.blocks == busy.blocks
