@@ -154,6 +154,11 @@ class Claims:
     blocks: set[int] = field(default_factory=set)
     contiguous: int = 0  # eager mode: every block below this is stored (at ``fork``)
     fork: int = 0
+    releases: int = 0  # bumped whenever a claim is given back without the block stored
+
+    def release(self, index: int) -> None:
+        self.blocks.discard(index)
+        self.releases += 1
 
 
 @dataclass(slots=True)
@@ -189,6 +194,11 @@ class LogSession:
         self._scan_fork = log.fork
         self._next_id = 0
         self._inflight: dict[int, _Request] = {}
+        self._upgrading = 0  # upgrade requests in flight
+        # Eager scans resume at ``_frontier`` (everything between the stored prefix and it was
+        # claimed when last seen) unless some claim was given back since (``_releases_seen``).
+        self._frontier = 0
+        self._releases_seen = 0
         self._sent_state: tuple[int, int] | None = None
         self._refused: set[int] = set()  # blocks this peer said it cannot serve (until sync)
         self._owed: set[int] = set()  # blocks we said "none" for: announce when stored
@@ -241,7 +251,12 @@ class LogSession:
             if claims.fork != log.fork:
                 claims.fork, claims.contiguous = log.fork, 0
             claims.contiguous = max(claims.contiguous, index)
-            yield from range(index, limit)
+            if self._releases_seen != claims.releases:
+                self._releases_seen = claims.releases
+                self._frontier = index
+            for candidate in range(max(index, self._frontier), limit):
+                self._frontier = candidate
+                yield candidate
         else:
             for start, end in list(self._wanted):
                 yield from range(start, min(end, limit))
@@ -252,8 +267,7 @@ class LogSession:
         if not self.remote_synced or self.log.writable:
             return out
         log = self.log
-        upgrading = any(r.upgrade is not None for r in self._inflight.values())
-        if self._remote_ahead() and not upgrading:
+        if self._remote_ahead() and not self._upgrading:
             start = log.length if self.remote_fork == log.fork else 0
             out.append(self._request(None, start))
         claimed = self.claims.blocks
@@ -277,14 +291,17 @@ class LogSession:
         request_id = self._next_id
         self._next_id += 1
         self._inflight[request_id] = _Request(index, upgrade, self.log.fork, self.log.length)
+        if upgrade is not None:
+            self._upgrading += 1
         return encode_request(request_id, index, upgrade)
 
     def release(self) -> None:
         """The session ends: give its claimed blocks back to the other sessions."""
         for request in self._inflight.values():
             if request.index is not None:
-                self.claims.blocks.discard(request.index)
+                self.claims.release(request.index)
         self._inflight.clear()
+        self._upgrading = 0
 
     # -- incoming ----------------------------------------------------------------------------
 
@@ -297,24 +314,38 @@ class LogSession:
             self.remote_length, self.remote_fork = msg["length"], msg["fork"]
             self.remote_synced = True
             self._refused.clear()
+            self._frontier = 0  # refused blocks may be back: scan again from the stored prefix
             return self.pump(), False
         if kind == "request":
             return [self._serve(msg["id"], msg["index"], msg["upgrade"])], False
         if kind == "have":
             self._refused.difference_update(range(msg["start"], msg["end"]))
+            self._frontier = min(self._frontier, msg["start"])
             return self.pump(), False
         request = self._inflight.pop(msg["id"], None)
         if request is None:
             raise InvalidPeerDataError(f"answer to request {msg['id']}, which is not pending")
-        if request.index is not None:
-            self.claims.blocks.discard(request.index)
+        if request.upgrade is not None:
+            self._upgrading -= 1
         if kind == "none":
+            if request.index is not None:
+                self.claims.release(request.index)
             # The peer cannot serve it (a sparse peer, or it truncated): not from this peer
             # until its next sync; other sessions may still fetch it.
             if request.index is not None:
                 self._refused.add(request.index)
             return self.pump(), request.index is not None
-        stored = self._apply(msg["proof"], request)
+        try:
+            stored = self._apply(msg["proof"], request)
+        except BaseException:
+            if request.index is not None:
+                self.claims.release(request.index)
+            raise
+        if request.index is not None:
+            if stored:
+                self.claims.blocks.discard(request.index)
+            else:
+                self.claims.release(request.index)
         return self.local_changed(), stored or request.index is not None
 
     def _serve(self, request_id: int, index: int | None, upgrade: int | None) -> bytes:
