@@ -225,3 +225,37 @@ async def test_pool_fails_over_when_a_server_process_is_killed() -> None:
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+
+
+async def closed_port() -> int:
+    """A loopback port with nothing listening (bound, then released)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+    for listener in listeners:
+        await listener.aclose()
+    return port
+
+
+async def test_pool_skips_unreachable_servers_and_gives_up_after_three_tries() -> None:
+    async with running_server(registry_like_server()) as port:
+        dead = ServerAddress("127.0.0.1", await closed_port())
+        alive = ServerAddress("127.0.0.1", port, SERVER_KEYS.public_key)
+        wrong_key = ServerAddress("127.0.0.1", port, crypto.key_pair(b"?" * 32).public_key)
+        client_keys = crypto.key_pair(b"C" * 32)
+        async with open_rpc_pool(
+            client_keys, [dead, wrong_key, alive], rng=random.Random(11)
+        ) as pool:
+            for _ in range(10):
+                assert await pool.call("echo", b"hi") == b"hi"
+            assert pool.choice.servers[2].failures == 0
+            assert pool.choice.servers[0].failures + pool.choice.servers[1].failures >= 1
+        async with open_rpc_pool(client_keys, [dead], rng=random.Random(1)) as pool:
+            with pytest.raises(RpcError) as info:
+                await pool.call("echo", b"hi")
+            assert info.value.code == "CHANNEL_CLOSED"
+            assert pool.choice.servers[0].failures == 3  # three tries, each after a backoff
+        async with open_rpc_pool(client_keys, [alive]) as pool:
+            with pytest.raises(RpcError) as info:
+                await pool.call("nope")
+            assert info.value.code == "UNKNOWN_METHOD"  # an answer, not a failover case
+            assert pool.choice.servers[0].failures == 0
