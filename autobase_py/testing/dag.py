@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..encoding import decode, encode
 from ..linearizer import Linearizer, Node
@@ -79,12 +80,19 @@ class SimNetwork:
         self.group: dict[bytes, int] = dict.fromkeys(self.writers, 0)
         self.acks = 0
         self.values = 0
+        # every operation, in a JSON-ready form that ``replay`` re-runs exactly
+        self.trace: list[list[Any]] = []
+
+    def _w(self, writer: bytes) -> int:
+        return self.writers.index(writer)
 
     # --- writing ----------------------------------------------------------------------------
 
     def append(self, writer: bytes, values: Sequence[bytes | None]) -> list[Node]:
         """Append a batch (or one node, or one ack ``[None]``) to ``writer``'s log."""
         peer = self.peers[writer]
+        self.trace.append(["append", self._w(writer), [None if v is None else v.hex()
+                                                       for v in values]])
         length = peer.lin.known_length(writer)
         heads = tuple(peer.lin.heads())
         out: list[Node] = []
@@ -109,9 +117,11 @@ class SimNetwork:
 
     def partition(self, groups: dict[bytes, int]) -> None:
         self.group = {w: groups.get(w, 0) for w in self.writers}
+        self.trace.append(["partition", [self.group[w] for w in self.writers]])
 
     def heal(self) -> None:
         self.group = dict.fromkeys(self.writers, 0)
+        self.trace.append(["heal"])
 
     def deliverable(self, to: bytes) -> list[Node]:
         """Nodes ``to`` lacks whose dependencies it has, held by a peer of its group."""
@@ -132,13 +142,17 @@ class SimNetwork:
     def deliver(self, to: bytes, limit: int | None = None, rng: random.Random | None = None) -> int:
         """Deliver up to ``limit`` nodes (all reachable if None) to ``to``, in a random order."""
         count = 0
+        got: list[list[int]] = []
         while limit is None or count < limit:
             ready = self.deliverable(to)
             if not ready:
                 break
             node = rng.choice(ready) if rng is not None else ready[0]
             self.peers[to].receive(node)
+            got.append([self._w(node.writer), node.length])
             count += 1
+        if got:
+            self.trace.append(["deliver", self._w(to), got])
         return count
 
     def deliver_all(self, rng: random.Random | None = None) -> None:
@@ -187,6 +201,7 @@ class SimNetwork:
     def restart(self, writer: bytes, *, with_history: bool = True) -> None:
         """Rebuild the peer's linearizer from its persisted state plus its unconfirmed nodes."""
         peer = self.peers[writer]
+        self.trace.append(["restart", self._w(writer), with_history])
         old = peer.lin
         state = decode(encode(old.state()))
         conf = old.confirmed_length
@@ -224,6 +239,41 @@ class SimNetwork:
     def unconfirmed_values(self, writer: bytes) -> set[NodeKey]:
         peer = self.peers[writer]
         return self.value_keys(writer) - set(peer.confirmed)
+
+
+def replay(
+    case: dict[str, Any], *, check: Callable[[SimNetwork], None] | None = None
+) -> SimNetwork:
+    """Re-run a recorded ``trace`` (a regression case) on a fresh network.
+
+    ``case = {"writers": n, "indexers": [writer indices], "trace": [...]}``; every peer is
+    synced after each operation and ``check`` (if given) runs after each.
+    """
+    keys = writer_keys(case["writers"])
+    net = SimNetwork(keys, [keys[i] for i in case["indexers"]])
+    for op in case["trace"]:
+        kind = op[0]
+        if kind == "append":
+            net.append(keys[op[1]], [None if v is None else bytes.fromhex(v) for v in op[2]])
+        elif kind == "deliver":
+            peer = net.peers[keys[op[1]]]
+            for w, length in op[2]:
+                node = net.nodes[(keys[w], length)]
+                assert node in net.deliverable(peer.key), "recorded delivery is not possible"
+                peer.receive(node)
+            net.trace.append(op)
+        elif kind == "partition":
+            net.partition({k: g for k, g in zip(keys, op[1], strict=True)})
+        elif kind == "heal":
+            net.heal()
+        elif kind == "restart":
+            net.restart(keys[op[1]], with_history=op[2])
+        else:
+            raise ValueError(f"unknown operation {kind!r}")
+        net.sync_all()
+        if check is not None:
+            check(net)
+    return net
 
 
 def causal_shuffle(nodes: Sequence[Node], rng: random.Random) -> list[Node]:
