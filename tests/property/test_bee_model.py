@@ -65,11 +65,11 @@ async def collect(it: Any) -> list[tuple[bytes, bytes]]:
 class BeeModel(RuleBasedStateMachine):
     @initialize(leaf_max=st.sampled_from([4, 5, 8]), internal_max=st.sampled_from([4, 5, 8]))
     def open(self, leaf_max: int, internal_max: int) -> None:
-        self.shape = {"leaf_max": leaf_max, "internal_max": internal_max}
+        self.leaf_max, self.internal_max = leaf_max, internal_max
         self.dir = tempfile.mkdtemp(prefix="bee-model-")
         self.store = Store.open(self.dir, primary_seed=SEED)
         self.log: Log = self.store.get(name="view")
-        self.bee = Bee(self.log, **self.shape)
+        self.bee = Bee(self.log, leaf_max=self.leaf_max, internal_max=self.internal_max)
         self.batch = self.bee.batch()
         self.committed: dict[bytes, bytes] = {}
         self.pending: list[tuple[bytes, bytes | None]] = []
@@ -210,7 +210,7 @@ class BeeModel(RuleBasedStateMachine):
         self.store.close()
         self.store = Store.open(self.dir, primary_seed=SEED)
         self.log = self.store.get(name="view")
-        self.bee = Bee(self.log, **self.shape)
+        self.bee = Bee(self.log, leaf_max=self.leaf_max, internal_max=self.internal_max)
         self.batch = self.bee.batch()
         self.pending = []
         self.snapshots = []
