@@ -11,7 +11,13 @@ same nodes in another causal order reaches the same order.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -28,6 +34,27 @@ from autobase_py.testing.dag import (
 from autobase_py.testing.reference_linearizer import ReferenceLinearizer
 
 MAX_NODES = 60
+SAVE_DIR = Path(__file__).resolve().parents[1] / "regressions" / "linearizer"
+
+
+@contextlib.contextmanager
+def saved_on_failure(machine: LinearizerNetwork) -> Iterator[None]:
+    """With LINEARIZER_SAVE_FAILURES=1, write the failing trace as a regression case."""
+    try:
+        yield
+    except AssertionError:
+        if os.environ.get("LINEARIZER_SAVE_FAILURES") and hasattr(machine, "net"):
+            net = machine.net
+            case = {
+                "writers": len(net.writers),
+                "indexers": [net.writers.index(k) for k in net.genesis],
+                "trace": net.trace,
+                "note": "found by tests/property/test_linearizer_network.py",
+            }
+            text = json.dumps(case)
+            name = hashlib.sha256(text.encode()).hexdigest()[:12]
+            (SAVE_DIR / f"hypothesis-{name}.json").write_text(text)
+        raise
 
 
 def wave_bound(n: int) -> int:
@@ -121,6 +148,10 @@ class LinearizerNetwork(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
+        with saved_on_failure(self):
+            self.settle_and_check()
+
+    def settle_and_check(self) -> None:
         net = self.net
         net.heal()
         net.deliver_all(self.rng)
@@ -149,12 +180,17 @@ class LinearizerNetwork(RuleBasedStateMachine):
     @invariant()
     def safe(self) -> None:
         if hasattr(self, "net"):
-            self.net.check_safety()
+            with saved_on_failure(self):
+                self.net.check_safety()
 
     @invariant()
     def matches_reference(self) -> None:
         if not hasattr(self, "net"):
             return
+        with saved_on_failure(self):
+            self.check_reference()
+
+    def check_reference(self) -> None:
         for peer in self.net.peers.values():
             ref = ReferenceLinearizer(self.net.genesis, membership)
             for node in peer.added:
@@ -168,6 +204,6 @@ class LinearizerNetwork(RuleBasedStateMachine):
 
 
 LinearizerNetwork.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None
+    max_examples=200, stateful_step_count=50, deadline=None
 )
 test_linearizer_network = LinearizerNetwork.TestCase
