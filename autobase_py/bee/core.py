@@ -39,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import trio
+
 from ..errors import (
     AutobaseError,
     BlockNotAvailableError,
@@ -454,6 +456,9 @@ class Batch:
         log = bee.log
         if not log.writable:
             raise NotWritableError("cannot write to a bee over a read-only log")
+        # Yield once per flush so long apply loops let other tasks run; a cancellation lands
+        # here, before anything was written.
+        await trio.lowlevel.checkpoint()
         writer = await bee._retry(self._advance)
         # No await from here on: the sealed blocks go on top of exactly the tree they extend.
         final = self._final
