@@ -22,7 +22,7 @@ from functools import partial
 import trio
 
 from .. import crypto
-from ..errors import AutobaseError, ChannelClosedError, ClosedError
+from ..errors import AutobaseError, ChannelClosedError, ClosedError, TimedOutError
 from .connection import DEFAULT_HANDSHAKE_TIMEOUT
 from .connection_trio import Connection, ProtocolEntry, open_connection
 
@@ -93,8 +93,11 @@ async def connect(
     Connection refused and other socket errors surface as ``OSError``; a bad peer as
     HandshakeError, a silent one as TimedOutError.
     """
-    with trio.fail_after(handshake_timeout):
+    stream: trio.SocketStream | None = None
+    with trio.move_on_after(handshake_timeout):
         stream = await trio.open_tcp_stream(host, port)
+    if stream is None:
+        raise TimedOutError(f"connecting to {host}:{port} timed out")
     async with open_connection(
         stream,
         key_pair,

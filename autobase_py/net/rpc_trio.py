@@ -279,14 +279,11 @@ class RpcPool:
                 index = self.choice.pick(trio.current_time(), frozenset(tried))
                 assert index is not None
             tried.add(index)
+            limit = self.timeout if call_timeout is None else call_timeout
             try:
-                client = await self._client(index)
+                client = await self._client(index, min(limit, self.handshake_timeout))
                 result = await client.call(
-                    method,
-                    value,
-                    request=request,
-                    response=response,
-                    call_timeout=self.timeout if call_timeout is None else call_timeout,
+                    method, value, request=request, response=response, call_timeout=limit
                 )
             except RpcError as exc:
                 if exc.code not in (TIMEOUT, CHANNEL_CLOSED):
@@ -309,26 +306,30 @@ class RpcPool:
         self.choice.failed(index, trio.current_time())
         client = self._clients.pop(index, None)
         if client is not None:
-            self._nursery.start_soon(client.channel.connection.aclose)
+            # A server that timed out may be wedged: drop it now instead of waiting for a
+            # graceful close it may never answer.
+            client.channel.connection.abort(ChannelClosedError(f"failed over: {exc}"))
 
-    async def _client(self, index: int) -> RpcClient:
+    async def _client(self, index: int, dial_timeout: float) -> RpcClient:
         lock = self._dialing.setdefault(index, trio.Lock())
         async with lock:
             client = self._clients.get(index)
             if client is not None and not client.closed and not client.channel.closed.is_set():
                 return client
-            fresh: RpcClient = await self._nursery.start(self._hold, index)
+            fresh: RpcClient = await self._nursery.start(self._hold, index, dial_timeout)
             self._clients[index] = fresh
             return fresh
 
-    async def _hold(self, index: int, task_status: trio.TaskStatus[RpcClient]) -> None:
+    async def _hold(
+        self, index: int, dial_timeout: float, task_status: trio.TaskStatus[RpcClient]
+    ) -> None:
         server = self.servers[index]
         async with connect(
             server.host,
             server.port,
             self.key_pair,
             expected_remote_key=server.public_key,
-            handshake_timeout=self.handshake_timeout,
+            handshake_timeout=dial_timeout,
         ) as conn:
             client = await RpcClient.open(conn, protocol=self.protocol)
             task_status.started(client)

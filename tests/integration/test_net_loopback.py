@@ -259,3 +259,27 @@ async def test_pool_skips_unreachable_servers_and_gives_up_after_three_tries() -
                 await pool.call("nope")
             assert info.value.code == "UNKNOWN_METHOD"  # an answer, not a failover case
             assert pool.choice.servers[0].failures == 0
+
+
+@pytest.mark.slow
+async def test_pool_fails_over_when_a_server_process_hangs() -> None:
+    procs: list[trio.Process] = []
+    try:
+        one, addr_one = await start_server_process("one", b"3" * 32)
+        procs.append(one)
+        two, addr_two = await start_server_process("two", b"4" * 32)
+        procs.append(two)
+        async with open_rpc_pool(
+            crypto.key_pair(b"Q" * 32), [addr_one, addr_two], rng=random.Random(9), timeout=0.5
+        ) as pool:
+            assert {await pool.call("whoami") for _ in range(20)} == {b"one", b"two"}
+            one.send_signal(signal.SIGSTOP)  # alive but silent: only a timeout can tell
+            after = [await pool.call("whoami") for _ in range(20)]
+            assert set(after) == {b"two"}
+            assert pool.choice.servers[0].failures >= 1
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            await proc.wait()

@@ -26,9 +26,40 @@ from autobase_py.net.rpc import CBOR, CallContext, UnauthorizedError
 from autobase_py.net.rpc_trio import RpcChannelClosedError, RpcClient, RpcServer, RpcTimeoutError
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
+
+
+class Dribble(trio.abc.Stream):
+    """Hands received bytes to the reader one byte per ``receive_some`` call."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.buffer = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self.buffer:
+            self.buffer = bytes(await self.inner.receive_some())
+        out, self.buffer = self.buffer[:1], self.buffer[1:]
+        return out
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def dribble_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    left, right = trio.testing.memory_stream_pair()
+    return Dribble(left), Dribble(right)
+
+
 PAIRS: list[StreamPair] = [
     trio.testing.memory_stream_pair,
     trio.testing.lockstep_stream_pair,
+    dribble_pair,
 ]
 CLIENT, SERVER = crypto.key_pair(b"c" * 32), crypto.key_pair(b"s" * 32)
 
