@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autobase_py.bee import Bee, InvalidEntryError, NotAVersionError, SnapshotExpiredError
-from autobase_py.bee.node import decode_node
+from autobase_py.bee.node import Node, decode_node, encode_node
 from autobase_py.errors import (
     AutobaseError,
     BlockNotAvailableError,
+    DecodeError,
     InvalidProofError,
     NotWritableError,
     OutOfRangeError,
@@ -195,6 +196,50 @@ async def test_range_keeps_reading_its_version_while_new_flushes_land() -> None:
     await batch.flush()
     rest = await it.collect()
     assert first + rest == [(k(i), b"old") for i in range(50)]
+
+
+async def test_undecodable_block_in_the_log_is_a_decode_error() -> None:
+    log = MemoryLog()
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    await bee.put(b"a", b"1")
+    log.append([b"\x01\x02 signed, but not a bee node"])
+    with pytest.raises(DecodeError):
+        await bee.get(b"a")
+    with pytest.raises(DecodeError):
+        await collect(bee.range())
+    with pytest.raises(DecodeError):
+        await bee.put(b"b", b"2")
+
+
+@settings(max_examples=100)
+@given(st.data())
+def test_hostile_but_well_formed_trees_never_crash_or_loop(data: st.DataObject) -> None:
+    """A writer may sign any node blocks: children pointing anywhere earlier, separators that
+    disagree with the leaves. Reads must still finish with some answer or a typed error."""
+    log = MemoryLog()
+    count = data.draw(st.integers(1, 12))
+    for seq in range(count):
+        keys = sorted(set(data.draw(st.lists(st.binary(max_size=2), max_size=4))))
+        if seq == 0 or data.draw(st.booleans()):
+            node = Node(keys, [b"v"] * len(keys), None)
+        else:
+            keys = keys or [b"m"]
+            children = data.draw(
+                st.lists(st.integers(0, seq - 1), min_size=len(keys) + 1, max_size=len(keys) + 1)
+            )
+            node = Node(keys, None, list(children))
+        log.blocks.append(encode_node(node, root=seq == count - 1))
+    bee = Bee(log)
+    probe = data.draw(st.binary(max_size=2))
+
+    async def reads() -> None:
+        await bee.get(probe)
+        await collect(bee.range(gte=probe))
+        await collect(bee.range(lt=probe, reverse=True))
+        await bee.put(probe, b"x")  # writing on top of it works too
+        assert await bee.get(probe) == b"x"
+
+    trio.run(reads)
 
 
 async def test_batch_reads_its_own_writes() -> None:
