@@ -165,6 +165,7 @@ class Autobase(Generic[V]):
         self._pool: dict[int, dict[bytes, CheckpointSignature]] = {}
         self._pending: list[CheckpointSignature] = []
         self.certificate: Certificate | None = None
+        self.checkpoint: Checkpoint | None = None  # the newest confirmed checkpoint computed
         self.chain: list[Certificate] = []
         self._was_indexer = False
         self._was_writable = False
@@ -214,6 +215,8 @@ class Autobase(Generic[V]):
         self._floor_view_length = encoding.field(state, "view_length", int, "base state")
         self._value_end = encoding.field(state, "value_end", int, "base state")
         self._pending = [CheckpointSignature.from_wire(s) for s in state.get("pending", [])]
+        if state.get("checkpoint") is not None:
+            self.checkpoint = Checkpoint.from_wire(self.key, state["checkpoint"])
         self._records = [
             Record.from_wire(encoding.decode(v)) for _, v in self.storage.iterate(_TIP)
         ]
@@ -607,6 +610,7 @@ class Autobase(Generic[V]):
                 self.view_log.tree_hash(view_length),
                 membership.hash(),
             )
+            self.checkpoint = checkpoint
             link = tuple(membership.indexers) != tuple(signing)
             self._boundaries[value_end] = _Boundary(checkpoint, signing, membership.copy(), link)
             if self.local_key in signing:
@@ -701,6 +705,7 @@ class Autobase(Generic[V]):
             "lin": self.lin.state(),
             "view_length": self._floor_view_length,
             "value_end": self._value_end,
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_wire(),
             "pending": [s.to_wire() for s in self._pending],
             "boundaries": [
                 [b, info.checkpoint.to_wire(), list(info.signing), info.membership.to_wire(),
