@@ -248,11 +248,11 @@ class Transaction(_Reader):
     async def put(self, entry: Entry | Mapping[str, Any]) -> bool:
         """Insert or update; returns False when the identical entry was already stored."""
         new = _as_entry(entry)
-        await self._prepare()
         layout = self._layout
         old = await self.get(new.name)
         if old == new:
             return False
+        await self._prepare()
         if old is not None:
             new_keys = set(layout.index_keys(new))
             for key in layout.index_keys(old):
