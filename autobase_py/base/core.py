@@ -364,6 +364,7 @@ class Autobase(Generic[V]):
 
     async def _cycle(self, values: list[bytes] | None, *, force_ack: bool = False) -> None:
         confirmed_before = self.lin.confirmed_length
+        persisted = self._fingerprint()
         try:
             with self.storage.transaction():
                 self._ingest()
@@ -378,7 +379,8 @@ class Autobase(Generic[V]):
                     self._append_local([])
                     self._ingest()
                     await self._drain()
-                self._persist()
+                if self._fingerprint() != persisted:
+                    self._persist()
         except _StopError as stop:
             self._failed = stop.reason
             self._events.publish(stop.kind, reason=stop.reason)
@@ -699,6 +701,18 @@ class Autobase(Generic[V]):
         self.local_log.append(blocks)
 
     # --- persistence ------------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever ``_persist`` would write something different (so an idle
+        ``update`` writes nothing and costs no fsync)."""
+        return (
+            self.lin.confirmed_length,
+            self.lin.epoch,
+            self._value_end,
+            tuple(s.signature for s in self._pending),
+            tuple(self._boundaries),
+            self.checkpoint,
+        )
 
     def _persist(self) -> None:
         state = {

@@ -46,11 +46,15 @@ def sync_log(src: Log, dst: Log) -> int:
 
 def sync_stores(a: Store, b: Store) -> int:
     """Sync every log both stores know, in both directions."""
-    keys = set(a.log_keys()) & set(b.log_keys())
+    keys = sorted(set(a.log_keys()) & set(b.log_keys()))
     copied = 0
-    for key in sorted(keys):
-        la, lb = a.get(key=key), b.get(key=key)
-        copied += sync_log(la, lb) + sync_log(lb, la)
+    # one transaction per receiving store, as a network session batches what it receives
+    with b.storage.transaction():
+        for key in keys:
+            copied += sync_log(a.get(key=key), b.get(key=key))
+    with a.storage.transaction():
+        for key in keys:
+            copied += sync_log(b.get(key=key), a.get(key=key))
     return copied
 
 
@@ -69,6 +73,14 @@ async def sync(*bases: _Base, update: bool = True) -> int:
         for base in bases:
             await base.update()
     return copied
+
+
+async def publish_all(bases: Sequence[_Base]) -> bool:
+    """Let every base publish checkpoint signatures it holds (an ack carrying them)."""
+    published = False
+    for base in bases:
+        published = await base.publish_checkpoints() or published
+    return published
 
 
 def _lengths(bases: Sequence[_Base]) -> list[tuple[bytes, int]]:
@@ -90,11 +102,10 @@ async def converge(bases: Sequence[_Base], *, max_rounds: int = 200) -> int:
             if published:
                 return rounds
             published = True
-            for base in bases:
-                await base.publish_checkpoints()
+            await publish_all(bases)
         else:
             published = False
     raise AssertionError(f"bases did not converge within {max_rounds} rounds")
 
 
-__all__ = ["converge", "sync", "sync_log", "sync_stores"]
+__all__ = ["converge", "publish_all", "sync", "sync_log", "sync_stores"]
