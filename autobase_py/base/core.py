@@ -727,7 +727,7 @@ class Autobase(Generic[V]):
                 for b, info in sorted(self._boundaries.items())
             ],
         }
-        self.storage.put(_STATE, encoding.encode(state))
+        self.storage.put(_STATE, encoding.encode_trusted(state))
 
     # --- status and closing -----------------------------------------------------------------
 
