@@ -91,30 +91,40 @@ class Layout:
             self.entries = latest.collections["entries"].id
             self.by_drive_key = latest.indexes["entries-by-drive-key"].id
             self.by_type = latest.indexes["entries-by-type"].id
-            self.by_owner = latest.indexes["entries-by-owner"].id
         except KeyError as exc:
             raise SchemaError(f"the registry needs collection/index {exc.args[0]!r}") from exc
+        # absent under a version-1 spec (how a v1 node ran: no owner, no owner index)
+        owner_index = latest.indexes.get("entries-by-owner")
+        self.by_owner: int | None = None if owner_index is None else owner_index.id
         ids = [c.id for c in latest.collections.values()] + [x.id for x in latest.indexes.values()]
         if _META_ID in ids:
             raise SchemaError(f"id {_META_ID} is reserved for the registry's meta keys")
         # the schema version that introduced the owner index (older data needs the migration)
         self.owner_since = next(
-            v.version for v in spec.versions if "entries-by-owner" in v.indexes
+            (v.version for v in spec.versions if "entries-by-owner" in v.indexes), 0
         )
 
     def primary(self, name: str) -> bytes:
         return encode_tuple((self.entries, name))
 
     def index_keys(self, entry: Entry) -> list[bytes]:
-        owner: int | str = NO_OWNER if entry.owner is None else entry.owner
-        return [
+        keys = [
             encode_tuple((self.by_drive_key, entry.drive_key, entry.name)),
             encode_tuple((self.by_type, entry.type, entry.name)),
-            encode_tuple((self.by_owner, owner, entry.name)),
         ]
+        if self.by_owner is not None:
+            owner: int | str = NO_OWNER if entry.owner is None else entry.owner
+            keys.append(encode_tuple((self.by_owner, owner, entry.name)))
+        return keys
 
     def encode(self, entry: Entry) -> bytes:
-        return encode_record(self.spec.latest, _RECORD, entry.to_dict())
+        schema = self.spec.latest
+        values = entry.to_dict()
+        record = schema.records[_RECORD]
+        for name, value in values.items():
+            if value is not None and record.field(name) is None:
+                raise ValidationError(name, f"not a field in schema version {schema.version}")
+        return encode_record(schema, _RECORD, values)
 
     def decode(self, data: bytes) -> Entry:
         fields = decode_record(self.spec, _RECORD, data)
@@ -176,6 +186,9 @@ class _Reader:
         return self._owner_lookup(element)
 
     async def _owner_lookup(self, element: int | str) -> AsyncIterator[Entry]:
+        by_owner = self._layout.by_owner
+        if by_owner is None:
+            raise SchemaError(f"schema version {self._layout.version} has no owner index")
         if await self.schema_version() < self._layout.owner_since:
             # unmigrated older data: the owner index does not exist yet (see module doc)
             if element == NO_OWNER:
@@ -183,7 +196,7 @@ class _Reader:
                     if entry.owner is None:
                         yield entry
             return
-        async for entry in self._by_index((self._layout.by_owner, element)):
+        async for entry in self._by_index((by_owner, element)):
             yield entry
 
     async def _by_index(self, prefix: tuple[int | bytes | str, ...]) -> AsyncIterator[Entry]:
@@ -233,15 +246,16 @@ class Transaction(_Reader):
         stored = await self.schema_version()
         if stored >= self._layout.version:
             return
-        if 0 < stored < self._layout.owner_since:
-            await self._migrate_owner_index()
+        by_owner = self._layout.by_owner
+        if by_owner is not None and 0 < stored < self._layout.owner_since:
+            await self._migrate_owner_index(by_owner)
         self._batch.put(_SCHEMA_KEY, encoding.encode(self._layout.version))
 
-    async def _migrate_owner_index(self) -> None:
+    async def _migrate_owner_index(self, by_owner: int) -> None:
         no_owner = []
         async for entry in self.entries():
             if entry.owner is None:
-                no_owner.append(encode_tuple((self._layout.by_owner, NO_OWNER, entry.name)))
+                no_owner.append(encode_tuple((by_owner, NO_OWNER, entry.name)))
         for key in no_owner:
             self._batch.put(key, b"")
 
@@ -249,6 +263,7 @@ class Transaction(_Reader):
         """Insert or update; returns False when the identical entry was already stored."""
         new = _as_entry(entry)
         layout = self._layout
+        record = layout.encode(new)  # refuses fields the schema lacks, before any write
         old = await self.get(new.name)
         if old == new:
             return False
@@ -258,7 +273,7 @@ class Transaction(_Reader):
             for key in layout.index_keys(old):
                 if key not in new_keys:
                     self._batch.delete(key)
-        self._batch.put(layout.primary(new.name), layout.encode(new))
+        self._batch.put(layout.primary(new.name), record)
         for key in layout.index_keys(new):
             self._batch.put(key, b"")
         return True

@@ -254,6 +254,15 @@ def load_spec(path: Path | str | None = None) -> Spec:
     return parse_spec(raw)
 
 
+def spec_at(spec: Spec, version: int) -> Spec:
+    """The history as it stood when ``version`` was the newest (how older code saw it)."""
+    spec.version(version)  # SchemaError when not declared
+    return Spec(
+        versions=tuple(v for v in spec.versions if v.version <= version),
+        ops=tuple(op for op in spec.ops if op.since <= version),
+    )
+
+
 # --- compatibility --------------------------------------------------------------------------
 
 
@@ -426,4 +435,5 @@ __all__ = [
     "incompatibilities",
     "load_spec",
     "parse_spec",
+    "spec_at",
 ]

@@ -52,6 +52,7 @@ from autobase_py.store import Store
 
 from .db import Registry, Transaction
 from .entry import Entry, validate_name
+from .errors import ValidationError
 from .ops import Handler, Router, Skipped, UnknownOp
 from .schema import Spec, load_spec
 
@@ -79,7 +80,10 @@ class SkippedOp:
 
 
 async def _put_entry(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
-    await ctx.tx.put(req["entry"])
+    try:
+        await ctx.tx.put(req["entry"])
+    except ValidationError as exc:  # e.g. a field this code's schema version lacks
+        return Skipped(f"put-entry: {exc.message}")
     return None
 
 
@@ -223,6 +227,8 @@ class RegistryService:
     async def put_entries(self, entries: Iterable[Entry | Mapping[str, Any]]) -> int:
         """Validate all, then append one ``put-entry`` op each as ONE atomic batch."""
         parsed = [Entry.parse(e) for e in entries]
+        for e in parsed:
+            self.view.layout.encode(e)  # fields this schema version lacks: refuse locally
         if not parsed:
             return self._base.local_log.length
         codec = self._router.codec

@@ -17,9 +17,9 @@ from autobase_py import encoding
 from autobase_py.errors import ApplyError, InvalidKeyError, MembershipError, NotWritableError
 from autobase_py.store import Store
 from autobase_py.testing.sync import converge, sync
-from registry import Entry, ValidationError
+from registry import Entry, SchemaError, ValidationError
 from registry.ops import Skipped
-from registry.schema import SPEC_PATH, parse_spec
+from registry.schema import SPEC_PATH, load_spec, parse_spec, spec_at
 from registry.service import OpContext, RegistryService
 
 KEY_A = bytes([0xAA]) * 32
@@ -310,3 +310,72 @@ async def test_unknown_op_interrupts(cluster: Cluster) -> None:
         await c.base.append(encoding.encode({"op": 77, "req": {}}))
     c = await cluster.restart("c")
     assert c.base.local_log.length == length
+
+
+async def test_upgrade_from_schema_v1_nodes(cluster: Cluster) -> None:
+    v1 = spec_at(load_spec(), 1)
+    a = await cluster.open("a", spec=v1)
+    b = await cluster.open("b", a.key, spec=v1)
+    await a.add_writer(b.local_key)
+    await settle(a, b)
+    e1 = Entry("e1", KEY_A, "type1", "first")
+    e2 = Entry("e2", KEY_B, "type1")
+    await a.put_entry(e1)
+    await b.put_entry(e2)
+    with pytest.raises(ValidationError) as info:  # v1 code has no owner field
+        await a.put_entry(Entry("x", KEY_A, "t", owner="John"))
+    assert info.value.field == "owner"
+    with pytest.raises(SchemaError):
+        [e async for e in a.view.entries_of_owner(None)]
+    await settle(a, b)
+    assert await a.view.schema_version() == 1
+    # upgrade both nodes to the v2 code (the default spec) and reopen the same storage
+    a = await cluster.restart("a")
+    b = await cluster.restart("b")
+    for x in (a, b):  # before any v2 write: v1 data reads, owner None lists it
+        assert await x.view.get("e1") == e1
+        assert [e async for e in x.view.entries_of_owner(None)] == [e1, e2]
+    e3 = Entry("e3", KEY_A, "type2", owner="John")
+    await a.put_entry(e3)
+    await settle(a, b)
+    for x in (a, b):  # the first v2 apply migrated, at the same position on both peers
+        assert await x.view.schema_version() == 2
+        assert [e async for e in x.view.entries_of_owner(None)] == [e1, e2]
+        assert [e async for e in x.view.entries_of_owner("John")] == [e3]
+        assert await x.view.get_by_drive_key(KEY_A) == e1
+        assert x.base.unconfirmed_values == 0
+    assert view_hash(a) == view_hash(b)
+    # a v2 peer replaying the whole order from scratch reads the same entries
+    c = await cluster.open("c", a.key)
+    await settle(a, b, c)
+    assert [e async for e in c.view.entries()] == [e1, e2, e3]
+    assert [e async for e in c.view.entries_of_owner(None)] == [e1, e2]
+
+
+async def test_concurrent_upserts_converge_without_stale_index_keys(cluster: Cluster) -> None:
+    a, b = await indexers(cluster, 2)
+    await a.put_entry(Entry("m", KEY_A, "t0", owner="o0"))
+    await settle(a, b)
+    # partition: both rewrite the same entry differently, and each sees only its own
+    await a.put_entry(Entry("m", KEY_A, "ta", owner="oa"))
+    await a.put_entry(Entry("n", KEY_A, "ta"))
+    await b.put_entry(Entry("m", KEY_B, "tb", owner="ob"))
+    await b.delete_entry("n")
+    assert [e.name async for e in a.view.entries_of_type("ta")] == ["m", "n"]
+    assert [e.name async for e in b.view.entries_of_type("tb")] == ["m"]
+    await settle(a, b)  # one of them is reordered: its view is rolled back and replayed
+    winner = await a.view.get("m")
+    assert winner is not None and winner == await b.view.get("m")
+    fresh = await cluster.open("fresh", a.key)
+    await settle(a, b, fresh)
+    for x in (a, b, fresh):
+        assert await x.view.get("m") == winner
+        types = {t: [e.name async for e in x.view.entries_of_type(t)] for t in ("t0", "ta", "tb")}
+        assert sum(n == "m" for names in types.values() for n in names) == 1
+        assert types[winner.type].count("m") == 1
+        owners = [[e.name async for e in x.view.entries_of_owner(o)] for o in ("o0", "oa", "ob")]
+        assert sum(names.count("m") for names in owners) == 1
+        assert await x.view.get_by_drive_key(winner.drive_key) == winner  # "m" < "n"
+        other = await x.view.get_by_drive_key(KEY_B if winner.drive_key == KEY_A else KEY_A)
+        assert other is None or other.name != "m"
+    assert view_hash(a) == view_hash(b) == view_hash(fresh)
