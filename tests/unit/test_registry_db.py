@@ -12,9 +12,9 @@ from autobase_py import encoding, ids
 from autobase_py.bee import Bee, encode_tuple
 from autobase_py.errors import DecodeError, NotWritableError
 from autobase_py.store import Store
-from registry import Entry, Registry, ValidationError
+from registry import Entry, Registry, SchemaError, ValidationError
 from registry.db import NO_OWNER
-from registry.schema import encode_record, load_spec
+from registry.schema import encode_record, load_spec, spec_at
 
 KEY_A = bytes([0xAA]) * 32
 KEY_B = bytes([0xBB]) * 32
@@ -303,3 +303,30 @@ async def test_a_newer_schema_version_in_the_view_is_refused(bee: Bee) -> None:
     await bee.put(encode_tuple((1, "x")), encoding.encode({"v": 9, "name": "x"}))
     with pytest.raises(DecodeError, match="upgrade"):
         await Registry(bee).get("x")
+
+
+async def test_a_v1_layout_behaves_like_v1_code(bee: Bee) -> None:
+    reg = Registry(bee, spec_at(load_spec(), 1))
+    assert reg.layout.by_owner is None
+    await reg.put(Entry("e1", KEY_A, "t"))
+    with pytest.raises(ValidationError) as info:
+        await reg.put(Entry("e2", KEY_B, "t", owner="John"))
+    assert info.value.field == "owner"
+    assert await reg.get("e2") is None
+    with pytest.raises(SchemaError):
+        await collect(reg.entries_of_owner(None))
+    keys = [k async for k, _ in bee.range()]
+    assert len(keys) == 1 + 1 + 2  # meta, record, drive-key and type index keys
+    raw = await bee.get(encode_tuple((1, "e1")))
+    assert raw is not None and encoding.decode(raw)["v"] == 1
+    # the same data under the v2 code
+    v2 = Registry(bee)
+    assert await collect(v2.entries_of_owner(None)) == [Entry("e1", KEY_A, "t")]
+
+
+def test_spec_at_refuses_undeclared_versions() -> None:
+    with pytest.raises(SchemaError):
+        spec_at(load_spec(), 3)
+    assert [op.name for op in spec_at(load_spec(), 1).ops] == [
+        "add-writer", "remove-writer", "put-entry", "delete-entry"
+    ]
