@@ -85,6 +85,10 @@ def _text(field: str, raw: Any, *, required: bool) -> str:
         raise ValidationError(field, "must not be empty")
     if len(raw) > MAX_TEXT:
         raise ValidationError(field, f"longer than {MAX_TEXT} characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "is not valid unicode (lone surrogate)") from None
     return raw
 
 

@@ -88,10 +88,10 @@ async def _put_entry(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
 
 
 async def _delete_entry(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
-    name = req["name"]
-    if not name:
-        return Skipped("delete-entry: empty name")
-    await ctx.tx.delete(name)
+    try:
+        await ctx.tx.delete(req["name"])
+    except ValidationError as exc:  # empty or over-long name: never stored, nothing to delete
+        return Skipped(f"delete-entry: {exc.message}")
     return None
 
 

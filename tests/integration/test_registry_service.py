@@ -238,17 +238,21 @@ async def test_malformed_ops_are_skipped_identically_on_every_peer(
     a, b = await indexers(cluster, 2)
     bad_request = encoding.encode({"op": 2, "req": {"entry": {"name": "x", "type": "t"}}})
     bad_envelope = encoding.encode({"op": 2})
+    long_delete = encoding.encode({"op": 3, "req": {"name": "x" * 5000}})
+    empty_delete = encoding.encode({"op": 3, "req": {"name": ""}})
     # bypass the service's validation, as a buggy or hostile writer would
     with caplog.at_level(logging.WARNING, logger="registry.service"):
         await a.base.append([b"\xff not cbor", bad_request, bad_envelope])
+        await b.base.append([long_delete, empty_delete])
         await a.put_entry(Entry("good", KEY_A, "t"))
         await settle(a, b)
     for x in (a, b):
         assert not x.base.failed
         assert await names_of_type(x, "t") == ["good"]
         reasons = [s.reason for s in x.recent_skips]
-        assert len(reasons) >= 3
+        assert len(reasons) >= 5
         assert any("drive_key" in r for r in reasons)
+        assert any("longer than" in r for r in reasons)
         assert any("envelope" in r for r in reasons)
     assert view_hash(a) == view_hash(b)
     assert a.base.unconfirmed_values == b.base.unconfirmed_values == 0

@@ -36,6 +36,7 @@ cbor_leaf = st.one_of(
     st.booleans(),
     st.integers(-5, 2**40),
     st.text(max_size=6),
+    st.just("n" * 4097),
     st.binary(max_size=40),
     st.sampled_from([KEY, b"\x01" * 32]),
 )
