@@ -51,6 +51,7 @@ from .mux import (
     ChannelMessage,
     ChannelOpened,
     ChannelRequested,
+    Half,
     Key,
     Mux,
     MuxEvent,
@@ -173,6 +174,7 @@ class Connection:
         self._wake_writer = trio.Event()
         self._progress = trio.Event()
         self._peer_closed = trio.Event()
+        self._mux_progress = trio.Event()  # set (and replaced) after every batch of mux events
         self._stream_closed = False
 
     # -- facts -------------------------------------------------------------------------------
@@ -218,6 +220,14 @@ class Connection:
         refuses or the connection ends)."""
         if self.is_closed:
             raise ChannelClosedError("connection is closed")
+        if key in self._channels:
+            raise LocalError(f"channel {key!r} is already open")
+        # A previous incarnation we closed (or refused) is forgotten once the peer answers our
+        # close; the protocol guarantees that answer, so wait for it instead of failing.
+        while self.mux.state(key)[0] is Half.CLOSED:
+            if self.is_closed:
+                raise ChannelClosedError("connection is closed")
+            await self._mux_progress.wait()
         if key in self._channels:
             raise LocalError(f"channel {key!r} is already open")
         channel = Channel(self, key)
@@ -338,6 +348,8 @@ class Connection:
                 if channel is not None:
                     channel._mark_closed()
         self._pump()
+        self._mux_progress.set()
+        self._mux_progress = trio.Event()
 
     def _answer_request(self, event: ChannelRequested) -> None:
         entry = self.protocols.get(event.key[0])
@@ -375,6 +387,7 @@ class Connection:
         self._peer_closed.set()
         self.closed.set()
         self._progress.set()
+        self._mux_progress.set()
 
     async def _close_stream(self) -> None:
         if not self._stream_closed:

@@ -66,6 +66,8 @@ class Replicator:
         self._sessions: dict[bytes, set[_Live]] = {}
         self._updated: dict[bytes, trio.Event] = {}
         self._connections: set[Connection] = set()
+        self.remote_changes = 0  # bumped whenever a peer's data was stored (any log)
+        self._remote_event = trio.Event()
         if store is not None:
             for key in store.log_keys():
                 self._register(store.get(key=key))
@@ -181,6 +183,9 @@ class Replicator:
                     await self._send(channel, out)
                     if kick:
                         self.announce(item)
+                        self.remote_changes += 1
+                        self._remote_event.set()
+                        self._remote_event = trio.Event()
                 nursery.cancel_scope.cancel()
         except* ChannelClosedError:
             pass  # the channel or connection ended; other sessions carry on
@@ -235,6 +240,12 @@ class Replicator:
         dk = item.discovery_key
         while not predicate(item):
             await self._updated[dk].wait()
+
+    async def wait_remote_change(self, since: int) -> int:
+        """Wait until ``remote_changes`` exceeds ``since``; returns its new value."""
+        while self.remote_changes <= since:
+            await self._remote_event.wait()
+        return self.remote_changes
 
     async def fetch(self, item: Log, index: int) -> bytes:
         """Block ``index``, downloaded and verified if it is not stored yet (a sparse read).

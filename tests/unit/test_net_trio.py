@@ -405,3 +405,67 @@ async def test_a_malformed_rpc_reply_closes_the_connection() -> None:
             await client.call("anything")
         await client_conn.closed.wait()
         assert isinstance(client_conn.error, ProtocolError)
+
+
+async def test_reopening_a_name_we_refused_waits_for_the_peers_close() -> None:
+    """We refused the peer's channel; before its close arrives we open the same name: the open
+    waits for the old incarnation to end instead of failing (a writer learned later)."""
+    from autobase_py.net.mux import ChannelRequested, Half, Mux
+
+    left, right = trio.testing.memory_stream_pair()
+    peer = SecureConnection(CLIENT, initiator=True, now=0.0)
+    peer_mux = Mux()
+    key = ("log", b"k")
+    seen: list[object] = []
+    got_frame = trio.Event()
+
+    async def pump_in() -> None:
+        while True:
+            data = await left.receive_some()
+            if not data:
+                return
+            for event in peer.receive_data(data):
+                if hasattr(event, "data"):
+                    seen.extend(peer_mux.receive_frame(event.data))  # type: ignore[union-attr]
+                    got_frame.set()
+
+    async def flush_peer() -> None:
+        for frame in peer_mux.frames_to_send():
+            peer.send(frame)
+        await left.send_all(peer.data_to_send())
+
+    async with trio.open_nursery() as nursery:
+
+        async def handshake_peer() -> None:
+            await left.send_all(peer.data_to_send())
+            while peer.result is None:
+                peer.receive_data(await left.receive_some())
+                await left.send_all(peer.data_to_send())
+            nursery.start_soon(pump_in)
+
+        nursery.start_soon(handshake_peer)
+        async with open_connection(right, SERVER, initiator=False) as conn:
+            peer_mux.open(key)
+            await flush_peer()
+            while conn.mux.state(key) != (Half.CLOSED, Half.OPEN):  # refused, peer not told
+                await trio.testing.wait_all_tasks_blocked()
+            opened: list[object] = []
+
+            async def reopen() -> None:
+                opened.append(await conn.open_channel(key, b"again"))
+
+            nursery.start_soon(reopen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert opened == []  # waiting, not failed
+            # The peer hears the refusal, closes its half; the name is free; our OPEN follows.
+            while not any(isinstance(e, ChannelRequested) for e in seen):
+                got_frame = trio.Event()
+                await flush_peer()
+                await got_frame.wait()
+            peer_mux.open(key)
+            await flush_peer()
+            while not opened:
+                await trio.testing.wait_all_tasks_blocked()
+            assert conn.mux.is_open(key)
+            assert ChannelRequested(key, b"again") in seen and peer_mux.is_open(key)
+            nursery.cancel_scope.cancel()

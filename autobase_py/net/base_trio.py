@@ -1,0 +1,105 @@
+"""Replication for an Autobase: keep a ``Replicator`` in step with a base.
+
+The base works at the store level (its writers' oplogs are logs of its store), so replicating
+a base is replicating its store, plus three duties this loop takes on:
+
+* logs the base opens later (a writer added by ``apply``) start replicating on every live
+  connection (``Replicator.add``);
+* whenever a peer's data was stored, the base runs ``update()`` (and ``wakeup()`` for
+  ``flush`` waiters), which may append acks;
+* the base's own writable logs are announced after each update, so peers learn of acks;
+  appends go through ``BaseReplication.append`` (or call ``track`` after ``base.append``) so
+  they, and writers they add, reach the peers at once.
+
+Run it next to the connections: ``nursery.start_soon(replicate_base, base, replicator)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from ..log import Log
+from ..store import Store
+from .replication_trio import Replicator
+
+
+class ReplicatedBase(Protocol):
+    store: Store
+    local_log: Log
+
+    def writer_keys(self) -> list[bytes]: ...
+
+    async def update(self) -> None: ...
+
+    async def append(self, value: bytes | Sequence[bytes]) -> int: ...
+
+    def wakeup(self) -> None: ...
+
+
+def track(base: ReplicatedBase, replicator: Replicator) -> None:
+    """Make sure every log of the base's store and every writer's oplog (opened here if the
+    base has not read it yet) is replicated, and announce the local ones."""
+    store = base.store
+    for key in {*store.log_keys(), *base.writer_keys()}:
+        replicator.add(store.get(key=key))
+    for item in replicator.logs:
+        if item.writable:
+            replicator.announce(item)
+
+
+class BaseReplication:
+    """The loop that keeps a replicator and a base in step; ``wait_for`` waits on its updates.
+
+    Run it next to the connections: ``await nursery.start(replication.run)``.
+    """
+
+    def __init__(self, base: ReplicatedBase, replicator: Replicator) -> None:
+        self.base = base
+        self.replicator = replicator
+        self.updates = 0  # base updates run by this loop
+        self._updated = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled: peers' data -> ``base.update()`` -> new logs and acks -> peers."""
+        base, replicator = self.base, self.replicator
+        track(base, replicator)
+        task_status.started()
+        seen = -1
+        while True:
+            changes = replicator.remote_changes
+            if changes != seen:
+                seen = changes
+                await base.update()
+                base.wakeup()
+                track(base, replicator)
+                self.updates += 1
+                self._updated.set()
+                self._updated = trio.Event()
+            await replicator.wait_remote_change(seen)
+
+    async def append(self, value: bytes | Sequence[bytes]) -> int:
+        """``base.append`` and send it to the peers at once (new writers included)."""
+        length = await self.base.append(value)
+        track(self.base, self.replicator)
+        return length
+
+    async def wait_for(self, predicate: Callable[[], Awaitable[bool]]) -> None:
+        """Return once ``await predicate()`` is true (re-checked after every update)."""
+        while not await predicate():
+            await self._updated.wait()
+
+
+async def replicate_base(
+    base: ReplicatedBase,
+    replicator: Replicator,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``BaseReplication(base, replicator).run()``, for callers that need no waiting."""
+    await BaseReplication(base, replicator).run(task_status=task_status)
+
+
+__all__ = ["BaseReplication", "ReplicatedBase", "replicate_base", "track"]
