@@ -5,6 +5,8 @@ Prints {"port", "local", "key"} once listening, then executes JSON commands read
 one per line, answering each with one JSON line:
   {"op": "append", "value": HEX}            -> {"length": n}
   {"op": "wait-writable"}                   -> {"writable": true}
+  {"op": "flush"}                           -> {"confirmed": n} once every known value is
+                                               confirmed
   {"op": "state"}                           -> {"lengths", "journal", "view", "confirmed", ...}
   {"op": "wait-lengths", "lengths": {...}}  -> the state, once every log is at least that long
 """
@@ -83,6 +85,9 @@ async def main(args: argparse.Namespace) -> None:
 
                 await replication.wait_for(writable)
                 say(writable=True)
+            elif op == "flush":
+                await base.flush()
+                say(confirmed=base.confirmed_length)
             elif op == "state":
                 say(**await state(base))
             elif op == "wait-lengths":

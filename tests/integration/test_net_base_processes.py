@@ -36,7 +36,8 @@ class BaseNode:
         result: dict[str, Any] = json.loads(raw)
         return result
 
-    async def ask(self, **command: Any) -> dict[str, Any]:
+    async def ask(self, *pairs: str, **command: Any) -> dict[str, Any]:
+        command.update(zip(pairs[::2], pairs[1::2], strict=True))
         assert self.proc.stdin is not None
         await self.proc.stdin.send_all(json.dumps(command).encode() + b"\n")
         return await self.line()
@@ -91,6 +92,9 @@ async def test_three_bases_in_three_processes_converge(tmp_path: Path) -> None:
                 await a.append(kv.put(b"a%d" % i, b"from a"))
                 await b.append(kv.put(b"b%d" % i, b"from b"))
                 await c.append(kv.put(b"c%d" % i, b"from c"))
+            async with trio.open_nursery() as flushing:  # every value gets confirmed
+                for node in nodes:
+                    flushing.start_soon(node.ask, "op", "flush")
             states = await settle(nodes)
         journals = [s["journal"] for s in states]
         assert journals[0] == journals[1] == journals[2]
