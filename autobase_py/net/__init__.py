@@ -8,6 +8,7 @@ stack. The names below are the public API.
 
 from __future__ import annotations
 
+from .base_trio import BaseReplication
 from .connection_trio import Channel, ChannelProtocol, Connection, open_connection
 from .endpoint_trio import Endpoint, connect, listen, open_endpoint
 from .replication import InvalidPeerDataError
@@ -25,6 +26,7 @@ from .rpc_trio import (
 
 __all__ = [
     "BYTES",
+    "BaseReplication",
     "CBOR",
     "CallContext",
     "Channel",
