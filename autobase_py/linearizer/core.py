@@ -17,12 +17,16 @@ Rounds (one epoch = one indexer set, sorted; ``n`` indexers, ``q = n // 2 + 1``)
 ``round(v) = R + 1`` if the past holds round-``R`` nodes from ``q`` indexers, else ``R``
 (``0`` when the past holds no indexer node). Later nodes of a batch keep the round of the
 batch's first node, so a batch acts as one vertex. An indexer's *vertex* of round ``r`` is its
-first node of round ``r``. Rounds are computed incrementally from each node's dependencies:
+first node of round ``r``; its *vote* for round ``r`` is its first node of round ``>= r``.
+The *leader vertex* ``L_r`` is the leader's vote for ``r`` if that node's round is ``r`` or
+``r + 1`` (a leader that skipped its round by one still leads it; without this, indexers
+acking one after the other can skip every leader round forever). Rounds are computed
+incrementally from each node's dependencies:
 ``Entry.rv`` (round of each indexer's newest node in the past) is a pointwise max, so adding a
 node costs ``O(deps x n)``. Confirmed dependencies are looked up in ``RoundSteps``.
 
-Commit. Even round ``r`` has leader ``indexers[(r // 2) % n]``; its vertex ``L_r`` is
-*directly committed* once ``q`` indexers have a round ``r + 1`` vertex whose past contains it
+Commit. Even round ``r`` has leader ``indexers[(r // 2) % n]``; ``L_r`` is *directly
+committed* once ``q`` indexers have a vote for round ``r + 1`` whose past contains it
 (counted once, when each vertex appears: ``Entry.clk`` answers "is ``L_r`` in the past" in
 ``O(1)``). ``update()`` takes the highest directly committed leader, walks down to the last
 committed round collecting each highest earlier leader vertex in the current anchor's past,
@@ -223,8 +227,8 @@ class Linearizer:
             rv[me] = rnd
             entry.round = rnd
             if rnd > self._last_round[me]:
+                self._on_vertex(me, node.key, clk, self._last_round[me], rnd)
                 self._last_round[me] = rnd
-                self._on_vertex(me, node.key, clk, rnd)
         entry.clk = clk
         entry.rv = rv
         self._steps.record(node.writer, node.length, rv)
@@ -239,34 +243,45 @@ class Linearizer:
     def _leader_index(self, rnd: int) -> int:
         return (rnd // 2) % self._n
 
-    def _on_vertex(self, me: int, key: NodeKey, clk: list[int], rnd: int) -> None:
-        if self._n == 1 or rnd <= self._committed_round:
+    def _on_vertex(self, me: int, key: NodeKey, clk: list[int], old: int, rnd: int) -> None:
+        """The indexer's round rose from ``old`` to ``rnd`` at this node.
+
+        The node is the indexer's first of every round in ``(old, rnd]``. It is the leader
+        vertex of even round ``r`` if the indexer leads ``r`` and ``r`` is ``rnd`` or
+        ``rnd - 1`` (a leader that skipped its round by one still leads it), and it is the
+        indexer's vote for the leader of every even round ``r`` with ``r + 1`` in
+        ``(old, rnd]``, counted if its past holds that leader vertex.
+        """
+        if self._n == 1:
             return
-        if rnd % 2 == 0:
-            if self._leader_index(rnd) == me:
-                self._leaders[rnd] = key
-            return
-        leader = self._leaders.get(rnd - 1)
-        if leader is None or clk[self._leader_index(rnd - 1)] < leader[1]:
-            return
-        votes = self._votes.get(rnd - 1, 0) + 1
-        self._votes[rnd - 1] = votes
-        if votes >= self._quorum and rnd - 1 > self._direct:
-            self._direct = rnd - 1
+        for r in (rnd - 1, rnd):
+            leads = r % 2 == 0 and self._leader_index(r) == me
+            if leads and r > old and r > self._committed_round:
+                self._leaders[r] = key
+        for r in range(old + 1 - (old + 1) % 2, rnd, 2):  # even r with old < r + 1 <= rnd
+            if r <= self._committed_round:
+                continue
+            leader = self._leaders.get(r)
+            if leader is None or clk[self._leader_index(r)] < leader[1]:
+                continue
+            votes = self._votes.get(r, 0) + 1
+            self._votes[r] = votes
+            if votes >= self._quorum and r > self._direct:
+                self._direct = r
 
     # --- committing -------------------------------------------------------------------------
 
-    def _chain(self) -> list[NodeKey]:
-        """Leader vertices to commit, in increasing round order (empty if none)."""
+    def _chain(self) -> list[tuple[int, NodeKey]]:
+        """(round, leader vertex) pairs to commit, in increasing round order."""
         if self._direct <= self._committed_round:
             return []
         anchor_key = self._leaders[self._direct]
-        chain = [anchor_key]
+        chain = [(self._direct, anchor_key)]
         anchor = self._entries[anchor_key]
         for rnd in range(self._direct - 2, self._committed_round, -2):
             leader = self._leaders.get(rnd)
             if leader is not None and anchor.clk[self._leader_index(rnd)] >= leader[1]:
-                chain.append(leader)
+                chain.append((rnd, leader))
                 anchor = self._entries[leader]
         chain.reverse()
         return chain
@@ -307,8 +322,7 @@ class Linearizer:
                     return self._confirmed[solo] >= self._known[solo]
             return True
         chain = self._chain()
-        for position, leader in enumerate(chain):
-            rnd = self._entries[leader].round
+        for position, (rnd, leader) in enumerate(chain):
             values = self._commit(leader)
             if values is None:
                 return True

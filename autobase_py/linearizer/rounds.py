@@ -13,6 +13,7 @@ writer/indexer pair), not with the number of nodes; it is reset at every epoch c
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from typing import Any
 
@@ -26,14 +27,15 @@ class RoundSteps:
 
     def __init__(self, indexer_count: int) -> None:
         self._n = indexer_count
-        # writer -> per indexer: (lengths where the round steps up, the round from there on)
-        self._steps: dict[bytes, list[tuple[list[int], list[int]]]] = {}
+        # writer -> per indexer: (lengths where the round steps up, the round from there on),
+        # as 8-byte integer arrays: a step costs 16 bytes
+        self._steps: dict[bytes, list[tuple[array[int], array[int]]]] = {}
 
     def record(self, writer: bytes, length: int, rv: list[int]) -> None:
         """Note that ``writer@length`` has round vector ``rv`` (lengths arrive in order)."""
         per = self._steps.get(writer)
         if per is None:
-            per = [([], []) for _ in range(self._n)]
+            per = [(array("q"), array("q")) for _ in range(self._n)]
             self._steps[writer] = per
         for i, value in enumerate(rv):
             starts, rounds = per[i]
@@ -64,7 +66,7 @@ class RoundSteps:
             per = []
             for starts, rounds in self._steps[writer]:
                 keep = bisect_right(starts, limit)
-                per.append([starts[:keep], rounds[:keep]])
+                per.append([list(starts[:keep]), list(rounds[:keep])])
             out.append([writer, per])
         return out
 
@@ -79,17 +81,17 @@ class RoundSteps:
             writer, per = item
             if not isinstance(per, list) or len(per) != indexer_count:
                 raise DecodeError("round steps entry has the wrong indexer count")
-            parsed: list[tuple[list[int], list[int]]] = []
+            parsed: list[tuple[array[int], array[int]]] = []
             for pair in per:
                 if (
                     not isinstance(pair, list)
                     or len(pair) != 2
                     or not all(isinstance(x, list) for x in pair)
                     or len(pair[0]) != len(pair[1])
-                    or not all(_is_int(x) for x in pair[0] + pair[1])
+                    or not all(_is_int(x) and -1 <= x < 2**63 for x in pair[0] + pair[1])
                 ):
                     raise DecodeError("malformed round step function")
-                parsed.append((list(pair[0]), list(pair[1])))
+                parsed.append((array("q", pair[0]), array("q", pair[1])))
             steps._steps[writer] = parsed
         return steps
 

@@ -223,6 +223,17 @@ class SimNetwork:
         self.sync_all()
         return len(made)
 
+    def ack_in_turn(self, order: Sequence[bytes] | None = None) -> int:
+        """Indexers ack one after the other, each seeing the previous ack before deciding."""
+        made = 0
+        for writer in order if order is not None else self.writers:
+            if self.peers[writer].lin.should_ack(writer):
+                self.append(writer, [None])
+                made += 1
+                self.deliver_all()
+                self.sync_all()
+        return made
+
     # --- checks -----------------------------------------------------------------------------
 
     def check_safety(self) -> None:

@@ -5,6 +5,11 @@ sets, rounds by definition, vertices, leaders, direct commits, the leader chain,
 prefix and the tip. No incremental state, no clocks, no pruning: if the fast linearizer and
 this one disagree, the fast one is wrong (or the rule is, and both get fixed).
 
+Definitions (see docs/consensus.md): an indexer's *vote* for round ``r`` is its first node of
+round ``>= r``; the *leader vertex* of even round ``r`` is the leader's vote for ``r`` when that
+node's round is ``r`` or ``r + 1``; it is directly committed when ``q`` indexers' votes for
+round ``r + 1`` are it or hold it in their past.
+
 Indexer-set changes are modelled by ``membership(node) -> keys | None``: a *confirmed* value
 node for which it returns keys sets the indexer set to those keys (an empty set is ignored,
 since the last indexer cannot be removed). The new set takes effect right after the leader
@@ -128,11 +133,20 @@ class ReferenceLinearizer:
                 holders = {u[0] for u in seen if rounds[u] == top}
                 rounds[key] = top + 1 if len(holders) >= quorum else top
 
-            def vertex(
+            def vote(
                 writer: bytes, rnd: int, rounds: dict[NodeKey, int] = rounds
             ) -> NodeKey | None:
-                mine = [k for k, r in rounds.items() if k[0] == writer and r == rnd]
+                """The writer's first node of round >= rnd."""
+                mine = [k for k, r in rounds.items() if k[0] == writer and r >= rnd]
                 return min(mine) if mine else None
+
+            def leader_vertex(
+                rnd: int, rounds: dict[NodeKey, int] = rounds, n: int = n,
+                indexers: list[bytes] = indexers,
+            ) -> NodeKey | None:
+                """The leader's vote for rnd, if it has round rnd or rnd + 1."""
+                key = vote(indexers[(rnd // 2) % n], rnd)
+                return key if key is not None and rounds[key] <= rnd + 1 else None
 
             chain: list[NodeKey] = []
             if n == 1:
@@ -145,15 +159,15 @@ class ReferenceLinearizer:
                 top_round = max(rounds.values(), default=-1)
                 leaders: dict[int, NodeKey] = {}
                 for rnd in range(0, top_round + 1, 2):
-                    leader = vertex(indexers[(rnd // 2) % n], rnd)
+                    leader = leader_vertex(rnd)
                     if leader is not None:
                         leaders[rnd] = leader
                 direct = []
                 for rnd, leader in leaders.items():
                     votes = 0
                     for x in indexers:
-                        v = vertex(x, rnd + 1)
-                        if v is not None and leader in past_of(v):
+                        v = vote(x, rnd + 1)
+                        if v is not None and (v == leader or leader in past_of(v)):
                             votes += 1
                     if votes >= quorum:
                         direct.append(rnd)

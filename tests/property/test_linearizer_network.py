@@ -159,9 +159,13 @@ class LinearizerNetwork(RuleBasedStateMachine):
         n = max(len(p.lin.indexers) for p in net.peers.values())
         bound = wave_bound(len(self.keys)) * (self.changes + 1) + n
         waves = 0
+        in_turn = self.rng.random() < 0.5
         while any(p.lin.should_ack(k) for k, p in net.peers.items()):
             assert waves < bound, "acks did not go quiet within the bound"
-            net.ack_wave()
+            if in_turn:  # one after the other, in a random order, each seeing the last
+                net.ack_in_turn(self.rng.sample(self.keys, len(self.keys)))
+            else:  # all at the same moment
+                net.ack_wave()
             waves += 1
         for key in self.keys:
             assert not net.unconfirmed_values(key), "values left unconfirmed after settling"

@@ -159,6 +159,30 @@ def test_simultaneous_acks_always_confirm(seed: int) -> None:
     net.check_safety()
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_acks_in_turn_always_confirm(seed: int) -> None:
+    """Indexers ack one after the other (each sees the previous ack): leaders are never all
+    skipped, so values confirm within the bound."""
+    rng = random.Random(seed)
+    keys = writer_keys(rng.choice([3, 4, 5]))
+    indexers = keys[: rng.randint(2, len(keys))]
+    net = SimNetwork(keys, indexers)
+    for _ in range(30):
+        net.append(rng.choice(keys), [b"v"])
+        net.deliver_all(rng)
+        net.sync_all()
+        if rng.random() < 0.3:
+            net.ack_in_turn(rng.sample(keys, len(keys)))
+    waves = 0
+    while any(net.peers[w].lin.should_ack(w) for w in keys):
+        net.ack_in_turn(rng.sample(keys, len(keys)))
+        waves += 1
+        assert waves <= 2 * ((len(indexers) - 1) // 2) + 4
+    for w in keys:
+        assert not net.unconfirmed_values(w)
+    net.check_safety()
+
+
 def test_ack_fraction_stays_small_with_steady_values() -> None:
     rng = random.Random(7)
     net = SimNetwork([A, B, C], [A, B, C])
