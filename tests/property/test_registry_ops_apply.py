@@ -3,7 +3,9 @@
 * Whatever bytes a writer appends (garbage, truncated ops, well-formed envelopes with wrong
   requests), two peers end with byte-identical views and the same entries, neither stops, and
   everything confirms.
-* Record and index-key decoding of random bytes raises only our typed ``DecodeError``.
+* Under random partitions and reorders among three indexers, every peer ends with the same
+  view in which each entry sits in exactly its three index slots (no stale key).
+* Record decoding of random bytes and of wrongly shaped maps raises only ``DecodeError``.
 """
 
 from __future__ import annotations
@@ -114,3 +116,77 @@ def test_record_decoder_on_wrongly_shaped_maps(fields: dict[str, Any]) -> None:
     except DecodeError:
         return
     assert isinstance(entry.name, str) and len(entry.drive_key) == 32
+
+
+async def _consistent(svc: RegistryService) -> None:
+    """Every entry is in exactly its three index slots and no other key exists."""
+    view = svc.view
+    stored = [e async for e in view.entries()]
+    for e in stored:
+        assert e in [x async for x in view.entries_of_type(e.type)]
+        assert e in [x async for x in view.entries_of_owner(e.owner)]
+        first = await view.get_by_drive_key(e.drive_key)
+        assert first is not None and first.name <= e.name
+    keys = [k async for k, _ in view.bee.range()]
+    assert len(keys) == (1 + 4 * len(stored) if keys else 0)
+
+
+names = st.sampled_from(["a", "b", "c", "d"])
+round_ops = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # which node writes
+        st.one_of(
+            st.builds(
+                lambda n, t, o, k: Entry(n, k, t, owner=o),
+                names,
+                st.sampled_from(["t", "u"]),
+                st.sampled_from([None, "x", "y"]),
+                st.sampled_from([KEY, b"\x01" * 32]),
+            ),
+            names,  # a delete
+        ),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+async def _partitions(root: Path, rounds: list[tuple[list[tuple[int, Any]], int]]) -> None:
+    stores = [Store.open(root / n) for n in ("a", "b", "c")]
+    try:
+        a = await RegistryService.open(stores[0])
+        b = await RegistryService.open(stores[1], a.key)
+        c = await RegistryService.open(stores[2], a.key)
+        nodes = [a, b, c]
+        await a.add_writer(b.local_key)
+        await a.add_writer(c.local_key)
+        await converge([x.base for x in nodes])
+        groups = [[0, 1, 2], [0, 1], [1, 2], [0, 2], [0], [1], [2]]
+        for ops, group in rounds:
+            for who, op in ops:
+                node = nodes[who]
+                if isinstance(op, Entry):
+                    await node.put_entry(op)
+                else:
+                    await node.delete_entry(op)
+            await converge([nodes[i].base for i in groups[group]])
+        await converge([x.base for x in nodes])
+        hashes = {x.base.view_log.tree_hash() for x in nodes}
+        assert len(hashes) == 1
+        for x in nodes:
+            assert x.base.failed is None and x.base.unconfirmed_values == 0
+            await _consistent(x)
+        for x in nodes:
+            await x.close()
+    finally:
+        for s in stores:
+            s.close()
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow])
+@given(rounds=st.lists(st.tuples(round_ops, st.integers(0, 6)), min_size=1, max_size=5))
+def test_partitions_and_reorders_keep_indexes_exact(
+    rounds: list[tuple[list[tuple[int, Any]], int]],
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="registry-partitions-") as d:
+        trio.run(_partitions, Path(d), rounds)
