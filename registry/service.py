@@ -53,7 +53,7 @@ from autobase_py.store import Store
 from .db import Registry, Transaction
 from .entry import Entry, validate_name
 from .errors import ValidationError
-from .ops import Handler, Router, Skipped, UnknownOp
+from .ops import Handler, OpCodec, Router, Skipped, UnknownOp
 from .schema import Spec, load_spec
 
 logger = logging.getLogger("registry.service")
@@ -191,6 +191,11 @@ class RegistryService:
     @property
     def base(self) -> Autobase[Registry]:
         return self._base
+
+    @property
+    def codec(self) -> OpCodec:
+        """The op codec (encodes op values exactly as the service appends them)."""
+        return self._router.codec
 
     @property
     def view(self) -> Registry:

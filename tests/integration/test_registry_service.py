@@ -268,7 +268,7 @@ async def test_admin_ops_from_a_non_indexer_are_skipped(cluster: Cluster) -> Non
     assert w.base.writable and not w.base.is_indexer
     with pytest.raises(MembershipError):
         await w.add_writer(x.local_key)  # refused locally ...
-    codec = w._router.codec
+    codec = w.codec
     await w.base.append(codec.encode("add-writer", {"key": x.local_key, "indexer": True}))
     await w.base.append(codec.encode("remove-writer", {"key": b.local_key}))
     await settle(a, b, w, x)
