@@ -36,6 +36,16 @@ class Node:
     batch: int = 1
     value: bytes | None = None
 
+    def __post_init__(self) -> None:
+        # accept heads as any list/tuple of 2-item lists/tuples (as decoded CBOR gives them);
+        # anything else is left as is for check_node to reject
+        heads: object = self.heads
+        if isinstance(heads, (list, tuple)):
+            norm = tuple(
+                tuple(h) if isinstance(h, (list, tuple)) and len(h) == 2 else h for h in heads
+            )
+            object.__setattr__(self, "heads", norm)
+
     @property
     def key(self) -> NodeKey:
         return (self.writer, self.length)

@@ -45,7 +45,8 @@ def quiet_waves(net: SimNetwork, limit: int) -> int:
         Node(b"", 1),
         Node(A, True),
         Node(A, 1, (), 1, "text"),  # type: ignore[arg-type]
-        Node(A, 1, [(B, 1)], 1, b"x"),  # type: ignore[arg-type]
+        Node(A, 1, "heads", 1, b"x"),  # type: ignore[arg-type]
+        Node(A, 1, ((B, 1, 2),), 1, b"x"),  # type: ignore[arg-type]
     ],
 )
 def test_malformed_nodes_are_rejected(node: Node) -> None:
@@ -53,6 +54,15 @@ def test_malformed_nodes_are_rejected(node: Node) -> None:
     with pytest.raises(InvalidNodeError):
         lin.add(node)
     assert lin.order() == []
+
+
+def test_heads_given_as_lists_are_accepted() -> None:
+    lin = Linearizer([A])
+    lin.add(Node(B, 1, (), 1, b"b"))
+    node = Node(A, 1, [[B, 1]], 1, b"x")  # type: ignore[arg-type]
+    assert node.heads == ((B, 1),)
+    lin.add(node)
+    assert lin.order() == [(B, 1), (A, 1)]
 
 
 def test_batch_rules() -> None:
