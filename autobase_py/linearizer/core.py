@@ -79,6 +79,8 @@ class Linearizer:
         self._fresh: list[Node] = []  # confirmed since the last update()
         self._returned: list[NodeKey] = []  # tip as returned by the last update()
         self._tip_cache: list[NodeKey] | None = None
+        self._tip_grew_only = True  # since the last update(), the tip only grew at its end
+        self._sinks: set[NodeKey] = set()  # units nothing unconfirmed depends on
         self._last_commit_start = 0
         self._set_epoch(_check_indexers(indexers))
 
@@ -97,7 +99,7 @@ class Linearizer:
         self._direct = -2  # highest directly committed leader round
         for entry in self._entries.values():
             self._place(entry)
-        self._tip_cache = None
+        self._invalidate_tip()
 
     @property
     def indexers(self) -> list[bytes]:
@@ -186,6 +188,19 @@ class Linearizer:
             self._units[key] = unit
             for dep in dep_units:
                 self._units[dep].children.append(key)
+        tip = self._tip_cache
+        # fast path: a complete unit that depends on every sink comes after everything, so the
+        # sort only grows at its end (the common case: a writer appending on top of its DAG)
+        extends = (
+            prev is None
+            and unit.complete
+            and tip is not None
+            and len(tip) == len(self._entries)
+            and self._sinks <= dep_units
+        )
+        if prev is None:
+            self._sinks -= dep_units
+            self._sinks.add(key)
         self._entries[key] = entry
         self._known[writer] = length
         self._confirmed.setdefault(writer, 0)
@@ -193,7 +208,11 @@ class Linearizer:
             self._heads.discard(dep)
         self._heads.add(key)
         self._place(entry)
-        self._tip_cache = None
+        if extends:
+            assert tip is not None
+            tip.append(key)
+        else:
+            self._invalidate_tip()
         return True
 
     def _rv_of(self, key: NodeKey) -> list[int]:
@@ -305,9 +324,10 @@ class Linearizer:
             self._confirmed[node.writer] = max(self._confirmed[node.writer], node.length)
         for unit in units:
             del self._units[unit]
+            self._sinks.discard(unit)
         self._confirmed_length += len(order)
         self._last_commit_start = start
-        self._tip_cache = None
+        self._invalidate_tip()
         return values
 
     def _advance(self, settle: bool) -> bool:
@@ -336,6 +356,10 @@ class Linearizer:
 
     # --- reading ----------------------------------------------------------------------------
 
+    def _invalidate_tip(self) -> None:
+        self._tip_cache = None
+        self._tip_grew_only = False
+
     def _tip(self) -> list[NodeKey]:
         if self._tip_cache is None:
             self._tip_cache = kahn(self._units)
@@ -345,6 +369,13 @@ class Linearizer:
         """Commit what can be committed and say how the order changed since the last call."""
         settled = self._advance(settle)
         tip = self._tip()
+        if not self._fresh and self._tip_grew_only:
+            # nothing confirmed, the tip only grew: apply the new end, O(new nodes)
+            grown = tip[len(self._returned):]
+            self._returned.extend(grown)
+            nodes = [self._entries[key].node for key in grown]
+            return Update(0, nodes, self._confirmed_length, settled)
+        self._tip_grew_only = True
         fresh, self._fresh = self._fresh, []
         new_keys = [node.key for node in fresh] + tip
         old = self._returned
