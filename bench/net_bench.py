@@ -144,7 +144,7 @@ def bench_replication(blocks: int, block_size: int) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         writer = subprocess.Popen(
             [sys.executable, node, "--storage", f"{tmp}/w", "--write", str(blocks)],
-            stdout=subprocess.PIPE, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
         )
         try:
             assert writer.stdout is not None
@@ -153,7 +153,7 @@ def bench_replication(blocks: int, block_size: int) -> None:
             replica = subprocess.Popen(
                 [sys.executable, node, "--storage", f"{tmp}/r", "--log", info["log"],
                  "--expect", str(blocks), "--connect", f"127.0.0.1:{info['port']}"],
-                stdout=subprocess.PIPE, env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             )
             try:
                 assert replica.stdout is not None

@@ -64,16 +64,21 @@ async def main(args: argparse.Namespace) -> None:
             host, peer_port = args.peer.rsplit(":", 1)
             await endpoint.connect(host, int(peer_port))
         say(port=port, local=base.local_key.hex(), key=base.key.hex())
-        stdin = trio.lowlevel.FdStream(os.dup(0))
-        buffer = b""
-        while True:
-            while b"\n" not in buffer:
-                chunk = await stdin.receive_some()
-                if not chunk:
-                    nursery.cancel_scope.cancel()
-                    return
+        commands_in, commands = trio.open_memory_channel[bytes](16)
+
+        async def read_stdin() -> None:
+            # EOF (the parent closed our stdin or died) ends the node, even mid-command.
+            stdin = trio.lowlevel.FdStream(os.dup(0))
+            buffer = b""
+            while chunk := await stdin.receive_some():
                 buffer += chunk
-            line, buffer = buffer.split(b"\n", 1)
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    await commands_in.send(line)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read_stdin)
+        async for line in commands:
             command = json.loads(line)
             op = command["op"]
             if op == "append":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +68,14 @@ async def dial(endpoint: object, target: str) -> None:
     say(closed=target, error=None if conn.error is None else conn.error.code)
 
 
+async def exit_when_parent_goes(scope: trio.CancelScope) -> None:
+    """The parent holds our stdin open; EOF means it is gone: stop instead of lingering."""
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    while await stdin.receive_some():
+        pass
+    scope.cancel()
+
+
 async def main(args: argparse.Namespace) -> None:
     store = Store.open(args.storage)
     if args.write:
@@ -85,6 +94,7 @@ async def main(args: argparse.Namespace) -> None:
         port = await endpoint.listen("127.0.0.1")
         say(port=port, key=key_pair.public_key.hex(), log=log.key.hex())
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(exit_when_parent_goes, nursery.cancel_scope)
 
             async def later() -> None:
                 async with trio.open_nursery() as first:

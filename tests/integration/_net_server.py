@@ -8,6 +8,7 @@ Methods: "whoami" -> NAME (bytes), "echo" -> its payload.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from autobase_py import crypto
 from autobase_py.net.endpoint_trio import listen
 from autobase_py.net.rpc import CallContext
 from autobase_py.net.rpc_trio import RpcServer
+
+
+async def exit_when_parent_goes(scope: trio.CancelScope) -> None:
+    """The parent holds our stdin open; EOF means it is gone: stop instead of lingering."""
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    while await stdin.receive_some():
+        pass
+    scope.cancel()
 
 
 async def main(name: str, seed: bytes) -> None:
@@ -34,6 +43,7 @@ async def main(name: str, seed: bytes) -> None:
     server.method("whoami", whoami)
     server.method("echo", echo)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(exit_when_parent_goes, nursery.cancel_scope)
         port = await nursery.start(
             lambda task_status: listen(
                 "127.0.0.1", 0, key_pair, protocols=server.protocols, task_status=task_status

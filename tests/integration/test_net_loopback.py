@@ -183,6 +183,7 @@ async def test_endpoints_keep_one_connection_per_remote_key() -> None:
 async def start_server_process(name: str, seed: bytes) -> tuple[trio.Process, ServerAddress]:
     proc = await trio.lowlevel.open_process(
         [sys.executable, str(HERE / "_net_server.py"), name, seed.hex()],
+        stdin=subprocess.PIPE,  # closed when we go: the child exits
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

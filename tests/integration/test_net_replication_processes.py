@@ -64,6 +64,7 @@ async def nodes() -> AsyncIterator[Any]:
     async def start(*args: str) -> Node:
         proc = await trio.lowlevel.open_process(
             [sys.executable, str(HERE / "_net_replica.py"), *args],
+            stdin=subprocess.PIPE,  # closed when we go: the child exits
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
