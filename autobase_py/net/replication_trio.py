@@ -139,10 +139,13 @@ class Replicator:
         if item is None:
             return None  # not a log we know: refuse quietly
         self._check_capability(connection, item, handshake)
-        return capability(item.key, connection.handshake_hash, initiator=connection.initiator)
+        return self._our_capability(connection, item)
 
     async def run(self, channel: Channel) -> None:
         await self._session(channel, self._logs[channel.key[1]])
+
+    def _our_capability(self, connection: Connection, item: Log) -> bytes:
+        return capability(item.key, connection.handshake_hash, initiator=connection.initiator)
 
     def _check_capability(self, connection: Connection, item: Log, handshake: bytes) -> None:
         expected = capability(
@@ -155,9 +158,8 @@ class Replicator:
         key = channel_key(item)
         if connection.has_channel(key) or connection.is_closed:
             return
-        ours = capability(item.key, connection.handshake_hash, initiator=connection.initiator)
         try:
-            channel = await connection.open_channel(key, ours)
+            channel = await connection.open_channel(key, self._our_capability(connection, item))
         except ChannelClosedError:
             return  # the peer does not know this log
         self._check_capability(connection, item, channel.remote_handshake)

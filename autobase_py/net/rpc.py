@@ -23,7 +23,6 @@ codes.
 from __future__ import annotations
 
 import heapq
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -41,8 +40,6 @@ from ..errors import (
     RpcError,
     TimedOutError,
 )
-
-log = logging.getLogger("autobase_py.net.rpc")
 
 UNKNOWN_METHOD: Final = "UNKNOWN_METHOD"
 BAD_REQUEST: Final = "BAD_REQUEST"

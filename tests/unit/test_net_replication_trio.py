@@ -1,0 +1,128 @@
+"""The Replicator over trio memory streams: eager sync, sparse fetch, logs added on a live
+connection, and peers that lie about proofs or capabilities."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from autobase_py import crypto
+from autobase_py.log import Log
+from autobase_py.net import replication
+from autobase_py.net.connection_trio import Connection, open_connection
+from autobase_py.net.replication_trio import Replicator
+from autobase_py.storage import Storage
+
+A_KEYS, B_KEYS = crypto.key_pair(b"a" * 32), crypto.key_pair(b"b" * 32)
+
+
+def writer(seed: bytes, blocks: int) -> Log:
+    log = Log.create(Storage.open_memory(), crypto.key_pair(seed * 32))
+    log.append([b"%s-%d" % (seed, i) for i in range(blocks)])
+    return log
+
+
+@asynccontextmanager
+async def linked(
+    left: Replicator, right: Replicator
+) -> AsyncIterator[tuple[Connection, Connection]]:
+    s1, s2 = trio.testing.memory_stream_pair()
+    done = trio.Event()
+    conns: dict[str, Connection] = {}
+    ready = trio.Event()
+
+    async def side(name: str, stream: trio.abc.Stream, initiator: bool, rep: Replicator) -> None:
+        keys = A_KEYS if initiator else B_KEYS
+        async with open_connection(stream, keys, initiator=initiator, protocols=rep.protocols) as c:
+            conns[name] = c
+            rep.attach(c)
+            if len(conns) == 2:
+                ready.set()
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "left", s1, True, left)
+        nursery.start_soon(side, "right", s2, False, right)
+        await ready.wait()
+        yield conns["left"], conns["right"]
+        done.set()
+
+
+async def test_eager_replication_and_live_appends() -> None:
+    source = writer(b"w", 500)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 500 and right.complete(lg))
+            source.append([b"live"])
+            left.announce(source)
+            await right.wait_for(replica, lambda lg: lg.length == 501 and right.complete(lg))
+    assert [replica.get(i) for i in (0, 499, 500)] == [b"w-0", b"w-499", b"live"]
+
+
+async def test_sparse_fetch_downloads_one_block() -> None:
+    source = writer(b"s", 300)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica], eager=False)
+    async with linked(left, right):
+        with trio.fail_after(30):
+            assert await right.fetch(replica, 137) == b"s-137"
+    assert replica.length == 300
+    assert [i for i in range(300) if replica.has(i)] == [137]
+
+
+async def test_a_log_added_later_replicates_on_the_live_connection() -> None:
+    first, second = writer(b"f", 10), writer(b"g", 20)
+    first_copy = Log.replica(Storage.open_memory(), first.key)
+    storage = first_copy.storage
+    left, right = Replicator(logs=[first, second]), Replicator(logs=[first_copy])
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(first_copy, lambda lg: lg.length == 10 and right.complete(lg))
+            second_copy = Log.replica(storage, second.key)  # a writer added by apply, say
+            right.add(second_copy)
+            await right.wait_for(second_copy, lambda lg: lg.length == 20 and right.complete(lg))
+    assert second_copy.get(19) == b"g-19"
+
+
+async def test_a_lying_peer_is_disconnected(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = writer(b"l", 50)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    honest = replication.encode_data
+
+    def flip(request_id: int, proof: bytes) -> bytes:
+        data = bytearray(proof)
+        data[-5] ^= 0x01  # inside the manifest or a node hash: still decodes, fails to verify
+        return honest(request_id, bytes(data))
+
+    monkeypatch.setattr(replication, "encode_data", flip)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    async with linked(left, right) as (_, right_conn):
+        with trio.fail_after(30):
+            await right_conn.closed.wait()
+    assert getattr(right_conn.error, "code", None) == "INVALID_PEER_DATA"
+    assert replica.length == 0
+
+
+async def test_a_wrong_capability_closes_the_connection() -> None:
+    source = writer(b"c", 5)
+    replica = Log.replica(Storage.open_memory(), source.key)
+
+    class Guesser(Replicator):
+        """Knows the discovery key (it is public) but not the log key: it can only guess."""
+
+        def _our_capability(self, connection: Connection, item: Log) -> bytes:
+            return b"\x00" * 32
+
+    left, right = Guesser(logs=[replica]), Replicator(logs=[source])
+    async with linked(left, right) as (left_conn, right_conn):
+        with trio.fail_after(30):
+            await right_conn.closed.wait()
+            await left_conn.closed.wait()
+    assert getattr(right_conn.error, "code", None) == "INVALID_PEER_DATA"
+    assert replica.length == 0
