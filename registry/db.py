@@ -28,20 +28,25 @@ nothing; a changed ``drive_key``/``type``/``owner`` deletes the old index key an
 one. ``delete`` removes the record and its index keys; a missing name is a no-op.
 
 Schema upgrade (v1 -> v2). Version 1 had no ``owner`` and no ``entries-by-owner`` index, so a
-view written by v1 code has no ``(4, 0, name)`` keys for its entries. Choice: a deterministic
-*migration* run by the first write transaction that finds the meta version older than the
-code's (or absent on a non-empty view, i.e. data from before the meta key): it adds
-``(4, 0, name)`` for every stored entry (v1 records never carry an owner) and records the new
-version, inside the same batch as the writes that triggered it. Records themselves are not
-rewritten: ``decode_record`` reads v1 records under v2 (owner ``None``). In the service the
-migration therefore runs inside ``apply``; if the base later undoes past it, the view is
-truncated back to v1 data and the next apply migrates again at the same point of the order, so
-the view stays a function of the order. Reads never write: a reader (or replica) that opens a
-view still at version 1 answers ``entries_of_owner(None)`` by scanning the primary collection
-(the only O(n) path, and only until a writer migrates) and ``entries_of_owner("x")`` with
-``[]`` (v1 entries have no owner). Note that a migrated view differs byte-wise from one built
-by v2 code from scratch (records keep ``"v": 1``), so indexers should run the same version to
-agree on checkpoints.
+view written by v1 code has no ``(4, 0, name)`` keys. Every write says which schema version
+its writer ran (``version=``; the service passes the op envelope's ``v``; plain database use
+means this code's newest). The view's version (the meta key; absent on a non-empty view means
+1, data from before the meta key) only moves forward: a write whose writer version is newer
+*migrates* first, in the same batch: it adds ``(4, 0, name)`` for every stored entry (v1
+records never carry an owner) and records the new version. Writes then use the layout of the
+view's version: a v1 op applied by v2 code on a v1 view writes exactly what v1 code writes,
+and the entry must fit the writer's version (a ``ValidationError`` on ``owner`` for a v1
+writer). Records are not rewritten: ``decode_record`` reads v1 records under v2 (owner
+``None``). In the service the migration therefore happens at the first op written by v2 code,
+a fixed position of the order, whenever each peer installed the new code: views stay
+byte-identical across peers and equal to a fresh replay (tested), and a v1 node meeting that op
+halts (the router reports ``NewerSchema``) instead of diverging. If the base undoes past the
+migration, the view is truncated back and the replay migrates again at the same op. A no-op
+write (identical put, delete of a missing name) writes nothing, migration included.
+
+Reads never write. A reader on a view still at version 1 answers ``entries_of_owner(None)`` by
+scanning the primary collection (the only O(n) path, and only until a v2 write) and
+``entries_of_owner("x")`` with ``[]`` (v1 entries have no owner).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from autobase_py.errors import DecodeError, InvalidKeyError, NotWritableError
 
 from .entry import Entry, validate_name
 from .errors import SchemaError, ValidationError
-from .schema import Spec, decode_record, encode_record, load_spec
+from .schema import Spec, decode_record, encode_record, load_spec, spec_at
 
 _RECORD = "entry"
 _META_ID = 0
@@ -237,19 +242,37 @@ class Transaction(_Reader):
     def __init__(self, batch: Batch, layout: Layout) -> None:
         super().__init__(batch, layout)
         self._batch = batch
-        self._checked = False
+        self._stored: int | None = None  # the view's schema version, once read
+        self._layouts: dict[int, Layout] = {layout.version: layout}
 
-    async def _prepare(self) -> None:
-        if self._checked:
-            return
-        self._checked = True
-        stored = await self.schema_version()
-        if stored >= self._layout.version:
+    def _layout_at(self, version: int) -> Layout:
+        found = self._layouts.get(version)
+        if found is None:
+            found = self._layouts[version] = Layout(spec_at(self._layout.spec, version))
+        return found
+
+    async def _target(self, version: int | None) -> tuple[int, Layout, Layout]:
+        """(stored version, layout the write uses, layout of the writer's version).
+
+        A write by code of schema version ``version`` brings the view to at least that
+        version; the view never goes back. ``None`` means this code's newest version."""
+        if self._stored is None:
+            self._stored = await self.schema_version()
+        writer = self._layout.version if version is None else version
+        if not 1 <= writer <= self._layout.version:
+            raise SchemaError(f"cannot write as schema version {writer}")
+        target = max(self._stored, writer)
+        return self._stored, self._layout_at(target), self._layout_at(writer)
+
+    async def _upgrade(self, stored: int, target: int) -> None:
+        """Record ``target`` as the view's version, migrating older data (see module doc)."""
+        if target <= stored and stored != 0:
             return
         by_owner = self._layout.by_owner
-        if by_owner is not None and 0 < stored < self._layout.owner_since:
+        if by_owner is not None and 0 < stored < self._layout.owner_since <= target:
             await self._migrate_owner_index(by_owner)
-        self._batch.put(_SCHEMA_KEY, encoding.encode(self._layout.version))
+        self._batch.put(_SCHEMA_KEY, encoding.encode(target))
+        self._stored = target
 
     async def _migrate_owner_index(self, by_owner: int) -> None:
         no_owner = []
@@ -259,15 +282,19 @@ class Transaction(_Reader):
         for key in no_owner:
             self._batch.put(key, b"")
 
-    async def put(self, entry: Entry | Mapping[str, Any]) -> bool:
-        """Insert or update; returns False when the identical entry was already stored."""
+    async def put(self, entry: Entry | Mapping[str, Any], *, version: int | None = None) -> bool:
+        """Insert or update; returns False when the identical entry was already stored.
+
+        ``version``: the schema version of the code that wrote the op (default: this code's
+        newest). The entry must fit that version (ValidationError naming the field)."""
         new = _as_entry(entry)
-        layout = self._layout
-        record = layout.encode(new)  # refuses fields the schema lacks, before any write
+        stored, layout, writer = await self._target(version)
+        writer.encode(new)  # refuses fields the writer's schema lacks, before any write
+        record = layout.encode(new)
         old = await self.get(new.name)
         if old == new:
             return False
-        await self._prepare()
+        await self._upgrade(stored, layout.version)
         if old is not None:
             new_keys = set(layout.index_keys(new))
             for key in layout.index_keys(old):
@@ -278,15 +305,16 @@ class Transaction(_Reader):
             self._batch.put(key, b"")
         return True
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *, version: int | None = None) -> bool:
         """Remove the entry and its index keys; returns False when there was none."""
         name = validate_name(name)
         old = await self.get(name)
         if old is None:
             return False
-        await self._prepare()
-        self._batch.delete(self._layout.primary(name))
-        for key in self._layout.index_keys(old):
+        stored, layout, _ = await self._target(version)
+        await self._upgrade(stored, layout.version)
+        self._batch.delete(layout.primary(name))
+        for key in layout.index_keys(old):
             self._batch.delete(key)
         return True
 

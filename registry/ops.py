@@ -1,13 +1,19 @@
 """The op router: stable numeric op ids -> request codecs -> handlers (hyperdispatch-style).
 
-Every value a registry writer appends is an *op*: canonical CBOR ``{"op": id, "req": {...}}``.
-The op table (ids, names, request fields) is declared in ``registry/spec/registry.json``; ids
-are never reused (``schema.check_upgrade`` enforces it). At apply time every peer runs the
-same decision for each value, so the outcome is deterministic across peers:
+Every value a registry writer appends is an *op*: canonical CBOR
+``{"op": id, "req": {...}, "v": schema version}``. ``v`` is the newest schema version of the
+code that wrote the op; it is left out when that is 1 (ops written before envelopes carried a
+version read as version 1). The op table (ids, names, request fields) is declared in
+``registry/spec/registry.json``; ids are never reused (``schema.check_upgrade`` enforces it).
+At apply time every peer runs the same decision for each value, so the outcome is
+deterministic across peers:
 
-* well-formed op with a known id -> its handler runs;
-* well-formed envelope whose id this node does not know -> :class:`UnknownOp`: the caller must
-  ``host.interrupt`` (an old node meeting a newer op halts rather than diverges);
+* well-formed op with a known id -> its handler runs, and sees the writer's schema version as
+  ``request.schema_version`` (:class:`Request`);
+* well-formed envelope whose id this node does not know -> :class:`UnknownOp`, or whose ``v`` is
+  newer than this node's schema -> :class:`NewerSchema`: the caller must ``host.interrupt`` (an
+  old node meeting newer ops halts rather than diverges: it could not tell a newer record from
+  an invalid one);
 * anything else (undecodable bytes, bad envelope, request failing its schema) ->
   :class:`Skipped` with the reason: the op is ignored identically everywhere and the reason is
   logged.
@@ -50,17 +56,49 @@ class UnknownOp:
         return f"op id {self.op_id} is unknown to this node (newer software wrote it): upgrade"
 
 
-Outcome = Applied | Skipped | UnknownOp
+@dataclass(frozen=True, slots=True)
+class NewerSchema:
+    version: int
+    known: int
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"op written under schema version {self.version}; this node knows up to "
+            f"{self.known} (newer software wrote it): upgrade"
+        )
+
+
+Outcome = Applied | Skipped | UnknownOp | NewerSchema
+
+
+class Request(dict[str, Any]):
+    """A checked op request; ``schema_version`` is the schema version of its writer."""
+
+    def __init__(self, fields: Mapping[str, Any], schema_version: int) -> None:
+        super().__init__(fields)
+        self.schema_version = schema_version
 
 # A handler returns None when it applied the op, or Skipped(reason) when the op is well-formed
 # but must not take effect (e.g. not authorized); both outcomes are deterministic.
-Handler = Callable[[Mapping[str, Any], C], Awaitable[Skipped | None]]
+Handler = Callable[[Request, C], Awaitable[Skipped | None]]
 
 
 class InvalidOpError(DecodeError):
     """An op value is malformed (bad envelope or request)."""
 
     code = "INVALID_OP"
+
+
+class NewerSchemaError(DecodeError):
+    """An op was written under a schema version newer than this node's."""
+
+    code = "NEWER_SCHEMA"
+
+    def __init__(self, version: int, known: int) -> None:
+        super().__init__(NewerSchema(version, known).reason)
+        self.version = version
+        self.known = known
 
 
 def _check_field(op: str, f: FieldSpec, value: Any) -> Any:
@@ -132,20 +170,41 @@ class OpCodec:
         wire = {k: _wire(v) for k, v in request.items() if v is not None}
         checked = _check_request(op, wire)  # refuse to write what peers would skip
         req = {k: _wire(v) for k, v in checked.items() if v is not None}
-        return encoding.encode({"op": op.id, "req": req})
+        envelope: dict[str, Any] = {"op": op.id, "req": req}
+        if self.version > 1:
+            envelope["v"] = self.version
+        return encoding.encode(envelope)
 
-    def decode(self, data: bytes) -> tuple[OpSpec | int, dict[str, Any]]:
-        """(op spec, checked request), or (unknown op id, {}) for an id this node lacks."""
+    @property
+    def version(self) -> int:
+        """The schema version this codec writes (the spec's newest)."""
+        return self.spec.latest.version
+
+    def decode(self, data: bytes) -> tuple[OpSpec | int, Request]:
+        """(op spec, checked request), or (unknown op id, empty request) for an id this node
+        lacks; NewerSchemaError when the writer's schema version is newer than ours."""
         envelope = encoding.decode(data)
-        if not isinstance(envelope, dict) or set(envelope) != {"op", "req"}:
-            raise InvalidOpError("op envelope must be a map with exactly 'op' and 'req'")
+        if (
+            not isinstance(envelope, dict)
+            or not {"op", "req"} <= set(envelope)
+            or not set(envelope) <= {"op", "req", "v"}
+        ):
+            raise InvalidOpError("op envelope must be a map with 'op', 'req' and optionally 'v'")
         op_id = envelope["op"]
         if not isinstance(op_id, int) or isinstance(op_id, bool) or op_id < 0:
             raise InvalidOpError("op id must be an unsigned int")
+        version = envelope.get("v", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidOpError("op schema version must be an int >= 1")
+        if version > self.version:
+            raise NewerSchemaError(version, self.version)
         op = self._by_id.get(op_id)
         if op is None:
-            return op_id, {}
-        return op, _check_request(op, envelope["req"])
+            return op_id, Request({}, version)
+        if op.since > version:
+            raise InvalidOpError(f"{op.name}: declared in schema version {op.since}, written "
+                                 f"under {version}")
+        return op, Request(_check_request(op, envelope["req"]), version)
 
 
 class Router(Generic[C]):
@@ -165,6 +224,8 @@ class Router(Generic[C]):
     async def dispatch(self, value: bytes, context: C) -> Outcome:
         try:
             op, request = self.codec.decode(value)
+        except NewerSchemaError as exc:
+            return NewerSchema(exc.version, exc.known)
         except DecodeError as exc:
             return Skipped(exc.message)
         if isinstance(op, int):
@@ -179,8 +240,11 @@ __all__ = [
     "Applied",
     "Handler",
     "InvalidOpError",
+    "NewerSchema",
+    "NewerSchemaError",
     "OpCodec",
     "Outcome",
+    "Request",
     "Router",
     "Skipped",
     "UnknownOp",

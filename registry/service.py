@@ -19,8 +19,13 @@ routes each value through the :class:`~registry.ops.Router`:
   indexer at that point of the order (DESIGN §9: admin ops come from indexers); otherwise the
   op is skipped;
 * a malformed value (undecodable, bad envelope, request failing its schema) is skipped;
-* a well-formed op whose id this code does not know makes apply call ``host.interrupt``: the
-  base stops rather than diverge from newer nodes (upgrade, then reopen).
+* a well-formed op whose id this code does not know, or written under a newer schema version
+  (the envelope's ``v``), makes apply call ``host.interrupt``: the base stops rather than
+  diverge from newer nodes (upgrade, then reopen).
+
+Ops carry their writer's schema version, and the database writes follow it (``db.py``): the
+view is upgraded (v1 -> v2 migration) at the first op written by newer code, the same position
+of the order on every peer.
 
 Skips depend only on the value and the applied state, so every peer skips the same ops; each
 is logged (logger ``registry.service``) with the writer and position. The transaction is
@@ -53,7 +58,7 @@ from autobase_py.store import Store
 from .db import Registry, Transaction
 from .entry import Entry, validate_name
 from .errors import ValidationError
-from .ops import Handler, OpCodec, Router, Skipped, UnknownOp
+from .ops import Handler, NewerSchema, OpCodec, Request, Router, Skipped, UnknownOp
 from .schema import Spec, load_spec
 
 logger = logging.getLogger("registry.service")
@@ -79,17 +84,17 @@ class SkippedOp:
     reason: str
 
 
-async def _put_entry(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
+async def _put_entry(req: Request, ctx: OpContext) -> Skipped | None:
     try:
-        await ctx.tx.put(req["entry"])
+        await ctx.tx.put(req["entry"], version=req.schema_version)
     except ValidationError as exc:  # e.g. a field this code's schema version lacks
         return Skipped(f"put-entry: {exc.message}")
     return None
 
 
-async def _delete_entry(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
+async def _delete_entry(req: Request, ctx: OpContext) -> Skipped | None:
     try:
-        await ctx.tx.delete(req["name"])
+        await ctx.tx.delete(req["name"], version=req.schema_version)
     except ValidationError as exc:  # empty or over-long name: never stored, nothing to delete
         return Skipped(f"delete-entry: {exc.message}")
     return None
@@ -101,14 +106,14 @@ def _admin(ctx: OpContext, op: str) -> Skipped | None:
     return None
 
 
-async def _add_writer(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
+async def _add_writer(req: Request, ctx: OpContext) -> Skipped | None:
     refused = _admin(ctx, "add-writer")
     if refused is None:
         ctx.host.add_writer(req["key"], indexer=req["indexer"])
     return refused
 
 
-async def _remove_writer(req: Mapping[str, Any], ctx: OpContext) -> Skipped | None:
+async def _remove_writer(req: Request, ctx: OpContext) -> Skipped | None:
     refused = _admin(ctx, "remove-writer")
     if refused is None:
         ctx.host.remove_writer(req["key"])
@@ -160,7 +165,7 @@ class RegistryService:
         tx = view.transaction()
         for node in nodes:
             outcome = await self._router.dispatch(node.value, OpContext(tx, host, node.writer))
-            if isinstance(outcome, UnknownOp):
+            if isinstance(outcome, (UnknownOp, NewerSchema)):
                 tx.discard()
                 logger.error(
                     "registry: stopping at op from %s (length %d): %s",

@@ -320,8 +320,10 @@ async def test_upgrade_from_schema_v1_nodes(cluster: Cluster) -> None:
     v1 = spec_at(load_spec(), 1)
     a = await cluster.open("a", spec=v1)
     b = await cluster.open("b", a.key, spec=v1)
+    c = await cluster.open("c", a.key, spec=v1)
     await a.add_writer(b.local_key)
-    await settle(a, b)
+    await a.add_writer(c.local_key)
+    await settle(a, b, c)
     e1 = Entry("e1", KEY_A, "type1", "first")
     e2 = Entry("e2", KEY_B, "type1")
     await a.put_entry(e1)
@@ -331,29 +333,43 @@ async def test_upgrade_from_schema_v1_nodes(cluster: Cluster) -> None:
     assert info.value.field == "owner"
     with pytest.raises(SchemaError):
         [e async for e in a.view.entries_of_owner(None)]
-    await settle(a, b)
+    await settle(a, b, c)
     assert await a.view.schema_version() == 1
-    # upgrade both nodes to the v2 code (the default spec) and reopen the same storage
+    # a and b get the v2 code; c still runs v1
     a = await cluster.restart("a")
     b = await cluster.restart("b")
     for x in (a, b):  # before any v2 write: v1 data reads, owner None lists it
         assert await x.view.get("e1") == e1
         assert [e async for e in x.view.entries_of_owner(None)] == [e1, e2]
+    e4 = Entry("e4", KEY_B, "type2")
+    await c.put_entry(e4)  # a v1 op applied by v2 code writes exactly what v1 code writes
+    await settle(a, b, c)
+    assert await a.view.schema_version() == 1
+    assert view_hash(a) == view_hash(b) == view_hash(c)
+    # the first op written by v2 code upgrades the view at that position of the order
     e3 = Entry("e3", KEY_A, "type2", owner="John")
     await a.put_entry(e3)
+    with pytest.raises(ApplyError, match="schema version 2"):
+        await settle(a, b, c)  # the v1 node halts instead of diverging
+    assert c.base.failed is not None
     await settle(a, b)
-    for x in (a, b):  # the first v2 apply migrated, at the same position on both peers
+    for x in (a, b):
         assert await x.view.schema_version() == 2
-        assert [e async for e in x.view.entries_of_owner(None)] == [e1, e2]
+        assert [e async for e in x.view.entries_of_owner(None)] == [e1, e2, e4]
         assert [e async for e in x.view.entries_of_owner("John")] == [e3]
         assert await x.view.get_by_drive_key(KEY_A) == e1
         assert x.base.unconfirmed_values == 0
-    assert view_hash(a) == view_hash(b)
-    # a v2 peer replaying the whole order from scratch reads the same entries
-    c = await cluster.open("c", a.key)
+    # c is upgraded too and catches up: all three views are byte-identical
+    c = await cluster.restart("c")
+    assert await c.view.get("e3") is None
     await settle(a, b, c)
-    assert [e async for e in c.view.entries()] == [e1, e2, e3]
-    assert [e async for e in c.view.entries_of_owner(None)] == [e1, e2]
+    assert await c.view.get("e3") == e3
+    assert view_hash(a) == view_hash(b) == view_hash(c)
+    # a v2 peer replaying the whole order from scratch builds the same view, byte for byte
+    d = await cluster.open("d", a.key)
+    await settle(a, b, c, d)
+    assert [e async for e in d.view.entries()] == [e1, e2, e3, e4]
+    assert view_hash(d) == view_hash(a)
 
 
 async def test_concurrent_upserts_converge_without_stale_index_keys(cluster: Cluster) -> None:

@@ -64,6 +64,12 @@ hostile = st.one_of(
     st.builds(
         lambda op, req: encoding.encode({"op": op, "req": req}), st.integers(0, 3), cbor_value
     ),
+    st.builds(  # a version this code knows, or a malformed one (never a newer one: that stops)
+        lambda op, req, v: encoding.encode({"op": op, "req": req, "v": v}),
+        st.integers(0, 3),
+        cbor_value,
+        st.one_of(st.integers(-1, 2), st.text(max_size=2), st.none()),
+    ),
     st.builds(lambda v, cut: v[: max(0, len(v) - cut)], valid_ops, st.integers(1, 20)),
     valid_ops,
 )
