@@ -144,6 +144,20 @@ def decode_message(data: bytes) -> dict[str, Any]:
     return obj
 
 
+def _ranges(indexes: list[int]) -> Iterator[tuple[int, int]]:
+    """Sorted distinct indexes as half-open ranges of consecutive runs."""
+    start = end = None
+    for i in indexes:
+        if end is not None and i == end:
+            end += 1
+            continue
+        if start is not None and end is not None:
+            yield start, end
+        start, end = i, i + 1
+    if start is not None and end is not None:
+        yield start, end
+
+
 # -- the session -----------------------------------------------------------------------------
 
 
@@ -218,7 +232,7 @@ class LogSession:
         if self._owed:
             ready = sorted(i for i in self._owed if self.log.has(i))
             self._owed.difference_update(ready)
-            out += [encode_have(i, i + 1) for i in ready]
+            out += [encode_have(start, end) for start, end in _ranges(ready)]
         out += self.pump()
         return out
 

@@ -269,3 +269,11 @@ def test_a_relay_that_lacked_a_block_says_have_once_it_arrives() -> None:
                 nxt += relay_down.receive(reply)[0]
         queue = nxt
     assert [i for i in range(6) if leaf.has(i)] == [3]
+
+
+def test_have_ranges_coalesce_consecutive_blocks() -> None:
+    assert list(rep._ranges([])) == []
+    assert list(rep._ranges([4])) == [(4, 5)]
+    assert list(rep._ranges([1, 2, 3, 5, 7, 8])) == [(1, 4), (5, 6), (7, 9)]
+    with pytest.raises(InvalidPeerDataError, match="empty range"):
+        rep.decode_message(rep.encode_have(3, 3))
