@@ -86,7 +86,7 @@ class SkippedOp:
 
 async def _put_entry(req: Request, ctx: OpContext) -> Skipped | None:
     try:
-        await ctx.tx.put(req["entry"], version=req.schema_version)
+        await ctx.tx.put_valid(req["entry"], version=req.schema_version)
     except ValidationError as exc:  # e.g. a field this code's schema version lacks
         return Skipped(f"put-entry: {exc.message}")
     return None

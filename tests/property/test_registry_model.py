@@ -166,4 +166,4 @@ class RegistryModel(RuleBasedStateMachine):
 
 
 TestRegistryModel = RegistryModel.TestCase
-TestRegistryModel.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+TestRegistryModel.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)

@@ -99,7 +99,7 @@ async def _two_peers(root: Path, values: list[bytes]) -> None:
             s.close()
 
 
-@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.lists(hostile, min_size=1, max_size=8))
 def test_hostile_values_are_skipped_identically(values: list[bytes]) -> None:
     with tempfile.TemporaryDirectory(prefix="registry-ops-") as d:
@@ -189,7 +189,7 @@ async def _partitions(root: Path, rounds: list[tuple[list[tuple[int, Any]], int]
             s.close()
 
 
-@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 @given(rounds=st.lists(st.tuples(round_ops, st.integers(0, 6)), min_size=1, max_size=5))
 def test_partitions_and_reorders_keep_indexes_exact(
     rounds: list[tuple[list[tuple[int, Any]], int]],
