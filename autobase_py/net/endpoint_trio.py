@@ -7,9 +7,9 @@ handshake, times out, or breaks the protocol is logged and dropped; the server k
 
 ``Endpoint`` keeps at most one live connection per remote public key. When two connections to
 the same key exist (both sides dialled at once), both sides keep the one *initiated by the
-lower public key*, and if the same side initiated both, the older one; the loser is closed
-gracefully. The rule depends only on the two keys and the order in which one side's dials
-happened, so both ends agree without talking.
+lower public key*, and if the same side initiated both, the one with the smaller handshake
+hash; the loser is closed gracefully. The rule depends only on facts both ends share, not on
+the order in which the handshakes finished, so both ends agree without talking.
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ def keeps(existing: Connection, new: Connection, local_key: bytes) -> bool:
     old_init = _initiator_key(existing, local_key)
     new_init = _initiator_key(new, local_key)
     if old_init == new_init:
-        return True
+        # One side dialled twice: both ends know both handshake hashes, so the smaller one
+        # wins whatever order the two handshakes finished in on either side.
+        return existing.handshake_hash < new.handshake_hash
     return old_init < new_init
 
 

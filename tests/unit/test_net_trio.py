@@ -469,3 +469,46 @@ async def test_reopening_a_name_we_refused_waits_for_the_peers_close() -> None:
             assert conn.mux.is_open(key)
             assert ChannelRequested(key, b"again") in seen and peer_mux.is_open(key)
             nursery.cancel_scope.cancel()
+
+
+def test_duplicate_rule_is_the_same_on_both_ends_whatever_the_order() -> None:
+    """Each end sees the pair's connections as (initiator?, remote key, handshake hash); both
+    must keep the same connection, in whichever order the handshakes finished."""
+    from dataclasses import dataclass
+
+    from autobase_py.net.endpoint_trio import keeps
+
+    @dataclass
+    class View:
+        initiator: bool
+        remote_public_key: bytes
+        handshake_hash: bytes
+
+    a, b = b"\x01" * 32, b"\x02" * 32
+    # Connection id -> (who initiated, handshake hash)
+    conns = {"x": (a, b"\x09" * 64), "y": (b, b"\x03" * 64), "z": (a, b"\x05" * 64)}
+
+    def seen_by(me: bytes, other: bytes, cid: str) -> View:
+        initiator, hh = conns[cid]
+        return View(initiator == me, other, hh)
+
+    def winner(me: bytes, other: bytes, order: list[str]) -> str:
+        kept = order[0]
+        for cid in order[1:]:
+            old, new = seen_by(me, other, kept), seen_by(me, other, cid)
+            if not keeps(old, new, me):  # type: ignore[arg-type]
+                kept = cid
+        return kept
+
+    import itertools
+
+    for ids_ in (["x", "y"], ["x", "z"], ["x", "y", "z"]):
+        results = {
+            winner(me, other, list(order))
+            for me, other in ((a, b), (b, a))
+            for order in itertools.permutations(ids_)
+        }
+        assert len(results) == 1, (ids_, results)
+    # Different initiators: the lower key's dial wins; same initiator: the smaller hash wins.
+    assert winner(a, b, ["y", "x"]) == "x"
+    assert winner(b, a, ["x", "z"]) == "z"
