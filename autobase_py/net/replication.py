@@ -209,6 +209,7 @@ class LogSession:
         self._next_id = 0
         self._inflight: dict[int, _Request] = {}
         self._upgrading = 0  # upgrade requests in flight
+        self._upgrade_refused = False  # the peer said "none" to an upgrade: wait for its sync
         # Eager scans resume at ``_frontier`` (everything between the stored prefix and it was
         # claimed when last seen) unless some claim was given back since (``_releases_seen``).
         self._frontier = 0
@@ -281,7 +282,7 @@ class LogSession:
         if not self.remote_synced or self.log.writable:
             return out
         log = self.log
-        if self._remote_ahead() and not self._upgrading:
+        if self._remote_ahead() and not self._upgrading and not self._upgrade_refused:
             start = log.length if self.remote_fork == log.fork else 0
             out.append(self._request(None, start))
         claimed = self.claims.blocks
@@ -328,6 +329,7 @@ class LogSession:
             self.remote_length, self.remote_fork = msg["length"], msg["fork"]
             self.remote_synced = True
             self._refused.clear()
+            self._upgrade_refused = False
             self._frontier = 0  # refused blocks may be back: scan again from the stored prefix
             return self.pump(), False
         if kind == "request":
@@ -348,6 +350,8 @@ class LogSession:
             # until its next sync; other sessions may still fetch it.
             if request.index is not None:
                 self._refused.add(request.index)
+            if request.upgrade is not None:
+                self._upgrade_refused = True  # no asking again (and again) until a new sync
             return self.pump(), request.index is not None
         try:
             stored = self._apply(msg["proof"], request)

@@ -277,3 +277,16 @@ def test_have_ranges_coalesce_consecutive_blocks() -> None:
     assert list(rep._ranges([1, 2, 3, 5, 7, 8])) == [(1, 4), (5, 6), (7, 9)]
     with pytest.raises(InvalidPeerDataError, match="empty range"):
         rep.decode_message(rep.encode_have(3, 3))
+
+
+def test_a_peer_that_refuses_its_own_claimed_length_is_not_asked_in_a_loop() -> None:
+    source = writer_log(3)
+    session = LogSession(replica_of(source))
+    requests = session.receive(rep.encode_sync(1000, 0))[0]  # claims far more than it has
+    upgrade = rep.decode_message(requests[0])
+    assert upgrade["upgrade"] == 0
+    again, _ = session.receive(rep.encode_none(upgrade["id"]))
+    assert again == []  # no new upgrade request until the peer syncs again
+    assert block_requests(session.local_changed()) == []
+    retry = session.receive(rep.encode_sync(3, 0))[0]
+    assert [rep.decode_message(m)["upgrade"] for m in retry] == [0]
