@@ -60,7 +60,7 @@ from autobase_py.bee import Batch, Bee, RangeIterator, Snapshot, decode_tuple, e
 from autobase_py.bee import prefix_range as _prefix_range
 from autobase_py.errors import DecodeError, InvalidKeyError, NotWritableError
 
-from .entry import Entry, validate_name
+from .entry import FIELDS, Entry, validate_name
 from .errors import SchemaError, ValidationError
 from .schema import Spec, decode_record, encode_record, load_spec, spec_at
 
@@ -104,6 +104,8 @@ class Layout:
         ids = [c.id for c in latest.collections.values()] + [x.id for x in latest.indexes.values()]
         if _META_ID in ids:
             raise SchemaError(f"id {_META_ID} is reserved for the registry's meta keys")
+        known = set(latest.records[_RECORD].field_names) if _RECORD in latest.records else set()
+        self._missing = tuple(f for f in FIELDS if f not in known)  # Entry fields v lacks
         # the schema version that introduced the owner index (older data needs the migration)
         self.owner_since = next(
             (v.version for v in spec.versions if "entries-by-owner" in v.indexes), 0
@@ -122,14 +124,16 @@ class Layout:
             keys.append(encode_tuple((self.by_owner, owner, entry.name)))
         return keys
 
+    def check(self, entry: Entry) -> None:
+        """ValidationError naming a set field that this schema version does not have."""
+        for name in self._missing:
+            if getattr(entry, name) is not None:
+                raise ValidationError(name, f"not a field in schema version {self.version}")
+
     def encode(self, entry: Entry) -> bytes:
-        schema = self.spec.latest
-        values = entry.to_dict()
-        record = schema.records[_RECORD]
-        for name, value in values.items():
-            if value is not None and record.field(name) is None:
-                raise ValidationError(name, f"not a field in schema version {schema.version}")
-        return encode_record(schema, _RECORD, values)
+        """The record bytes under this layout's schema version (refuses unknown fields)."""
+        self.check(entry)
+        return encode_record(self.spec.latest, _RECORD, entry.to_dict())
 
     def decode(self, data: bytes) -> Entry:
         fields = decode_record(self.spec, _RECORD, data)
@@ -294,7 +298,7 @@ class Transaction(_Reader):
         parses every ``put-entry`` request), saving a second validation in apply."""
         stored, layout, writer = await self._target(version)
         if writer is not layout:
-            writer.encode(new)  # refuses fields the writer's schema lacks, before any write
+            writer.check(new)  # refuses fields the writer's schema lacks, before any write
         record = layout.encode(new)
         old = await self.get(new.name)
         if old == new:

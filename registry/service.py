@@ -238,7 +238,7 @@ class RegistryService:
         """Validate all, then append one ``put-entry`` op each as ONE atomic batch."""
         parsed = [Entry.parse(e) for e in entries]
         for e in parsed:
-            self.view.layout.encode(e)  # fields this schema version lacks: refuse locally
+            self.view.layout.check(e)  # fields this schema version lacks: refuse locally
         if not parsed:
             return self._base.local_log.length
         codec = self._router.codec
