@@ -120,6 +120,7 @@ async def test_three_indexers_happy_path(cluster: Cluster) -> None:
     key = a.key
     b = await cluster.open("b", key)
     c = await cluster.open("c", key)
+    view_keys = [x.base.view_log.key for x in (a, b, c)]
     await a.add_writer(b.local_key)
     await settle(a, b, c)
     await b.add_writer(c.local_key)  # the new indexer can add the next one
@@ -139,6 +140,7 @@ async def test_three_indexers_happy_path(cluster: Cluster) -> None:
             "e2",
         ]
     assert view_hash(a) == view_hash(b) == view_hash(c)
+    assert [x.base.view_log.key for x in (a, b, c)] == view_keys  # no view is ever re-keyed
 
 
 async def test_one_indexer_online_accepts_but_does_not_confirm(cluster: Cluster) -> None:
