@@ -82,6 +82,7 @@ class Linearizer:
         self._tip_grew_only = True  # since the last update(), the tip only grew at its end
         self._sinks: set[NodeKey] = set()  # units nothing unconfirmed depends on
         self._last_commit_start = 0
+        self._steps = RoundSteps(0)  # replaced per epoch (keeping its journaling mode)
         self._set_epoch(_check_indexers(indexers))
 
     # --- epoch ------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ class Linearizer:
         self._index = {key: i for i, key in enumerate(indexers)}
         self._n = len(indexers)
         self._quorum = self._n // 2 + 1
-        self._steps = RoundSteps(self._n)
+        self._steps = RoundSteps(self._n, journal=self._steps.journaling)
         self._last_round = [-1] * self._n  # round of each indexer's newest node
         self._committed_round = -2  # last committed leader round of this epoch
         self._leaders: dict[int, NodeKey] = {}
@@ -456,10 +457,14 @@ class Linearizer:
 
     # --- persistence ------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """CBOR-encodable state of the confirmed part; see ``restore``."""
+    def state(self, *, steps: bool = True) -> dict[str, Any]:
+        """CBOR-encodable state of the confirmed part; see ``restore``.
+
+        With ``steps=False`` the round steps are left out and the state stays small (its size
+        depends on the number of writers only); persist ``take_round_steps()`` rows instead.
+        """
         heads = sorted(h for h in self._heads if h[1] <= self._confirmed.get(h[0], 0))
-        return {
+        out: dict[str, Any] = {
             "v": STATE_VERSION,
             "epoch": self._epoch,
             "indexers": list(self._indexers),
@@ -468,8 +473,20 @@ class Linearizer:
             "last_commit_start": self._last_commit_start,
             "writers": [[w, self._confirmed[w]] for w in sorted(self._confirmed)],
             "heads": [[w, k] for w, k in heads],
-            "steps": self._steps.encode(self._confirmed),
         }
+        if steps:
+            out["steps"] = self._steps.encode(self._confirmed)
+        return out
+
+    def take_round_steps(self) -> list[list[Any]]:
+        """Round-step rows ``[epoch, writer, length, [rounds]]`` recorded since the last call.
+
+        For incremental persistence: append the rows to storage in the same transaction as
+        ``state(steps=False)``, and pass all stored rows to ``restore(round_steps=...)``. The
+        first call returns every step so far. Rows of an older epoch are obsolete (``restore``
+        ignores them; the caller may delete them).
+        """
+        return [[self._epoch, *row] for row in self._steps.take()]
 
     @classmethod
     def restore(
@@ -479,13 +496,15 @@ class Linearizer:
         keep_history: bool = True,
         history: Iterable[NodeKey] | None = None,
         applied_tip: Iterable[NodeKey] = (),
+        round_steps: Iterable[Any] | None = None,
     ) -> Linearizer:
         """Rebuild from ``state()``; then re-add every node past ``known_length(writer)``.
 
         ``history`` (the confirmed keys, if the caller has them) makes ``order()`` complete;
         otherwise it starts at ``history_start == confirmed_length``. ``applied_tip`` lists
         the unconfirmed keys the caller's view had applied, so the first ``update()`` undoes
-        and applies relative to them.
+        and applies relative to them. ``round_steps``: the rows of ``take_round_steps()`` when
+        the state was saved with ``steps=False``.
         """
         try:
             if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
@@ -503,7 +522,19 @@ class Linearizer:
                 if not isinstance(writer, bytes):
                     raise DecodeError("head key must be bytes")
                 lin._heads.add((writer, _int(length)))
-            lin._steps = RoundSteps.decode(lin._n, state["steps"])
+            if "steps" in state:
+                lin._steps = RoundSteps.decode(lin._n, state["steps"])
+            else:
+                if round_steps is None:
+                    raise DecodeError("state without steps needs round_steps rows")
+                lin._steps = RoundSteps(lin._n, journal=True)
+                rows = []
+                for row in round_steps:
+                    if not isinstance(row, list) or not row or not _is_count0(row[0]):
+                        raise DecodeError("malformed round step row")
+                    if row[0] == lin._epoch:
+                        rows.append(row[1:])
+                lin._steps.replay(rows)
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed linearizer state: {exc!r}") from exc
         except MembershipError as exc:
@@ -527,6 +558,10 @@ def _check_indexers(indexers: object) -> list[bytes]:
     if not all(isinstance(key, bytes) and key for key in keys):
         raise MembershipError("indexer keys must be non-empty bytes")
     return sorted(set(keys))
+
+
+def _is_count0(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _int(value: Any) -> int:

@@ -23,10 +23,12 @@ from ..errors import DecodeError
 class RoundSteps:
     """Per-writer, per-indexer step functions ``length -> round`` (``-1`` before any step)."""
 
-    __slots__ = ("_n", "_steps")
+    __slots__ = ("_journal", "_n", "_steps")
 
-    def __init__(self, indexer_count: int) -> None:
+    def __init__(self, indexer_count: int, *, journal: bool = False) -> None:
         self._n = indexer_count
+        # rows (writer, length, round vector) added since the last ``take``; None = not kept
+        self._journal: list[list[Any]] | None = [] if journal else None
         # writer -> per indexer: (lengths where the round steps up, the round from there on),
         # as 8-byte integer arrays: a step costs 16 bytes
         self._steps: dict[bytes, list[tuple[array[int], array[int]]]] = {}
@@ -37,11 +39,46 @@ class RoundSteps:
         if per is None:
             per = [(array("q"), array("q")) for _ in range(self._n)]
             self._steps[writer] = per
+        stepped = False
         for i, value in enumerate(rv):
             starts, rounds = per[i]
             if value >= 0 and (not rounds or value > rounds[-1]):
                 starts.append(length)
                 rounds.append(value)
+                stepped = True
+        if stepped and self._journal is not None:
+            self._journal.append([writer, length, list(rv)])
+
+    @property
+    def journaling(self) -> bool:
+        return self._journal is not None
+
+    def take(self) -> list[list[Any]]:
+        """Rows recorded since the last call; the first call returns every step so far."""
+        if self._journal is None:
+            rows: list[list[Any]] = []
+            for writer in sorted(self._steps):
+                starts = sorted({k for per_starts, _ in self._steps[writer] for k in per_starts})
+                rows.extend([writer, k, self.lookup(writer, k)] for k in starts)
+            self._journal = []
+            return rows
+        rows, self._journal = self._journal, []
+        return rows
+
+    def replay(self, rows: list[list[Any]]) -> None:
+        """Record rows produced by ``take`` (in their order)."""
+        for row in rows:
+            if (
+                not isinstance(row, list)
+                or len(row) != 3
+                or not isinstance(row[0], bytes)
+                or not _is_int(row[1])
+                or not isinstance(row[2], list)
+                or len(row[2]) != self._n
+                or not all(_is_int(x) and -1 <= x < 2**63 for x in row[2])
+            ):
+                raise DecodeError("malformed round step row")
+            self.record(row[0], row[1], row[2])
 
     def lookup(self, writer: bytes, length: int) -> list[int]:
         """The round vector of ``writer@length`` as recorded."""

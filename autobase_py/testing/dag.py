@@ -53,6 +53,7 @@ class SimPeer:
         self.confirmed: list[NodeKey] = []
         self.known: set[NodeKey] = set()
         self.added: list[Node] = []
+        self.rows: list[list[Any]] = []  # round-step rows persisted incrementally
 
     def receive(self, node: Node) -> None:
         if node.key in self.known:
@@ -192,24 +193,33 @@ class SimNetwork:
                 lin.set_indexers(change, at=at)
                 switched = True
             if update.settled and not switched:
+                peer.rows.extend(lin.take_round_steps())
                 return
 
     def sync_all(self) -> None:
         for key in self.writers:
             self.sync(key)
 
-    def restart(self, writer: bytes, *, with_history: bool = True) -> None:
-        """Rebuild the peer's linearizer from its persisted state plus its unconfirmed nodes."""
+    def restart(self, writer: bytes, *, with_history: bool = True, small: bool = False) -> None:
+        """Rebuild the peer's linearizer from its persisted state plus its unconfirmed nodes.
+
+        ``small``: the state was saved without round steps, which come from the rows the peer
+        persisted incrementally (``take_round_steps``) instead.
+        """
         peer = self.peers[writer]
-        self.trace.append(["restart", self._w(writer), with_history])
+        self.trace.append(["restart", self._w(writer), with_history, small])
         old = peer.lin
-        state = decode(encode(old.state()))
+        peer.rows.extend(old.take_round_steps())
+        state = decode(encode(old.state(steps=not small)))
         conf = old.confirmed_length
         lin = Linearizer.restore(
             state,
             history=peer.view[:conf] if with_history and old.history_start == 0 else None,
             applied_tip=peer.view[conf:],
+            round_steps=decode(encode(peer.rows)) if small else None,
         )
+        if not small:
+            peer.rows = []  # the next take_round_steps() returns every step again
         for node in peer.added:
             if node.length > lin.known_length(node.writer):
                 lin.add(node)
@@ -278,7 +288,7 @@ def replay(
         elif kind == "heal":
             net.heal()
         elif kind == "restart":
-            net.restart(keys[op[1]], with_history=op[2])
+            net.restart(keys[op[1]], with_history=op[2], small=len(op) > 3 and op[3])
         else:
             raise ValueError(f"unknown operation {kind!r}")
         net.sync_all()

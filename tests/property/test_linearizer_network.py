@@ -118,10 +118,10 @@ class LinearizerNetwork(RuleBasedStateMachine):
     def heal(self) -> None:
         self.net.heal()
 
-    @rule(who=st.integers(0, 4), with_history=st.booleans())
-    def restart(self, who: int, with_history: bool) -> None:
+    @rule(who=st.integers(0, 4), with_history=st.booleans(), small=st.booleans())
+    def restart(self, who: int, with_history: bool, small: bool) -> None:
         writer = self.keys[who % len(self.keys)]
-        self.net.restart(writer, with_history=with_history)
+        self.net.restart(writer, with_history=with_history, small=small)
         self.net.sync(writer)
 
     @precondition(lambda self: self.total() < MAX_NODES)
@@ -139,8 +139,10 @@ class LinearizerNetwork(RuleBasedStateMachine):
                 net.ack(writer)
             elif pick < 0.8:
                 net.deliver(writer, rng.randint(1, 5), rng)
-            elif pick < 0.9:
+            elif pick < 0.85:
                 net.partition({k: rng.randint(0, 1) for k in self.keys})
+            elif pick < 0.9:
+                net.restart(writer, with_history=rng.random() < 0.5, small=rng.random() < 0.5)
             else:
                 net.heal()
             net.sync(writer)

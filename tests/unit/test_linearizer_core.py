@@ -286,7 +286,9 @@ def test_restart_continues_like_a_twin() -> None:
         net.sync_all()
         twin.sync_all()
         if step % 17 == 0:
-            net.restart(rng.choice(keys), with_history=rng.random() < 0.5)
+            net.restart(
+                rng.choice(keys), with_history=rng.random() < 0.5, small=rng.random() < 0.5
+            )
             net.sync_all()
     for w in keys:
         assert net.peers[w].confirmed == twin.peers[w].confirmed
@@ -307,6 +309,26 @@ def test_state_is_cbor_and_small() -> None:
     restored = Linearizer.restore(decode(encode(state)), keep_history=False)
     assert restored.confirmed_length == lin.confirmed_length
     assert restored.history_start == lin.confirmed_length
+
+
+def test_small_state_with_incremental_round_steps() -> None:
+    net = SimNetwork([A, B, C], [A, B, C], keep_history=False)
+    sizes = []
+    for i in range(300):
+        net.append([A, B, C][i % 3], [b"v"])
+        quiet_waves(net, 6)
+        if i % 100 == 99:
+            sizes.append(len(encode(net.peers[A].lin.state(steps=False))))
+    assert max(sizes) - min(sizes) < 16  # the small state does not grow with history
+    assert len(encode(net.peers[A].lin.state())) > 10 * sizes[0]  # the full one does
+    lin = net.peers[A].lin
+    rows = net.peers[A].rows + lin.take_round_steps()
+    again = Linearizer.restore(decode(encode(lin.state(steps=False))), round_steps=rows)
+    assert again.stats()["round_steps"] == lin.stats()["round_steps"]
+    with pytest.raises(DecodeError):
+        Linearizer.restore(lin.state(steps=False))  # the rows are required
+    with pytest.raises(DecodeError):
+        Linearizer.restore(lin.state(steps=False), round_steps=[[0, A, 1, [0]]])
 
 
 @pytest.mark.parametrize(
