@@ -19,13 +19,15 @@ How the base drives it (one apply cycle)::
             lin.set_indexers(new_keys, at=p)  # takes effect at this commit on every peer
             continue
         if u.settled: break
-    persist: lin.state() (CBOR-encodable) with the applied records, in the same transaction
+    persist, in the same transaction as the applied records: lin.state(steps=False) (small,
+    CBOR-encodable) and append the rows of lin.take_round_steps() (only what is new)
     for key in my indexer keys: if lin.should_ack(key): append an ack (after a small jitter)
     new nodes name lin.heads()
 
 Restart: ``Linearizer.restore(state, keep_history=False, applied_tip=keys the view had applied
-past the confirmed prefix)``, then re-add every node past ``known_length(writer)`` in causal
-order. Removing the last indexer is refused with ``MembershipError``.
+past the confirmed prefix, round_steps=all stored rows)``, then re-add every node past
+``known_length(writer)`` in causal order. Removing the last indexer is refused with
+``MembershipError``.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ Memory. Unconfirmed entries and units, round tables for rounds above the last co
 one ``RoundSteps`` (a few integers per round per writer/indexer pair), the head set (at most one
 per writer) and, only with ``keep_history=True``, the keys of the confirmed prefix.
 ``state()`` / ``Linearizer.restore`` persist everything but the unconfirmed nodes, which the
-caller re-adds from its logs (those past ``known_length(writer)``) after restoring.
+caller re-adds from its logs (those past ``known_length(writer)``) after restoring; with
+``state(steps=False)`` the round steps travel separately and incrementally
+(``take_round_steps()`` rows, ``restore(round_steps=...)``).
 
 Undo/apply counting: every node of ``order()`` counts, acks included (see ``Update``).
 """
