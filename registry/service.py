@@ -216,7 +216,12 @@ class RegistryService:
         return self._base.local_key
 
     def confirmed_view(self) -> Registry:
-        """What a reader gets: the view at the newest certificate (empty before the first)."""
+        """The view at the confirmed prefix: what every peer has agreed on (no tip)."""
+        return self.view.at(self._base.confirmed_view_length)
+
+    def signed_view(self) -> Registry:
+        """What a reader that trusts only certificates gets: the view at the newest
+        certificate (empty before the first); may lag ``confirmed_view`` by one exchange."""
         cert = self._base.certificate
         length = 0 if cert is None else cert.checkpoint.view_length
         return self.view.at(length)

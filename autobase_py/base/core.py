@@ -266,6 +266,11 @@ class Autobase(Generic[V]):
         return self.lin.confirmed_length
 
     @property
+    def confirmed_view_length(self) -> int:
+        """View log length after the confirmed prefix (what a quorum has agreed on)."""
+        return self._floor_view_length
+
+    @property
     def signed_length(self) -> int:
         return 0 if self.certificate is None else self.certificate.checkpoint.confirmed_length
 

@@ -160,6 +160,7 @@ async def test_one_indexer_online_accepts_but_does_not_confirm(cluster: Cluster)
     await settle(a, b)
     assert a.base.unconfirmed_values == 0
     assert await a.confirmed_view().get("two-down") is not None
+    assert await a.signed_view().get("two-down") is not None
     assert await b.confirmed_view().get("two-down") is not None
     await settle(a, b, c)
     assert await c.view.get("two-down") is not None
