@@ -54,10 +54,16 @@ Undo/apply counting: every node of ``order()`` counts, acks included (see ``Upda
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import DecodeError, InvalidNodeError, MembershipError, MissingDependencyError
+from ..errors import (
+    DecodeError,
+    InvalidNodeError,
+    LocalError,
+    MembershipError,
+    MissingDependencyError,
+)
 from .dag import Entry, Unit, ancestors, kahn, normalize_deps
 from .node import Node, NodeKey, Update, check_node
 from .rounds import RoundSteps
@@ -68,7 +74,23 @@ STATE_VERSION = 1
 class Linearizer:
     """Deterministic order + quorum confirmation over a causal DAG of writers' nodes."""
 
-    def __init__(self, indexers: Sequence[bytes], *, keep_history: bool = True) -> None:
+    def __init__(
+        self,
+        indexers: Sequence[bytes],
+        *,
+        keep_history: bool = True,
+        round_window: int | None = None,
+        round_lookup: Callable[[int, bytes, int], Sequence[int]] | None = None,
+    ) -> None:
+        """``round_window``/``round_lookup``: keep only the newest ``round_window`` round
+        steps per writer/indexer in memory once handed out by ``take_round_steps()``; older
+        ones are read back with ``round_lookup(epoch, writer, length)``, which must return the
+        round vector of the newest stored row of that epoch and writer at or below ``length``
+        (``[-1] * n`` if none)."""
+        if round_window is not None and (round_lookup is None or round_window < 1):
+            raise LocalError("round_window needs round_lookup and must be >= 1")
+        self._round_window = round_window
+        self._round_lookup = round_lookup
         self._keep_history = keep_history
         self._history: list[NodeKey] = []
         self._confirmed_length = 0
@@ -94,7 +116,7 @@ class Linearizer:
         self._index = {key: i for i, key in enumerate(indexers)}
         self._n = len(indexers)
         self._quorum = self._n // 2 + 1
-        self._steps = RoundSteps(self._n, journal=self._steps.journaling)
+        self._steps = self._new_steps(journal=self._steps.journaling)
         self._last_round = [-1] * self._n  # round of each indexer's newest node
         self._committed_round = -2  # last committed leader round of this epoch
         self._leaders: dict[int, NodeKey] = {}
@@ -103,6 +125,12 @@ class Linearizer:
         for entry in self._entries.values():
             self._place(entry)
         self._invalidate_tip()
+
+    def _new_steps(self, *, journal: bool) -> RoundSteps:
+        lookup = self._round_lookup
+        epoch = self._epoch
+        fallback = None if lookup is None else (lambda w, k: lookup(epoch, w, k))
+        return RoundSteps(self._n, journal=journal, window=self._round_window, fallback=fallback)
 
     @property
     def indexers(self) -> list[bytes]:
@@ -465,6 +493,8 @@ class Linearizer:
         With ``steps=False`` the round steps are left out and the state stays small (its size
         depends on the number of writers only); persist ``take_round_steps()`` rows instead.
         """
+        if steps and not self._steps.complete:
+            raise LocalError("round steps were trimmed (round_window): use state(steps=False)")
         heads = sorted(h for h in self._heads if h[1] <= self._confirmed.get(h[0], 0))
         out: dict[str, Any] = {
             "v": STATE_VERSION,
@@ -499,6 +529,8 @@ class Linearizer:
         history: Iterable[NodeKey] | None = None,
         applied_tip: Iterable[NodeKey] = (),
         round_steps: Iterable[Any] | None = None,
+        round_window: int | None = None,
+        round_lookup: Callable[[int, bytes, int], Sequence[int]] | None = None,
     ) -> Linearizer:
         """Rebuild from ``state()``; then re-add every node past ``known_length(writer)``.
 
@@ -506,12 +538,18 @@ class Linearizer:
         otherwise it starts at ``history_start == confirmed_length``. ``applied_tip`` lists
         the unconfirmed keys the caller's view had applied, so the first ``update()`` undoes
         and applies relative to them. ``round_steps``: the rows of ``take_round_steps()`` when
-        the state was saved with ``steps=False``.
+        the state was saved with ``steps=False`` (with a ``round_window``, the newest rows of
+        each writer are enough: older ones are read through ``round_lookup``).
         """
         try:
             if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
                 raise DecodeError("unknown linearizer state version")
-            lin = cls(state["indexers"], keep_history=keep_history)
+            lin = cls(
+                state["indexers"],
+                keep_history=keep_history,
+                round_window=round_window,
+                round_lookup=round_lookup,
+            )
             lin._epoch = _int(state["epoch"])
             lin._confirmed_length = _int(state["confirmed_length"])
             lin._committed_round = _int(state["committed_round"])
@@ -529,7 +567,7 @@ class Linearizer:
             else:
                 if round_steps is None:
                     raise DecodeError("state without steps needs round_steps rows")
-                lin._steps = RoundSteps(lin._n, journal=True)
+                lin._steps = lin._new_steps(journal=True)
                 rows = []
                 for row in round_steps:
                     if not isinstance(row, list) or not row or not _is_count0(row[0]):
@@ -537,6 +575,7 @@ class Linearizer:
                     if row[0] == lin._epoch:
                         rows.append(row[1:])
                 lin._steps.replay(rows)
+                lin._steps.trim(everything=True)
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed linearizer state: {exc!r}") from exc
         except MembershipError as exc:

@@ -15,18 +15,33 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import DecodeError
+
+RoundLookup = Callable[[bytes, int], Sequence[int]]
 
 
 class RoundSteps:
     """Per-writer, per-indexer step functions ``length -> round`` (``-1`` before any step)."""
 
-    __slots__ = ("_journal", "_n", "_steps")
+    __slots__ = ("_fallback", "_journal", "_n", "_steps", "_trimmed", "_window")
 
-    def __init__(self, indexer_count: int, *, journal: bool = False) -> None:
+    def __init__(
+        self,
+        indexer_count: int,
+        *,
+        journal: bool = False,
+        window: int | None = None,
+        fallback: RoundLookup | None = None,
+    ) -> None:
         self._n = indexer_count
+        # with a window, ``take`` keeps only the newest ``window`` steps of each function in
+        # memory; older ones were handed out as rows and are read back through ``fallback``
+        self._window = window
+        self._fallback = fallback
+        self._trimmed: dict[bytes, list[bool]] = {}
         # rows (writer, length, round vector) added since the last ``take``; None = not kept
         self._journal: list[list[Any]] | None = [] if journal else None
         # writer -> per indexer: (lengths where the round steps up, the round from there on),
@@ -61,9 +76,28 @@ class RoundSteps:
                 starts = sorted({k for per_starts, _ in self._steps[writer] for k in per_starts})
                 rows.extend([writer, k, self.lookup(writer, k)] for k in starts)
             self._journal = []
-            return rows
-        rows, self._journal = self._journal, []
+        else:
+            rows, self._journal = self._journal, []
+        self.trim()
         return rows
+
+    def trim(self, *, everything: bool = False) -> None:
+        """Drop all but the newest ``window`` steps per function (no-op without a window).
+
+        ``everything``: mark every function as possibly incomplete (after a partial replay).
+        """
+        if self._window is None:
+            return
+        keep = self._window
+        for writer, per in self._steps.items():
+            flags = self._trimmed.setdefault(writer, [False] * self._n)
+            for i, (starts, rounds) in enumerate(per):
+                if len(starts) > keep:
+                    del starts[: len(starts) - keep]
+                    del rounds[: len(rounds) - keep]
+                    flags[i] = True
+                elif everything:
+                    flags[i] = True
 
     def replay(self, rows: list[list[Any]]) -> None:
         """Record rows produced by ``take`` (in their order)."""
@@ -84,16 +118,33 @@ class RoundSteps:
         """The round vector of ``writer@length`` as recorded."""
         per = self._steps.get(writer)
         if per is None:
-            return [-1] * self._n
+            per = []
+        flags = self._trimmed.get(writer)
         out: list[int] = []
-        for starts, rounds in per:
+        for i, (starts, rounds) in enumerate(per):
             at = bisect_right(starts, length) - 1
+            if at < 0 and flags is not None and flags[i]:
+                return self._look_back(writer, length)
             out.append(rounds[at] if at >= 0 else -1)
-        return out
+        if not per and flags is not None and any(flags):
+            return self._look_back(writer, length)
+        return out or [-1] * self._n
+
+    def _look_back(self, writer: bytes, length: int) -> list[int]:
+        assert self._fallback is not None, "a window needs a fallback lookup"
+        found = [int(x) for x in self._fallback(writer, length)]
+        if len(found) != self._n:
+            raise ValueError("the round lookup returned a vector of the wrong size")
+        return found
 
     def entries(self) -> int:
         """How many steps are stored (for memory reports)."""
         return sum(len(starts) for per in self._steps.values() for starts, _ in per)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every step is still in memory (nothing trimmed)."""
+        return not any(any(flags) for flags in self._trimmed.values())
 
     def encode(self, limits: dict[bytes, int]) -> list[Any]:
         """CBOR-ready steps, keeping only steps at or below ``limits[writer]`` (confirmed)."""

@@ -55,6 +55,13 @@ class SimPeer:
         self.added: list[Node] = []
         self.rows: list[list[Any]] = []  # round-step rows persisted incrementally
 
+    def round_lookup(self, epoch: int, writer: bytes, length: int) -> list[int]:
+        """What a storage query over the persisted rows would answer."""
+        for row in reversed(self.rows):
+            if row[0] == epoch and row[1] == writer and row[2] <= length:
+                return list(row[3])
+        return [-1] * len(self.lin.indexers)
+
     def receive(self, node: Node) -> None:
         if node.key in self.known:
             return
@@ -71,13 +78,18 @@ class SimNetwork:
         *,
         membership: Callable[[Node], Sequence[bytes] | None] | None = membership,
         keep_history: bool = True,
+        round_window: int | None = None,
     ) -> None:
         self.writers = list(writers)
         self.genesis = sorted(indexers)
         self.membership = membership
         self.nodes: dict[NodeKey, Node] = {}
-        self.peers = {w: SimPeer(w, Linearizer(self.genesis, keep_history=keep_history))
-                      for w in self.writers}
+        self.round_window = round_window
+        self.peers: dict[bytes, SimPeer] = {}
+        for w in self.writers:
+            peer = SimPeer(w, Linearizer(self.genesis))
+            peer.lin = self._linearizer(peer, keep_history)
+            self.peers[w] = peer
         self.group: dict[bytes, int] = dict.fromkeys(self.writers, 0)
         self.acks = 0
         self.values = 0
@@ -86,6 +98,16 @@ class SimNetwork:
 
     def _w(self, writer: bytes) -> int:
         return self.writers.index(writer)
+
+    def _linearizer(self, peer: SimPeer, keep_history: bool) -> Linearizer:
+        if self.round_window is None:
+            return Linearizer(self.genesis, keep_history=keep_history)
+        return Linearizer(
+            self.genesis,
+            keep_history=keep_history,
+            round_window=self.round_window,
+            round_lookup=peer.round_lookup,
+        )
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -207,6 +229,7 @@ class SimNetwork:
         persisted incrementally (``take_round_steps``) instead.
         """
         peer = self.peers[writer]
+        small = small or self.round_window is not None
         self.trace.append(["restart", self._w(writer), with_history, small])
         old = peer.lin
         peer.rows.extend(old.take_round_steps())
@@ -217,6 +240,8 @@ class SimNetwork:
             history=peer.view[:conf] if with_history and old.history_start == 0 else None,
             applied_tip=peer.view[conf:],
             round_steps=decode(encode(peer.rows)) if small else None,
+            round_window=self.round_window,
+            round_lookup=peer.round_lookup if self.round_window is not None else None,
         )
         if not small:
             peer.rows = []  # the next take_round_steps() returns every step again

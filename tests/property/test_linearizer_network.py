@@ -67,13 +67,15 @@ class LinearizerNetwork(RuleBasedStateMachine):
         count=st.integers(3, 5),
         indexer_mask=st.integers(1, 31),
         seed=st.integers(0, 2**32 - 1),
+        windowed=st.booleans(),
     )
-    def setup(self, count: int, indexer_mask: int, seed: int) -> None:
+    def setup(self, count: int, indexer_mask: int, seed: int, windowed: bool) -> None:
         self.keys = writer_keys(count)
         indexers = [k for i, k in enumerate(self.keys) if indexer_mask >> i & 1]
         if not indexers:
             indexers = self.keys[:1]
-        self.net = SimNetwork(self.keys, indexers)
+        # windowed: only the newest round steps stay in memory, older ones come from "storage"
+        self.net = SimNetwork(self.keys, indexers, round_window=1 if windowed else None)
         self.rng = random.Random(seed)
         self.changes = 0
 

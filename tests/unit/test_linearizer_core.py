@@ -10,6 +10,7 @@ from autobase_py.encoding import decode, encode
 from autobase_py.errors import (
     DecodeError,
     InvalidNodeError,
+    LocalError,
     MembershipError,
     MissingDependencyError,
 )
@@ -266,10 +267,11 @@ def test_removing_the_last_indexer_is_refused_everywhere() -> None:
 # --- restart --------------------------------------------------------------------------------------
 
 
-def test_restart_continues_like_a_twin() -> None:
+@pytest.mark.parametrize("window", [None, 1, 3])
+def test_restart_continues_like_a_twin(window: int | None) -> None:
     rng = random.Random(3)
     keys = [A, B, C, D]
-    net = SimNetwork(keys, [A, B, C])
+    net = SimNetwork(keys, [A, B, C], round_window=window)
     twin = SimNetwork(keys, [A, B, C])
     for step in range(120):
         writer = rng.choice(keys)
@@ -294,6 +296,20 @@ def test_restart_continues_like_a_twin() -> None:
         assert net.peers[w].confirmed == twin.peers[w].confirmed
         assert net.peers[w].lin.tip() == twin.peers[w].lin.tip()
         assert net.peers[w].view == twin.peers[w].view
+    if window is not None:  # memory holds at most `window` steps per writer/indexer pair
+        assert net.peers[A].lin.stats()["round_steps"] <= window * len(keys) * 3
+
+
+def test_round_window_needs_a_lookup() -> None:
+    with pytest.raises(LocalError):
+        Linearizer([A], round_window=4)
+    lin = Linearizer([A], round_window=1, round_lookup=lambda e, w, k: [-1])
+    for i in range(1, 5):
+        lin.add(Node(A, i, (), 1, b"x"))
+    lin.update()
+    lin.take_round_steps()
+    with pytest.raises(LocalError):
+        lin.state()  # steps were trimmed: only the small state makes sense
 
 
 def test_state_is_cbor_and_small() -> None:
