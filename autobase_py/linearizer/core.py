@@ -42,8 +42,9 @@ change before anything else is confirmed under the old set. The new epoch restar
 over the nodes still unconfirmed; their bookkeeping is recomputed once (``O(unconfirmed)``).
 
 Memory. Unconfirmed entries and units, round tables for rounds above the last committed one,
-one ``RoundSteps`` (a few integers per round per writer/indexer pair), the head set (at most one
-per writer) and, only with ``keep_history=True``, the keys of the confirmed prefix.
+one ``RoundSteps`` (a few integers per round per writer/indexer pair; with ``round_window`` only
+the newest ones, older ones read back through ``round_lookup``), the head set (at most one per
+writer) and, only with ``keep_history=True``, the keys of the confirmed prefix.
 ``state()`` / ``Linearizer.restore`` persist everything but the unconfirmed nodes, which the
 caller re-adds from its logs (those past ``known_length(writer)``) after restoring; with
 ``state(steps=False)`` the round steps travel separately and incrementally
