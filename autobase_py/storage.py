@@ -16,13 +16,19 @@ every enlisted participant reloads its in-memory state from the database (which 
 rolled-back state), so memory never runs ahead of disk. A write outside any transaction (a
 bare ``log.append``) opens its own, so it commits alone.
 
-fsync policy. ``synchronous=FULL``: each outermost COMMIT fsyncs the WAL before returning, so a
-returned ``append``/``put``/``transaction`` is durable against power loss and ``kill -9``. WAL
-checkpoints (copying the WAL into the main file) run automatically every ~1000 pages and fsync
-the main file; a crash during one is recovered from the WAL on the next open. Group commit is the
-caller's lever: many appends (of many logs) and records inside one ``transaction()`` cost one
-fsync. That is how the base commits an apply cycle, and how the throughput figures in
-``bench/log_bench.py`` are reached.
+fsync policy. Every commit is atomic (WAL); a commit is made *durable* against power loss
+when something in it asked for that with :meth:`Storage.require_sync`: the outermost COMMIT then
+fsyncs the WAL before returning (exactly what ``synchronous=FULL`` does, but only when needed).
+Appends to a writable log ask for it by default, because a signed block that reached a peer and
+was then lost locally would make this writer sign a different block at the same length
+(equivocation). Data that can be fetched or recomputed (replicated blocks, a local view log that
+is a deterministic function of the oplogs, bookkeeping records) commits without its own fsync
+(``synchronous=NORMAL``): after a power loss the database is still consistent, at most the
+last such transactions are gone, and the next durable commit covers them too. ``kill -9`` loses
+nothing committed either way (the OS keeps the written WAL). WAL checkpoints run automatically
+every ~1000 pages and fsync the main file. Group commit is the caller's lever: many appends (of
+many logs) and records inside one ``transaction()`` cost at most one fsync. That is how the base
+commits an apply cycle, and how the throughput figures in ``bench/log_bench.py`` are reached.
 
 Layout. Logs live in three tables keyed by one integer each (cheap rowid B-trees):
 ``logs`` (one header row per log: key, manifest, name, length, fork, byte length, signature,
@@ -108,6 +114,8 @@ class Storage:
         self._lock_fd = lock_fd
         self._depth = 0
         self._participants: dict[int, Participant] = {}
+        self._sync_needed = False
+        self.syncs = 0  # fsyncs made at commit (for benchmarks and tests)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -139,7 +147,7 @@ class Storage:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise StorageError(f"SQLite refused WAL mode (got {mode})")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")  # fsync on demand: see require_sync
             db.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
@@ -201,10 +209,34 @@ class Storage:
         """Ask to be reloaded from disk if the running transaction (or a level of it) rolls back."""
         self._participants[id(participant)] = participant
 
+    def require_sync(self) -> None:
+        """Make the running (or next) outermost commit durable against power loss."""
+        self._sync_needed = True
+
+    def _sync(self) -> None:
+        self._sync_needed = False
+        if self._lock_fd < 0:
+            return  # in-memory database
+        wal = self.path / "db.sqlite-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing was written through the WAL
+        except OSError as exc:
+            raise StorageError(f"cannot open {wal} to fsync it: {exc}") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError(f"fsync of {wal} failed: {exc}") from exc
+        finally:
+            os.close(fd)
+        self.syncs += 1
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Re-entrant transaction; the outermost level commits (one fsync), inner levels are
-        savepoints. Any exception rolls the level back and reloads enlisted participants."""
+        """Re-entrant transaction; the outermost level commits (with one fsync if anything in it
+        called ``require_sync``), inner levels are savepoints. Any exception rolls the level
+        back and reloads enlisted participants."""
         db = self.db
         level = self._depth
         try:
@@ -216,6 +248,8 @@ class Storage:
             yield
         except BaseException as exc:
             self._depth = level
+            if level == 0:
+                self._sync_needed = False
             self._rollback(level)
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"storage write failed: {exc}") from exc
@@ -228,6 +262,8 @@ class Storage:
             raise StorageError(f"commit failed: {exc}") from exc
         if level == 0:
             self._participants.clear()
+            if self._sync_needed:
+                self._sync()
 
     def _rollback(self, level: int) -> None:
         db = self._db

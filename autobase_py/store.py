@@ -45,7 +45,9 @@ class Store:
             stored = storage.get(PRIMARY_SEED_RECORD)
             if stored is None:
                 stored = primary_seed if primary_seed is not None else crypto.random_bytes(32)
-                storage.put(PRIMARY_SEED_RECORD, stored)
+                with storage.transaction():
+                    storage.require_sync()  # the folder's identity: never lose it
+                    storage.put(PRIMARY_SEED_RECORD, stored)
             elif primary_seed is not None and primary_seed != stored:
                 raise LocalError(f"storage folder {path} already has another primary seed")
         except BaseException:

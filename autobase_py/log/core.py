@@ -86,6 +86,10 @@ class Log:
         self.byte_length = 0
         self.signature: bytes | None = None
         self.frozen = False
+        # A signed append that a peer may already hold must survive power loss, or this
+        # writer would later sign a different block at the same length. Logs whose content
+        # is a deterministic function of others (a base's view) may turn this off.
+        self.durable_appends = True
         self._roots: list[Node] = []
         self._load(row)
 
@@ -232,6 +236,8 @@ class Log:
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
+            if self.durable_appends:
+                storage.require_sync()
             storage.put_blocks(self._id, self.length, blocks)
             storage.put_node_rows(rows)
             storage.write_header(self._id, length, self.fork, byte_length, signature)
@@ -255,6 +261,8 @@ class Log:
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
+            if self.durable_appends:
+                storage.require_sync()
             storage.truncate_log(self._id, length, flat_tree.straddlers(length))
             storage.write_header(self._id, length, fork, byte_length, signature)
             self.length = length

@@ -20,8 +20,46 @@ def test_open_creates_folder_and_wal(tmp_path: Path) -> None:
     with Storage.open(tmp_path / "a" / "b") as storage:
         assert (tmp_path / "a" / "b" / "LOCK").exists()
         assert storage.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert storage.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        # NORMAL: commits fsync only when asked (require_sync), see the module header
+        assert storage.db.execute("PRAGMA synchronous").fetchone()[0] == 1
     assert storage.closed
+
+
+def test_commits_fsync_exactly_when_required(tmp_path: Path) -> None:
+    with Storage.open(tmp_path / "s") as storage:
+        with storage.transaction():
+            storage.put(b"k", b"v")
+        assert storage.syncs == 0
+        with storage.transaction():
+            with storage.transaction():
+                storage.require_sync()
+            storage.put(b"k", b"w")
+        assert storage.syncs == 1
+        try:
+            with storage.transaction():
+                storage.require_sync()
+                raise RuntimeError("rolled back")
+        except RuntimeError:
+            pass
+        with storage.transaction():
+            storage.put(b"k", b"x")
+        assert storage.syncs == 1  # a rolled-back request does not leak into the next commit
+
+
+def test_signed_appends_are_durable_but_a_view_may_opt_out(tmp_path: Path) -> None:
+    from autobase_py.store import Store
+
+    with Store.open(tmp_path / "s") as store:
+        storage = store.storage
+        before = storage.syncs
+        oplog = store.get(name="oplog")
+        oplog.append([b"a"])
+        assert storage.syncs == before + 1
+        view = store.get(name="view")
+        view.durable_appends = False
+        view.append([b"b"])
+        view.truncate(0)
+        assert storage.syncs == before + 1
 
 
 def test_second_open_in_one_process_is_locked(tmp_path: Path) -> None:
