@@ -567,7 +567,6 @@ class Autobase(Generic[V]):
             if n.value is not None and self.membership.is_writer(n.writer)
         ]
         if values:
-            before = self.membership.encode()
             host = ApplyHost(self.membership)
             try:
                 await self._apply_fn(values, self.view, host)
@@ -581,7 +580,7 @@ class Autobase(Generic[V]):
                 self._events.publish("error", reason=refusal)
             for key in host.added:
                 self._log(key)
-            if self.membership.encode() != before:
+            if host.changed:
                 length = self._applied_length + len(unit)
                 self._memberships.append((length, self.membership.copy()))
                 self._put_membership(length, self.membership)
@@ -664,7 +663,8 @@ class Autobase(Generic[V]):
             sigs = self._pool.get(boundary)
             if not sigs:
                 continue
-            cert = assemble(self.key, sigs.values(), info.membership, info.signing)
+            # signatures in the pool were verified on arrival (or made here)
+            cert = assemble(self.key, sigs.values(), info.membership, info.signing, verified=True)
             if cert is None or cert.checkpoint != info.checkpoint:
                 continue
             if info.link:

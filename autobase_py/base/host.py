@@ -32,6 +32,7 @@ class ApplyHost:
         self.refusals: list[str] = []
         self.interrupted: str | None = None
         self.added: list[bytes] = []
+        self.changed = False  # did any call change the membership?
 
     @property
     def membership(self) -> Membership:
@@ -43,18 +44,24 @@ class ApplyHost:
     def add_writer(self, key: bytes | str, *, indexer: bool = True) -> None:
         """Add a writer (or change its role); an indexer change acts once confirmed."""
         k = self._key(key)
+        before = self._membership.writers.get(k)
         refusal = self._membership.add(k, indexer=indexer)
         if refusal is not None:
             self.refusals.append(f"{refusal} ({ids.encode(k)})")
-        elif k not in self.added:
+            return
+        self.changed = self.changed or before != indexer
+        if k not in self.added:
             self.added.append(k)
 
     def remove_writer(self, key: bytes | str) -> None:
         """Remove a writer; removing the last indexer is refused."""
         k = self._key(key)
+        present = self._membership.is_writer(k)
         refusal = self._membership.remove(k)
         if refusal is not None:
             self.refusals.append(f"{refusal} ({ids.encode(k)})")
+        elif present:
+            self.changed = True
 
     def ack_writer(self, key: bytes | str) -> None:
         """Acknowledge ``key`` as a writer: adds it as a non-indexer if it is not one yet."""
