@@ -28,22 +28,43 @@ MAX_DEPTH = 32
 _SCALARS = (type(None), bool, int, float, bytes, str)
 
 
+_PLAIN = frozenset({type(None), bool, float, bytes, str})
+_INT_MIN, _INT_LIMIT = -(2**64), 2**64
+
+
 def _check(obj: Any, depth: int, error: type[DecodeError] | type[EncodeError]) -> None:
-    if depth > MAX_DEPTH:
-        raise error(f"nesting deeper than {MAX_DEPTH} levels")
-    if isinstance(obj, _SCALARS):
-        if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**64) <= obj < 2**64:
+    # Exact type tests first (this runs on every message); subclasses take the slow path.
+    kind = type(obj)
+    if kind in _PLAIN:
+        return
+    if kind is int:
+        if not _INT_MIN <= obj < _INT_LIMIT:
             raise error("integer outside the 64-bit range")
         return
-    if isinstance(obj, (list, tuple)):
+    if depth >= MAX_DEPTH:
+        raise error(f"nesting deeper than {MAX_DEPTH} levels")
+    if kind is list or kind is tuple:
         for item in obj:
-            _check(item, depth + 1, error)
+            if type(item) not in _PLAIN:
+                _check(item, depth + 1, error)
         return
-    if isinstance(obj, dict):
+    if kind is dict:
         for key, value in obj.items():
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
-                raise error(f"map key of type {type(key).__name__} (only str and int keys)")
-            _check(value, depth + 1, error)
+            key_kind = type(key)
+            if key_kind is not str and key_kind is not int:
+                raise error(f"map key of type {key_kind.__name__} (only str and int keys)")
+            if key_kind is int and not _INT_MIN <= key < _INT_LIMIT:
+                raise error("integer map key outside the 64-bit range")
+            if type(value) not in _PLAIN:
+                _check(value, depth + 1, error)
+        return
+    if isinstance(obj, _SCALARS):
+        if isinstance(obj, int) and not isinstance(obj, bool) and not _INT_MIN <= obj < _INT_LIMIT:
+            raise error("integer outside the 64-bit range")
+        return
+    if isinstance(obj, (list, tuple, dict)):
+        plain: Any = dict(obj) if isinstance(obj, dict) else list(obj)
+        _check(plain, depth, error)
         return
     raise error(f"unsupported type {type(obj).__name__}")
 
