@@ -303,11 +303,25 @@ class Storage:
         with self.transaction():
             self.db.execute(sql, args)
 
-    def iterate(self, prefix: bytes = b"", *, reverse: bool = False) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) whose key starts with ``prefix``, in key order."""
+    def iterate(
+        self, prefix: bytes = b"", *, reverse: bool = False, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order (at most
+        ``limit``, taken from the end when ``reverse``)."""
         sql, args = self._range_sql("SELECT key, value FROM records", prefix)
         sql += " ORDER BY key DESC" if reverse else " ORDER BY key"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
         return [(bytes(k), bytes(v)) for k, v in self.db.execute(sql, args)]
+
+    def floor(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
+        """The record with the greatest key ``<= key`` among keys starting with ``prefix``."""
+        row = self.db.execute(
+            "SELECT key, value FROM records WHERE key >= ? AND key <= ? ORDER BY key DESC "
+            "LIMIT 1",
+            (prefix, key),
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
 
     @staticmethod
     def _range_sql(head: str, prefix: bytes) -> tuple[str, tuple[bytes, ...]]:

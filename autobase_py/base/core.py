@@ -81,6 +81,8 @@ _TIP = b"base/tip/"  # + u64be(position): applied-order record of an unconfirmed
 _MEMBERSHIP = b"base/membership/"  # + u64be(order length): membership after that many nodes
 _LINK = b"base/link/"  # + u64be(boundary): certificate of an indexer-set change
 _CERT = b"base/certificate"
+_STEPS = b"base/steps/"  # + u64be(epoch) + writer + u64be(length): linearizer round steps
+ROUND_WINDOW = 64  # round steps per writer/indexer the linearizer keeps in memory
 _BE64 = struct.Struct(">Q")
 FORMAT = 1
 MAX_ACKS_PER_CYCLE = 4  # should_ack turns false after our ack; this only guards against bugs
@@ -162,7 +164,10 @@ class Autobase(Generic[V]):
         self._floor_view_length = 0
         self._value_end = 0
         self._applied_length = 0
-        self.lin = Linearizer([key], keep_history=False)
+        self._indexer_count = 1  # size of round vectors in the current epoch (for lookups)
+        self.lin = Linearizer(
+            [key], keep_history=False, round_window=ROUND_WINDOW, round_lookup=self._round_lookup
+        )
         # checkpoints
         self._boundaries: dict[int, _Boundary] = {}
         self._pool: dict[int, dict[bytes, CheckpointSignature]] = {}
@@ -202,6 +207,7 @@ class Autobase(Generic[V]):
             with store.storage.transaction():
                 store.storage.put(_META, encoding.encode({"v": FORMAT, "key": key}))
                 base._put_membership(0, base.membership)
+                base._save_steps()
                 base._persist()
         else:
             base._restore()
@@ -229,7 +235,22 @@ class Autobase(Generic[V]):
         ]
         self.membership = self._memberships[-1][1].copy()
         tip = [(r.writer, r.length) for r in self._records]
-        self.lin = Linearizer.restore(state["lin"], keep_history=False, applied_tip=tip)
+        lin_state = encoding.expect_map(state["lin"], "linearizer state")
+        epoch = encoding.field(lin_state, "epoch", int, "linearizer state")
+        self._indexer_count = len(encoding.field(lin_state, "indexers", list, "linearizer state"))
+        rows: list[list[Any]] = []
+        for writer, _ in lin_state.get("writers", []):
+            prefix = _STEPS + _BE64.pack(epoch) + bytes(writer)
+            newest = self.storage.iterate(prefix, reverse=True, limit=ROUND_WINDOW)
+            rows.extend(self._step_row(k, v) for k, v in reversed(newest))
+        self.lin = Linearizer.restore(
+            lin_state,
+            keep_history=False,
+            applied_tip=tip,
+            round_steps=rows,
+            round_window=ROUND_WINDOW,
+            round_lookup=self._round_lookup,
+        )
         self._applied_length = self.lin.confirmed_length + len(self._records)
         for _, v in self.storage.iterate(_LINK):
             self.chain.append(Certificate.from_wire(self.key, encoding.decode(v)))
@@ -245,6 +266,30 @@ class Autobase(Generic[V]):
             )
         for writer in self.membership.writers:
             self._log(writer)
+
+    # --- linearizer round steps, persisted row by row -----------------------------------------
+
+    @staticmethod
+    def _step_row(key: bytes, value: bytes) -> list[Any]:
+        start = len(_STEPS)
+        epoch = _BE64.unpack(key[start : start + 8])[0]
+        writer = key[start + 8 : start + 40]
+        length = _BE64.unpack(key[start + 40 : start + 48])[0]
+        return [epoch, writer, length, encoding.decode(value)]
+
+    def _save_steps(self) -> None:
+        for epoch, writer, length, rounds in self.lin.take_round_steps():
+            key = _STEPS + _BE64.pack(epoch) + writer + _BE64.pack(length)
+            self.storage.put(key, encoding.encode_trusted(rounds))
+
+    def _round_lookup(self, epoch: int, writer: bytes, length: int) -> list[int]:
+        """Round vector of the newest stored step of ``writer`` at or below ``length``."""
+        prefix = _STEPS + _BE64.pack(epoch) + writer
+        found = self.storage.floor(prefix, prefix + _BE64.pack(length))
+        if found is None:
+            return [-1] * self._indexer_count
+        rounds: list[int] = encoding.decode(found[1])
+        return rounds
 
     # --- public properties ------------------------------------------------------------------
 
@@ -387,6 +432,7 @@ class Autobase(Generic[V]):
                     self._append_local([])
                     self._ingest()
                     await self._drain()
+                self._save_steps()
                 if self._fingerprint() != persisted:
                     self._persist()
         except _StopError as stop:
@@ -631,7 +677,11 @@ class Autobase(Generic[V]):
                     (length - 1 for length, _ in self._memberships if before < length <= after),
                     default=after - 1,
                 )
+                self._save_steps()
+                old_epoch = self.lin.epoch
+                self._indexer_count = len(membership.indexers)
                 self.lin.set_indexers(membership.indexers, at=at)
+                self.storage.delete_prefix(_STEPS + _BE64.pack(old_epoch))
         # positions below ``after`` are confirmed: forget their records
         for position in range(floor, after):
             self.storage.delete(_TIP + _BE64.pack(position))
@@ -724,7 +774,7 @@ class Autobase(Generic[V]):
 
     def _persist(self) -> None:
         state = {
-            "lin": self.lin.state(),
+            "lin": self.lin.state(steps=False),
             "view_length": self._floor_view_length,
             "value_end": self._value_end,
             "checkpoint": None if self.checkpoint is None else self.checkpoint.to_wire(),

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from autobase_py.base import core as base_core
 from autobase_py.base.checkpoint import Checkpoint
 from autobase_py.base.core import Autobase
 from autobase_py.bee import Bee
@@ -54,8 +55,12 @@ class BaseNetwork(RuleBasedStateMachine):
         )
         return base
 
-    @initialize(n=st.integers(3, 4), non_indexer=st.booleans())
-    def setup(self, n: int, non_indexer: bool) -> None:
+    @initialize(n=st.integers(3, 4), non_indexer=st.booleans(), window=st.sampled_from([1, 2, 64]))
+    def setup(self, n: int, non_indexer: bool, window: int) -> None:
+        # a tiny window forces the linearizer to read old round steps back from SQLite
+        self._window = base_core.ROUND_WINDOW
+        base_core.ROUND_WINDOW = window
+
         async def go() -> None:
             for i in range(n):
                 self.stores.append(Store.open(self.root / str(i)))
@@ -148,12 +153,13 @@ class BaseNetwork(RuleBasedStateMachine):
 
                 self.run(close_all)
         finally:
+            base_core.ROUND_WINDOW = getattr(self, "_window", base_core.ROUND_WINDOW)
             for store in self.stores:
                 store.close()
             shutil.rmtree(self.root, ignore_errors=True)
 
 
 BaseNetwork.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=20, deadline=None
+    max_examples=60, stateful_step_count=30, deadline=None
 )
 TestBaseNetwork = BaseNetwork.TestCase
