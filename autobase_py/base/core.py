@@ -177,6 +177,15 @@ class Autobase(Generic[V]):
         self.chain: list[Certificate] = []
         self._was_indexer = False
         self._was_writable = False
+        # Ack policy. An indexer's value nodes vote like acks, so ``update`` does not ack the
+        # moment ``should_ack`` turns true: it sets ``ack_due`` and acks on the next cycle
+        # unless this node appended a value first. Whoever drives the base must keep cycles
+        # coming while ``ack_due`` (``flush`` acks at once; the network loop acks after a
+        # short jittered delay; ``testing.sync.converge`` updates until quiet).
+        # ``eager_acks = True`` acks within the same cycle.
+        self.ack_due = False
+        self.eager_acks = False
+        self._local_grew = trio.Event()
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -348,6 +357,16 @@ class Autobase(Generic[V]):
         """Tell the base that replication brought data (wakes ``flush``)."""
         self._wakeup.set()
 
+    async def wait_local_append(self, since: int) -> int:
+        """Wait until the local oplog is longer than ``since`` (whoever appended: ``append``,
+        an ack inside ``update``/``flush``, a checkpoint ack); returns its length. Replication
+        uses it to announce every local block at once."""
+        while self.local_log.length <= since:
+            if self._closed:
+                raise ClosedError("the base is closed")
+            await self._local_grew.wait()
+        return self.local_log.length
+
     # --- the cycle --------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -380,11 +399,11 @@ class Autobase(Generic[V]):
         return self.local_log.length
 
     async def ack(self) -> bool:
-        """Append an ack if one would help confirmation (``update`` does this already)."""
+        """Append an ack now if one would help confirmation; True if one was appended."""
         async with self._lock:
             self._check_usable()
             before = self.local_log.length
-            await self._cycle(None)
+            await self._cycle(None, ack_now=True)
             return self.local_log.length > before
 
     async def publish_checkpoints(self) -> bool:
@@ -411,12 +430,17 @@ class Autobase(Generic[V]):
         while True:
             self._wakeup = trio.Event()
             await self.update()
+            if self.ack_due:
+                await self.ack()
             if not self.unconfirmed_values:
                 return
             await self._wakeup.wait()
 
-    async def _cycle(self, values: list[bytes] | None, *, force_ack: bool = False) -> None:
+    async def _cycle(
+        self, values: list[bytes] | None, *, force_ack: bool = False, ack_now: bool = False
+    ) -> None:
         confirmed_before = self.lin.confirmed_length
+        local_before = self.local_log.length
         persisted = self._fingerprint()
         try:
             with self.storage.transaction():
@@ -426,8 +450,14 @@ class Autobase(Generic[V]):
                     self._append_local(values or [])
                     self._ingest()
                     await self._drain()
+                if values:
+                    self.ack_due = False  # our value node voted just as an ack would
                 for _ in range(MAX_ACKS_PER_CYCLE):
                     if not (self.is_indexer and self.lin.should_ack(self.local_key)):
+                        self.ack_due = False
+                        break
+                    if not (self.eager_acks or self.ack_due or ack_now):
+                        self.ack_due = True  # ack on the next cycle unless we write first
                         break
                     self._append_local([])
                     self._ingest()
@@ -445,6 +475,9 @@ class Autobase(Generic[V]):
             self._events.publish("error", reason=self._failed)
             raise
         self._announce(confirmed_before)
+        if self.local_log.length != local_before:
+            self._local_grew.set()
+            self._local_grew = trio.Event()
 
     def _announce(self, confirmed_before: int) -> None:
         if self.lin.confirmed_length > confirmed_before:
@@ -812,6 +845,7 @@ class Autobase(Generic[V]):
             self._closed = True
             self._events.close()
             self._wakeup.set()
+            self._local_grew.set()
 
 
 __all__ = ["ApplyFn", "Autobase", "OpenView", "Record"]

@@ -16,11 +16,13 @@ Run it next to the connections: ``nursery.start_soon(replicate_base, base, repli
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
 
+from ..errors import ClosedError
 from ..log import Log
 from ..store import Store
 from .replication_trio import Replicator
@@ -30,9 +32,15 @@ class ReplicatedBase(Protocol):
     store: Store
     local_log: Log
 
+    ack_due: bool
+
     def writer_keys(self) -> list[bytes]: ...
 
     async def update(self) -> None: ...
+
+    async def ack(self) -> bool: ...
+
+    async def wait_local_append(self, since: int) -> int: ...
 
     async def append(self, value: bytes | Sequence[bytes]) -> int: ...
 
@@ -56,9 +64,16 @@ class BaseReplication:
     Run it next to the connections: ``await nursery.start(replication.run)``.
     """
 
-    def __init__(self, base: ReplicatedBase, replicator: Replicator) -> None:
+    def __init__(
+        self,
+        base: ReplicatedBase,
+        replicator: Replicator,
+        *,
+        ack_delay: tuple[float, float] = (0.005, 0.03),
+    ) -> None:
         self.base = base
         self.replicator = replicator
+        self.ack_delay = ack_delay  # jitter before a due ack, so indexers' acks spread out
         self.updates = 0  # base updates run by this loop
         self._updated = trio.Event()
 
@@ -66,7 +81,23 @@ class BaseReplication:
         """Until cancelled: peers' data -> ``base.update()`` -> new logs and acks -> peers."""
         base, replicator = self.base, self.replicator
         track(base, replicator)
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._announce_local_appends)
+            task_status.started()
+            await self._follow_peers()
+
+    async def _announce_local_appends(self) -> None:
+        """Whoever appended locally (append, an ack in update or flush), peers hear of it."""
+        length = self.base.local_log.length
+        while True:
+            try:
+                length = await self.base.wait_local_append(length)
+            except ClosedError:
+                return
+            track(self.base, self.replicator)
+
+    async def _follow_peers(self) -> None:
+        base, replicator = self.base, self.replicator
         seen = -1
         while True:
             changes = replicator.remote_changes
@@ -78,6 +109,13 @@ class BaseReplication:
                 self.updates += 1
                 self._updated.set()
                 self._updated = trio.Event()
+            if base.ack_due:
+                # a due ack waits a jittered moment: data arriving meanwhile may make it moot
+                with trio.move_on_after(random.uniform(*self.ack_delay)) as wait:
+                    await replicator.wait_remote_change(seen)
+                if wait.cancelled_caught and base.ack_due:
+                    await base.ack()
+                continue
             await replicator.wait_remote_change(seen)
 
     async def append(self, value: bytes | Sequence[bytes]) -> int:

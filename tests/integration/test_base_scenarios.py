@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from autobase_py.base.core import Autobase
 from autobase_py.base.oplog import OplogBlock, encode_block
@@ -18,7 +19,7 @@ from autobase_py.bee import Bee
 from autobase_py.errors import ApplyError, NotWritableError
 from autobase_py.store import Store
 from autobase_py.testing import kv
-from autobase_py.testing.sync import converge, sync
+from autobase_py.testing.sync import converge, sync, sync_stores
 
 Base = Autobase[Bee]
 
@@ -405,3 +406,46 @@ async def test_certificate_verifies_from_the_registry_key_after_two_rotations(
 
 
 ScenarioFn = Callable[[Cluster], Any]
+
+
+async def test_deferred_acks_let_values_vote_and_still_confirm(cluster: Cluster) -> None:
+    """Indexers that keep writing need few acks: a due ack waits one cycle and is dropped when
+    the indexer's own value votes first; eager acking (the old policy) acks every time."""
+
+    async def run(eager: bool, prefix: str) -> tuple[int, int]:
+        bases = [cluster.bases[n] for n in ("a", "b", "c")]
+        for b in bases:
+            b.eager_acks = eager
+        before = [b.local_log.length for b in bases]
+        for i in range(10):
+            for b in bases:
+                await b.append(kv.put(f"{prefix}{i}".encode(), b"v"))
+            await sync(*bases)
+        await converge(bases)
+        assert all(b.unconfirmed_values == 0 for b in bases)
+        nodes = sum(b.local_log.length - n for b, n in zip(bases, before, strict=True))
+        return nodes - 30, nodes  # acks (and checkpoint acks), all nodes
+
+    await indexers(cluster, 3)
+    eager_acks, _ = await run(True, "e")
+    deferred_acks, _ = await run(False, "d")
+    assert deferred_acks < eager_acks
+
+
+async def test_flush_confirms_under_deferred_acks(cluster: Cluster) -> None:
+    a, b = await indexers(cluster, 2)
+    await b.append(kv.put(b"x", b"1"))
+    await sync(a, b)
+    assert a.unconfirmed_values == 1
+    # b's value waits for a's vote; a only marked its ack as due
+    await sync(a, b, update=False)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.flush)
+            nursery.start_soon(b.flush)
+            for _ in range(20):
+                await trio.lowlevel.checkpoint()
+                sync_stores(a.store, b.store)
+                a.wakeup()
+                b.wakeup()
+    assert a.unconfirmed_values == 0 and b.unconfirmed_values == 0
