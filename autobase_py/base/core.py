@@ -406,6 +406,11 @@ class Autobase(Generic[V]):
             await self._cycle(None, ack_now=True)
             return self.local_log.length > before
 
+    @property
+    def checkpoints_pending(self) -> bool:
+        """This indexer holds checkpoint signatures no oplog node carries yet."""
+        return bool(self._pending) and self.writable
+
     async def publish_checkpoints(self) -> bool:
         """Append an ack carrying checkpoint signatures nobody has seen yet (indexers only)."""
         async with self._lock:

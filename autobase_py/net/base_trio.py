@@ -33,12 +33,15 @@ class ReplicatedBase(Protocol):
     local_log: Log
 
     ack_due: bool
+    checkpoints_pending: bool
 
     def writer_keys(self) -> list[bytes]: ...
 
     async def update(self) -> None: ...
 
     async def ack(self) -> bool: ...
+
+    async def publish_checkpoints(self) -> bool: ...
 
     async def wait_local_append(self, since: int) -> int: ...
 
@@ -70,10 +73,14 @@ class BaseReplication:
         replicator: Replicator,
         *,
         ack_delay: tuple[float, float] = (0.005, 0.03),
+        publish_delay: tuple[float, float] = (0.2, 0.4),
     ) -> None:
         self.base = base
         self.replicator = replicator
         self.ack_delay = ack_delay  # jitter before a due ack, so indexers' acks spread out
+        # quiet time before an indexer publishes checkpoint signatures in an ack of their own
+        # (under load they ride on its next node anyway), so certificates form when idle
+        self.publish_delay = publish_delay
         self.updates = 0  # base updates run by this loop
         self._updated = trio.Event()
 
@@ -115,6 +122,12 @@ class BaseReplication:
                     await replicator.wait_remote_change(seen)
                 if wait.cancelled_caught and base.ack_due:
                     await base.ack()
+                continue
+            if base.checkpoints_pending:
+                with trio.move_on_after(random.uniform(*self.publish_delay)) as quiet:
+                    await replicator.wait_remote_change(seen)
+                if quiet.cancelled_caught and base.checkpoints_pending:
+                    await base.publish_checkpoints()
                 continue
             await replicator.wait_remote_change(seen)
 

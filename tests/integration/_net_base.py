@@ -8,6 +8,8 @@ one per line, answering each with one JSON line:
   {"op": "flush"}                           -> {"confirmed": n} once every known value is
                                                confirmed
   {"op": "state"}                           -> {"lengths", "journal", "view", "confirmed", ...}
+  {"op": "wait-certified"}                  -> {"signed": n} once a certificate covers the
+                                               newest checkpoint this base computed
   {"op": "wait-lengths", "lengths": {...}}  -> the state, once every log is at least that long
 """
 
@@ -46,6 +48,7 @@ async def state(base: Autobase[Any]) -> dict[str, Any]:
         "view": base.view_log.tree_hash().hex(),
         "confirmed": base.confirmed_length,
         "applied": base.applied_length,
+        "signed": base.signed_length,
     }
 
 
@@ -95,6 +98,14 @@ async def main(args: argparse.Namespace) -> None:
                 say(confirmed=base.confirmed_length)
             elif op == "state":
                 say(**await state(base))
+            elif op == "wait-certified":
+
+                async def certified() -> bool:
+                    cp = base.checkpoint
+                    return cp is not None and base.signed_length >= cp.confirmed_length
+
+                await replication.wait_for(certified)
+                say(signed=base.signed_length)
             elif op == "wait-lengths":
                 targets = {bytes.fromhex(k): n for k, n in command["lengths"].items()}
 

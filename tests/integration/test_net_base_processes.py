@@ -96,6 +96,10 @@ async def test_three_bases_in_three_processes_converge(tmp_path: Path) -> None:
                 for node in nodes:
                     flushing.start_soon(node.ask, "op", "flush")
             states = await settle(nodes)
+            # idle indexers publish their checkpoint signatures; every node then holds a
+            # certificate for its newest checkpoint, the same one everywhere
+            signed = [await node.ask(op="wait-certified") for node in nodes]
+            assert len({s["signed"] for s in signed}) == 1 and signed[0]["signed"] > 0
         journals = [s["journal"] for s in states]
         assert journals[0] == journals[1] == journals[2]
         values = {bytes.fromhex(v) for v in journals[0]}
