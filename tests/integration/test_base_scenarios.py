@@ -19,44 +19,23 @@ from autobase_py.bee import Bee
 from autobase_py.errors import ApplyError, NotWritableError
 from autobase_py.store import Store
 from autobase_py.testing import kv
+from autobase_py.testing.cluster import Cluster as NodeCluster
 from autobase_py.testing.sync import converge, sync, sync_stores
 
 Base = Autobase[Bee]
 
 
-class Cluster:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.stores: dict[str, Store] = {}
-        self.bases: dict[str, Base] = {}
+async def open_kv_base(store: Store, bootstrap: bytes | None = None) -> Base:
+    base: Base = await Autobase.open(store, bootstrap, apply=kv.apply, open_view=kv.open_view)
+    return base
 
-    async def open(self, name: str, bootstrap: bytes | None = None) -> Base:
-        store = self.stores.get(name)
-        if store is None:
-            store = Store.open(self.root / name)
-            self.stores[name] = store
-        base: Base = await Autobase.open(
-            store, bootstrap, apply=kv.apply, open_view=kv.open_view
-        )
-        self.bases[name] = base
-        return base
 
-    async def restart(self, name: str) -> Base:
-        base = self.bases[name]
-        await base.close()
-        self.stores.pop(name).close()
-        return await self.open(name, base.key)
-
-    async def close(self) -> None:
-        for base in self.bases.values():
-            await base.close()
-        for store in self.stores.values():
-            store.close()
+Cluster = NodeCluster[Base]
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, open_kv_base)
     yield c
     await c.close()
 
@@ -87,7 +66,7 @@ async def assert_same_view(bases: list[Base]) -> None:
 
 async def fresh_replay(cluster: Cluster, bases: list[Base]) -> bytes:
     """The view tree hash of a new peer that applies the final order from scratch."""
-    fresh = await cluster.open(f"fresh{len(cluster.bases)}", bases[0].key)
+    fresh = await cluster.open(f"fresh{len(cluster.nodes)}", bases[0].key)
     await converge([*bases, fresh])
     assert fresh.applied_length == bases[0].applied_length
     return view_hash(fresh)
@@ -413,7 +392,7 @@ async def test_deferred_acks_let_values_vote_and_still_confirm(cluster: Cluster)
     the indexer's own value votes first; eager acking (the old policy) acks every time."""
 
     async def run(eager: bool, prefix: str) -> tuple[int, int]:
-        bases = [cluster.bases[n] for n in ("a", "b", "c")]
+        bases = [cluster.nodes[n] for n in ("a", "b", "c")]
         for b in bases:
             b.eager_acks = eager
         before = [b.local_log.length for b in bases]

@@ -16,6 +16,7 @@ import pytest
 from autobase_py import encoding
 from autobase_py.errors import ApplyError, InvalidKeyError, MembershipError, NotWritableError
 from autobase_py.store import Store
+from autobase_py.testing.cluster import Cluster as NodeCluster
 from autobase_py.testing.sync import converge, sync
 from registry import Entry, SchemaError, ValidationError
 from registry.ops import Skipped
@@ -26,39 +27,18 @@ KEY_A = bytes([0xAA]) * 32
 KEY_B = bytes([0xBB]) * 32
 
 
-class Cluster:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.stores: dict[str, Store] = {}
-        self.nodes: dict[str, RegistryService] = {}
+async def open_service(
+    store: Store, bootstrap: bytes | None = None, **options: Any
+) -> RegistryService:
+    return await RegistryService.open(store, bootstrap, **options)
 
-    async def open(
-        self, name: str, bootstrap: bytes | None = None, **options: Any
-    ) -> RegistryService:
-        store = self.stores.get(name)
-        if store is None:
-            store = Store.open(self.root / name)
-            self.stores[name] = store
-        svc = await RegistryService.open(store, bootstrap, **options)
-        self.nodes[name] = svc
-        return svc
 
-    async def restart(self, name: str) -> RegistryService:
-        svc = self.nodes[name]
-        await svc.close()
-        self.stores.pop(name).close()
-        return await self.open(name, svc.key)
-
-    async def close(self) -> None:
-        for svc in self.nodes.values():
-            await svc.close()
-        for store in self.stores.values():
-            store.close()
+Cluster = NodeCluster[RegistryService]
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, open_service)
     yield c
     await c.close()
 
