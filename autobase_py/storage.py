@@ -314,6 +314,18 @@ class Storage:
             sql += f" LIMIT {int(limit)}"
         return [(bytes(k), bytes(v)) for k, v in self.db.execute(sql, args)]
 
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Store many records in one statement (atomically)."""
+        if self._depth:
+            self.db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)", items)
+            return
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)", items)
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        """Delete every record with ``start <= key < end``."""
+        self._write("DELETE FROM records WHERE key >= ? AND key < ?", (start, end))
+
     def floor(self, prefix: bytes, key: bytes) -> tuple[bytes, bytes] | None:
         """The record with the greatest key ``<= key`` among keys starting with ``prefix``."""
         row = self.db.execute(

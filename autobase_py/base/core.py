@@ -161,6 +161,7 @@ class Autobase(Generic[V]):
         self.membership = Membership.genesis(key)
         self._memberships: list[tuple[int, Membership]] = [(0, self.membership.copy())]
         self._records: list[Record] = []  # positions [floor, applied_length)
+        self._rows_lo = self._rows_hi = self._dirty_from = 0  # stored tip rows: _write_tip
         self._floor_view_length = 0
         self._value_end = 0
         self._applied_length = 0
@@ -261,6 +262,8 @@ class Autobase(Generic[V]):
             round_lookup=self._round_lookup,
         )
         self._applied_length = self.lin.confirmed_length + len(self._records)
+        self._rows_lo, self._rows_hi = self.lin.confirmed_length, self._applied_length
+        self._dirty_from = self._applied_length
         for _, v in self.storage.iterate(_LINK):
             self.chain.append(Certificate.from_wire(self.key, encoding.decode(v)))
         cert = self.storage.get(_CERT)
@@ -468,6 +471,7 @@ class Autobase(Generic[V]):
                     self._ingest()
                     await self._drain()
                 self._save_steps()
+                self._write_tip()
                 if self._fingerprint() != persisted:
                     self._persist()
         except _StopError as stop:
@@ -583,10 +587,9 @@ class Autobase(Generic[V]):
         view_length = self._view_length_at(target)
         if self.view_log.length > view_length:
             self.view_log.truncate(view_length)
-        for position in range(target, self._applied_length):
-            self.storage.delete(_TIP + _BE64.pack(position))
         del self._records[target - self._floor() :]
         self._applied_length = target
+        self._dirty_from = min(self._dirty_from, target)
         while self._memberships[-1][0] > target:
             length, _ = self._memberships.pop()
             self.storage.delete(_MEMBERSHIP + _BE64.pack(length))
@@ -612,10 +615,9 @@ class Autobase(Generic[V]):
             return None
         view_after = {(r.writer, r.length): r.view_length for r in undone if r.is_value}
         running = self._view_length_at(target)
-        for position in range(target, self._applied_length):
-            self.storage.delete(_TIP + _BE64.pack(position))
         del self._records[target - floor :]
         self._applied_length = target
+        self._dirty_from = min(self._dirty_from, target)
         remaining = len(values)
         taken = 0
         for node in nodes:
@@ -629,10 +631,31 @@ class Autobase(Generic[V]):
         return taken
 
     def _push_record(self, node: Node, view_length: int) -> None:
-        record = Record(node.writer, node.length, view_length, node.value is not None)
-        self.storage.put(_TIP + _BE64.pack(self._applied_length), encoding.encode(record.to_wire()))
-        self._records.append(record)
+        self._records.append(Record(node.writer, node.length, view_length, node.value is not None))
+        self._dirty_from = min(self._dirty_from, self._applied_length)
         self._applied_length += 1
+
+    def _write_tip(self) -> None:
+        """Bring the stored tip records in line with memory, once per cycle.
+
+        Stored rows cover positions ``[rows_lo, rows_hi)``; memory holds ``[floor, applied)``
+        and everything from ``dirty_from`` on may differ. Confirmed rows go, changed or new
+        ones are written in one statement, dropped ones are deleted: a node applied and
+        confirmed within one cycle is never written at all.
+        """
+        floor, applied = self._floor(), self._applied_length
+        lo, hi = self._rows_lo, self._rows_hi
+        if floor > lo:
+            self.storage.delete_range(_TIP + _BE64.pack(lo), _TIP + _BE64.pack(min(floor, hi)))
+        if hi > max(applied, floor):
+            self.storage.delete_range(_TIP + _BE64.pack(max(applied, floor)), _TIP + _BE64.pack(hi))
+        start = max(floor, min(hi, self._dirty_from))
+        if start < applied:
+            self.storage.put_many(
+                (_TIP + _BE64.pack(p), encoding.encode_trusted(self._records[p - floor].to_wire()))
+                for p in range(start, applied)
+            )
+        self._rows_lo, self._rows_hi, self._dirty_from = floor, applied, applied
 
     async def _apply_nodes(self, nodes: list[Node]) -> None:
         unit: list[Node] = []
@@ -720,9 +743,7 @@ class Autobase(Generic[V]):
                 self._indexer_count = len(membership.indexers)
                 self.lin.set_indexers(membership.indexers, at=at)
                 self.storage.delete_prefix(_STEPS + _BE64.pack(old_epoch))
-        # positions below ``after`` are confirmed: forget their records
-        for position in range(floor, after):
-            self.storage.delete(_TIP + _BE64.pack(position))
+        # positions below ``after`` are confirmed: forget their records (rows: _write_tip)
         del self._records[: after - floor]
         self._floor_view_length = new_view_length
         self._certify()

@@ -25,6 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from autobase_py import encoding
 from autobase_py.base import core as base_core
 from autobase_py.base.checkpoint import Checkpoint
 from autobase_py.base.core import Autobase
@@ -125,6 +126,12 @@ class BaseNetwork(RuleBasedStateMachine):
             for old in self.seen[i][-5:]:
                 assert base.view_log.length >= old.view_length
                 assert base.view_log.tree_hash(old.view_length) == old.view_tree_hash
+            # the stored tip records are exactly the ones in memory (what a restart reads)
+            stored = [
+                base_core.Record.from_wire(encoding.decode(v))
+                for _, v in base.storage.iterate(base_core._TIP)
+            ]
+            assert stored == base._records
             if cp is not None:
                 other = self.agreed.setdefault(cp.confirmed_length, cp)
                 assert other == cp, "two peers confirmed different states at one boundary"
