@@ -17,12 +17,12 @@ view log to the length recorded for the first undone position, restore the membe
 snapshot) and apply the new nodes batch by batch through the user's ``apply``; after each
 commit that confirmed values, compute the checkpoint, sign it if this node is in the
 confirming indexer set, and hand a confirmed indexer-set change to the linearizer
-(``set_indexers``) before anything else is confirmed; (3) *persist*: the linearizer state,
-the applied-order records of the tip, the membership snapshots, pending checkpoint signatures
-and certificates. The transaction then commits: oplog appends, view blocks, system state and
-applied-order records are durable together or not at all, so ``kill -9`` at any instant leaves
-a state that equals a fresh replay of the persisted order, and reopening resumes from the
-records without replaying history.
+(``set_indexers``) before anything else is confirmed; (3) *persist*: the linearizer state and
+its new round steps (``round_steps.py``), the applied-order records of the tip, the membership
+snapshots, pending checkpoint signatures and certificates. The transaction then commits:
+oplog appends, view blocks, system state and applied-order records are durable together or
+not at all, so ``kill -9`` at any instant leaves a state that equals a fresh replay of the
+persisted order, and reopening resumes from the records without replaying history.
 
 Failure. If ``apply`` raises or calls ``host.interrupt``, the transaction rolls back (nothing
 of the cycle is stored), the base stops with an ``error``/``interrupted`` event, and every
@@ -35,12 +35,13 @@ local view (optimistic: includes the tip); ``confirmed_length`` = the quorum-con
 prefix; ``signed_length`` = the confirmed length covered by the newest quorum certificate.
 All count order positions, acks included.
 
-Checkpoints (``checkpoint.py``). Boundaries are deterministic: a checkpoint covers the
-confirmed prefix up to its last value node. Every peer computes the same checkpoint at the
-same boundary; indexers of the confirming set sign it and carry the signature in their next
-oplog node (or in a checkpoint ack, ``publish_checkpoints``). Any peer assembles a certificate
-once a majority of that set signed; a boundary where the indexer set changed becomes a link
-of the chain that lets a reader verify from the registry key alone.
+Checkpoints (``checkpoint.py`` for the formats, ``ledger.py`` for the bookkeeping). Boundaries
+are deterministic: a checkpoint covers the confirmed prefix up to its last value node. Every
+peer computes the same checkpoint at the same boundary; indexers of the confirming set sign it
+and carry the signature in their next oplog node (or in a checkpoint ack,
+``publish_checkpoints``). Any peer assembles a certificate once a majority of that set signed;
+a boundary where the indexer set changed becomes a link of the chain that lets a reader verify
+from the registry key alone.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ from ..errors import (
 from ..linearizer import Linearizer, Node
 from ..log import Log
 from ..store import Store
-from .checkpoint import Certificate, Checkpoint, CheckpointSignature, assemble
+from . import round_steps
+from .checkpoint import Certificate, Checkpoint
 from .events import Event, EventHub
 from .host import ApplyHost, ApplyNode
+from .ledger import CheckpointLedger
 from .oplog import OplogBlock, decode_block, encode_block
 from .system import Membership
 
@@ -79,10 +82,7 @@ _META = b"base/meta"
 _STATE = b"base/state"
 _TIP = b"base/tip/"  # + u64be(position): applied-order record of an unconfirmed position
 _MEMBERSHIP = b"base/membership/"  # + u64be(order length): membership after that many nodes
-_LINK = b"base/link/"  # + u64be(boundary): certificate of an indexer-set change
-_CERT = b"base/certificate"
-_STEPS = b"base/steps/"  # + u64be(epoch) + writer + u64be(length): linearizer round steps
-ROUND_WINDOW = 64  # round steps per writer/indexer the linearizer keeps in memory
+ROUND_WINDOW = round_steps.WINDOW  # round steps per writer the linearizer keeps in memory
 _BE64 = struct.Struct(">Q")
 FORMAT = 1
 MAX_ACKS_PER_CYCLE = 4  # should_ack turns false after our ack; this only guards against bugs
@@ -114,14 +114,6 @@ class Record:
         return cls(obj[0], obj[1], obj[2], obj[3])
 
 
-@dataclass(slots=True)
-class _Boundary:
-    checkpoint: Checkpoint
-    signing: tuple[bytes, ...]
-    membership: Membership
-    link: bool
-
-
 class _StopError(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -143,7 +135,6 @@ class Autobase(Generic[V]):
         pair = self.local_log.key_pair
         if pair is None:
             raise LocalError("the local oplog has no key pair")
-        self._key_pair = pair
         self.view_log = store.get(name="view")
         # the view is a deterministic function of the oplogs: rebuilt, never trusted by
         # signature, so its appends need no fsync of their own (the oplog's do)
@@ -165,17 +156,11 @@ class Autobase(Generic[V]):
         self._floor_view_length = 0
         self._value_end = 0
         self._applied_length = 0
-        self._indexer_count = 1  # size of round vectors in the current epoch (for lookups)
+        self._steps = round_steps.RoundStepStore(self.storage)
         self.lin = Linearizer(
-            [key], keep_history=False, round_window=ROUND_WINDOW, round_lookup=self._round_lookup
+            [key], keep_history=False, round_window=ROUND_WINDOW, round_lookup=self._steps.lookup
         )
-        # checkpoints
-        self._boundaries: dict[int, _Boundary] = {}
-        self._pool: dict[int, dict[bytes, CheckpointSignature]] = {}
-        self._pending: list[CheckpointSignature] = []
-        self.certificate: Certificate | None = None
-        self.checkpoint: Checkpoint | None = None  # the newest confirmed checkpoint computed
-        self.chain: list[Certificate] = []
+        self.ledger = CheckpointLedger(key, self.storage, pair, self.local_key, self._events)
         self._was_indexer = False
         self._was_writable = False
         # Ack policy. An indexer's value nodes vote like acks, so ``update`` does not ack the
@@ -217,7 +202,7 @@ class Autobase(Generic[V]):
             with store.storage.transaction():
                 store.storage.put(_META, encoding.encode({"v": FORMAT, "key": key}))
                 base._put_membership(0, base.membership)
-                base._save_steps()
+                base._steps.save(base.lin.take_round_steps())
                 base._persist()
         else:
             base._restore()
@@ -233,9 +218,7 @@ class Autobase(Generic[V]):
         state = encoding.expect_map(encoding.decode(raw), "base state")
         self._floor_view_length = encoding.field(state, "view_length", int, "base state")
         self._value_end = encoding.field(state, "value_end", int, "base state")
-        self._pending = [CheckpointSignature.from_wire(s) for s in state.get("pending", [])]
-        if state.get("checkpoint") is not None:
-            self.checkpoint = Checkpoint.from_wire(self.key, state["checkpoint"])
+        self.ledger.restore(state)
         self._records = [
             Record.from_wire(encoding.decode(v)) for _, v in self.storage.iterate(_TIP)
         ]
@@ -247,61 +230,23 @@ class Autobase(Generic[V]):
         tip = [(r.writer, r.length) for r in self._records]
         lin_state = encoding.expect_map(state["lin"], "linearizer state")
         epoch = encoding.field(lin_state, "epoch", int, "linearizer state")
-        self._indexer_count = len(encoding.field(lin_state, "indexers", list, "linearizer state"))
-        rows: list[list[Any]] = []
-        for writer, _ in lin_state.get("writers", []):
-            prefix = _STEPS + _BE64.pack(epoch) + bytes(writer)
-            newest = self.storage.iterate(prefix, reverse=True, limit=ROUND_WINDOW)
-            rows.extend(self._step_row(k, v) for k, v in reversed(newest))
+        indexers = encoding.field(lin_state, "indexers", list, "linearizer state")
+        self._steps.indexer_count = len(indexers)
+        writers = [bytes(w) for w, _ in lin_state.get("writers", [])]
+        rows = self._steps.newest(epoch, writers, ROUND_WINDOW)
         self.lin = Linearizer.restore(
             lin_state,
             keep_history=False,
             applied_tip=tip,
             round_steps=rows,
             round_window=ROUND_WINDOW,
-            round_lookup=self._round_lookup,
+            round_lookup=self._steps.lookup,
         )
         self._applied_length = self.lin.confirmed_length + len(self._records)
         self._rows_lo, self._rows_hi = self.lin.confirmed_length, self._applied_length
         self._dirty_from = self._applied_length
-        for _, v in self.storage.iterate(_LINK):
-            self.chain.append(Certificate.from_wire(self.key, encoding.decode(v)))
-        cert = self.storage.get(_CERT)
-        if cert is not None:
-            self.certificate = Certificate.from_wire(self.key, encoding.decode(cert))
-        for boundary in state.get("boundaries", []):
-            self._boundaries[boundary[0]] = _Boundary(
-                Checkpoint.from_wire(self.key, boundary[1]),
-                tuple(boundary[2]),
-                Membership.from_wire(boundary[3]),
-                bool(boundary[4]),
-            )
         for writer in self.membership.writers:
             self._log(writer)
-
-    # --- linearizer round steps, persisted row by row -----------------------------------------
-
-    @staticmethod
-    def _step_row(key: bytes, value: bytes) -> list[Any]:
-        start = len(_STEPS)
-        epoch = _BE64.unpack(key[start : start + 8])[0]
-        writer = key[start + 8 : start + 40]
-        length = _BE64.unpack(key[start + 40 : start + 48])[0]
-        return [epoch, writer, length, encoding.decode(value)]
-
-    def _save_steps(self) -> None:
-        for epoch, writer, length, rounds in self.lin.take_round_steps():
-            key = _STEPS + _BE64.pack(epoch) + writer + _BE64.pack(length)
-            self.storage.put(key, encoding.encode_trusted(rounds))
-
-    def _round_lookup(self, epoch: int, writer: bytes, length: int) -> list[int]:
-        """Round vector of the newest stored step of ``writer`` at or below ``length``."""
-        prefix = _STEPS + _BE64.pack(epoch) + writer
-        found = self.storage.floor(prefix, prefix + _BE64.pack(length))
-        if found is None:
-            return [-1] * self._indexer_count
-        rounds: list[int] = encoding.decode(found[1])
-        return rounds
 
     # --- public properties ------------------------------------------------------------------
 
@@ -332,7 +277,22 @@ class Autobase(Generic[V]):
 
     @property
     def signed_length(self) -> int:
-        return 0 if self.certificate is None else self.certificate.checkpoint.confirmed_length
+        return self.ledger.signed_length
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The newest confirmed checkpoint this base computed."""
+        return self.ledger.checkpoint
+
+    @property
+    def certificate(self) -> Certificate | None:
+        """The newest quorum certificate this base holds."""
+        return self.ledger.certificate
+
+    @property
+    def chain(self) -> list[Certificate]:
+        """Certificates of the indexer-set changes, oldest first (see ``verify_chain``)."""
+        return self.ledger.chain
 
     @property
     def indexers(self) -> list[bytes]:
@@ -412,13 +372,13 @@ class Autobase(Generic[V]):
     @property
     def checkpoints_pending(self) -> bool:
         """This indexer holds checkpoint signatures no oplog node carries yet."""
-        return bool(self._pending) and self.writable
+        return bool(self.ledger.pending) and self.writable
 
     async def publish_checkpoints(self) -> bool:
         """Append an ack carrying checkpoint signatures nobody has seen yet (indexers only)."""
         async with self._lock:
             self._check_usable()
-            if not self._pending or not self.writable:
+            if not self.checkpoints_pending:
                 return False
             await self._cycle([], force_ack=True)
             return True
@@ -470,7 +430,7 @@ class Autobase(Generic[V]):
                     self._append_local([])
                     self._ingest()
                     await self._drain()
-                self._save_steps()
+                self._steps.save(self.lin.take_round_steps())
                 self._write_tip()
                 if self._fingerprint() != persisted:
                     self._persist()
@@ -537,7 +497,7 @@ class Autobase(Generic[V]):
                 self._report_bad(key, n, exc.message)
                 break
             if block.checkpoints:
-                self._collect(block.checkpoints)
+                self.ledger.collect(block.checkpoints)
             n += 1
             added = True
         return added
@@ -726,80 +686,27 @@ class Autobase(Generic[V]):
                 self.view_log.tree_hash(view_length),
                 membership.hash(),
             )
-            self.checkpoint = checkpoint
             link = tuple(membership.indexers) != tuple(signing)
-            self._boundaries[value_end] = _Boundary(checkpoint, signing, membership.copy(), link)
-            if self.local_key in signing:
-                signature = CheckpointSignature.create(checkpoint, self._key_pair)
-                self._pending.append(signature)
-                self._pool.setdefault(value_end, {})[self.local_key] = signature
+            self.ledger.confirmed(checkpoint, signing, membership, link=link)
             if link:
                 at = max(
                     (length - 1 for length, _ in self._memberships if before < length <= after),
                     default=after - 1,
                 )
-                self._save_steps()
+                self._steps.save(self.lin.take_round_steps())
                 old_epoch = self.lin.epoch
-                self._indexer_count = len(membership.indexers)
+                self._steps.indexer_count = len(membership.indexers)
                 self.lin.set_indexers(membership.indexers, at=at)
-                self.storage.delete_prefix(_STEPS + _BE64.pack(old_epoch))
+                self._steps.drop_epoch(old_epoch)
         # positions below ``after`` are confirmed: forget their records (rows: _write_tip)
         del self._records[: after - floor]
         self._floor_view_length = new_view_length
-        self._certify()
-
-    # --- checkpoints and certificates -------------------------------------------------------
-
-    def _collect(self, signatures: Sequence[CheckpointSignature]) -> None:
-        newest = self.signed_length
-        for sig in signatures:
-            boundary = sig.confirmed_length
-            if boundary <= newest and not self._is_pending_link(boundary):
-                continue
-            if not sig.verify(self.key):
-                continue
-            self._pool.setdefault(boundary, {})[sig.signer] = sig
-        self._certify()
-
-    def _is_pending_link(self, boundary: int) -> bool:
-        b = self._boundaries.get(boundary)
-        return b is not None and b.link
-
-    def _certify(self) -> None:
-        changed = False
-        for boundary in sorted(self._boundaries):
-            info = self._boundaries[boundary]
-            sigs = self._pool.get(boundary)
-            if not sigs:
-                continue
-            # signatures in the pool were verified on arrival (or made here)
-            cert = assemble(self.key, sigs.values(), info.membership, info.signing, verified=True)
-            if cert is None or cert.checkpoint != info.checkpoint:
-                continue
-            if info.link:
-                self.chain.append(cert)
-                self.storage.put(_LINK + _BE64.pack(boundary), cert.encode())
-            if self.certificate is None or boundary > self.signed_length:
-                self.certificate = cert
-                self.storage.put(_CERT, cert.encode())
-                changed = True
-            del self._boundaries[boundary]
-            self._pool.pop(boundary, None)
-        if self.certificate is not None:
-            newest = self.signed_length
-            for boundary in [b for b in self._boundaries if b < newest]:
-                if not self._boundaries[boundary].link:
-                    del self._boundaries[boundary]
-                    self._pool.pop(boundary, None)
-        if changed:
-            self._events.publish("certified", length=self.signed_length)
 
     # --- local appends ----------------------------------------------------------------------
 
     def _append_local(self, values: list[bytes]) -> None:
         heads = tuple(h for h in self.lin.heads() if h[0] != self.local_key)
-        checkpoints = tuple(self._pending[-8:])
-        self._pending.clear()
+        checkpoints = self.ledger.take_pending()
         if not values:
             blocks = [encode_block(OplogBlock(heads=heads, checkpoints=checkpoints))]
         else:
@@ -826,9 +733,7 @@ class Autobase(Generic[V]):
             self.lin.confirmed_length,
             self.lin.epoch,
             self._value_end,
-            tuple(s.signature for s in self._pending),
-            tuple(self._boundaries),
-            self.checkpoint,
+            self.ledger.fingerprint(),
         )
 
     def _persist(self) -> None:
@@ -836,13 +741,7 @@ class Autobase(Generic[V]):
             "lin": self.lin.state(steps=False),
             "view_length": self._floor_view_length,
             "value_end": self._value_end,
-            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_wire(),
-            "pending": [s.to_wire() for s in self._pending],
-            "boundaries": [
-                [b, info.checkpoint.to_wire(), list(info.signing), info.membership.to_wire(),
-                 info.link]
-                for b, info in sorted(self._boundaries.items())
-            ],
+            **self.ledger.to_wire(),
         }
         self.storage.put(_STATE, encoding.encode_trusted(state))
 
