@@ -41,33 +41,64 @@ _MAX_UINT = 2**64 - 1
 _KIND_RANK = {int: 0, bytes: 1, str: 2}
 
 
-def _escape(raw: bytes) -> bytes:
-    return raw.replace(b"\x00", b"\x00\xff") + b"\x00"
+# Small integers (collection and index ids, counters) are encoded once, up front.
+_SMALL_INTS = tuple(
+    bytes((TAG_INT, 0)) if n == 0 else bytes((TAG_INT, 1, n)) for n in range(256)
+)
 
 
-def encode_element(element: Element) -> bytes:
-    """The order-preserving encoding of one tuple element."""
+def _encode_str(element: str) -> bytes:
+    try:
+        raw = element.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodeError(f"key string is not valid unicode: {exc}") from exc
+    if b"\x00" in raw:
+        raw = raw.replace(b"\x00", b"\x00\xff")
+    return b"\x30" + raw + b"\x00"
+
+
+def _encode_bytes(element: bytes) -> bytes:
+    if b"\x00" in element:
+        element = element.replace(b"\x00", b"\x00\xff")
+    return b"\x20" + element + b"\x00"
+
+
+def _encode_general(element: Element) -> bytes:
+    """Any accepted element, subclasses included (the exact-type cases take the fast path)."""
     if isinstance(element, bool):
         raise EncodeError("bool is not a key element (use 0/1)")
     if isinstance(element, int):
         if not 0 <= element <= _MAX_UINT:
             raise EncodeError(f"key integer {element} outside 0..2**64-1")
-        raw = element.to_bytes((element.bit_length() + 7) // 8, "big")
+        value = int(element)
+        if value < 256:
+            return _SMALL_INTS[value]
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
         return bytes((TAG_INT, len(raw))) + raw
     if isinstance(element, (bytes, bytearray, memoryview)):
-        return bytes((TAG_BYTES,)) + _escape(bytes(element))
+        return _encode_bytes(bytes(element))
     if isinstance(element, str):
-        try:
-            raw = element.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise EncodeError(f"key string is not valid unicode: {exc}") from exc
-        return bytes((TAG_STR,)) + _escape(raw)
+        return _encode_str(str(element))
     raise EncodeError(f"key element of type {type(element).__name__} (int, bytes, str only)")
+
+
+def encode_element(element: Element) -> bytes:
+    """The order-preserving encoding of one tuple element."""
+    # Exact-type dispatch first: keys are built on every write, and the isinstance chain
+    # (bool before int, three byte-like types) costs more than the encoding itself.
+    kind = type(element)
+    if kind is str:
+        return _encode_str(element)  # type: ignore[arg-type]
+    if kind is int and 0 <= element < 256:  # type: ignore[operator]
+        return _SMALL_INTS[element]  # type: ignore[index]
+    if kind is bytes:
+        return _encode_bytes(element)  # type: ignore[arg-type]
+    return _encode_general(element)
 
 
 def encode_tuple(elements: Sequence[Element]) -> bytes:
     """The bee key for a tuple of elements (an empty tuple encodes as empty bytes)."""
-    return b"".join(encode_element(e) for e in elements)
+    return b"".join([encode_element(e) for e in elements])
 
 
 def _unescape(data: bytes, start: int) -> tuple[bytes, int]:

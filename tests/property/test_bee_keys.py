@@ -7,12 +7,13 @@ from hypothesis import strategies as st
 
 from autobase_py.bee.keys import (
     decode_tuple,
+    encode_element,
     encode_tuple,
     prefix_range,
     tuple_sort_key,
 )
 from autobase_py.bee.node import Node, decode_node, encode_node
-from autobase_py.errors import DecodeError
+from autobase_py.errors import DecodeError, EncodeError
 
 # Small alphabets make equal prefixes, embedded zero bytes and 0xff likely.
 elements = st.one_of(
@@ -66,6 +67,55 @@ def test_decode_tuple_rejects_known_garbage() -> None:
         except DecodeError:
             continue
         raise AssertionError(f"{data!r} decoded")
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Bytes(bytes):
+    pass
+
+
+def _loose(element: int | bytes | str, how: int) -> object:
+    """The same element as a subclass or another accepted byte-like type (the general path)."""
+    if isinstance(element, str):
+        return _Str(element)
+    if isinstance(element, bytes):
+        return (_Bytes(element), bytearray(element), memoryview(element))[how % 3]
+    return _Int(element)
+
+
+@given(tuples, st.integers(0, 2))
+def test_fast_path_and_general_path_encode_identically(t: tuple, how: int) -> None:  # type: ignore[type-arg]
+    # exact types take the fast path; subclasses and bytearray/memoryview take the general one
+    loose = [_loose(e, how) for e in t]
+    assert encode_tuple(loose) == encode_tuple(t)  # type: ignore[arg-type]
+    assert encode_tuple(list(t)) == encode_tuple(t)
+    for e, x in zip(t, loose, strict=True):
+        assert encode_element(x) == encode_element(e)  # type: ignore[arg-type]
+
+
+def test_encoder_rejects_what_it_cannot_order() -> None:
+    for bad in [True, False, -1, 2**64, "\ud800", 1.5, None, (1,)]:
+        try:
+            encode_tuple((1, bad))  # type: ignore[arg-type]
+        except EncodeError:
+            continue
+        raise AssertionError(f"{bad!r} encoded")
+    try:
+        encode_tuple((_Int(-1),))
+    except EncodeError:
+        pass
+    else:
+        raise AssertionError("negative int subclass encoded")
+    assert encode_tuple((255, 256)) == b"\x10\x01\xff\x10\x02\x01\x00"
+    assert encode_tuple((0, 2**64 - 1)) == b"\x10\x00\x10\x08" + b"\xff" * 8
+    assert encode_tuple(("a\x00", b"\x00")) == b"\x30a\x00\xff\x00\x20\x00\xff\x00"
 
 
 nodes = st.one_of(
