@@ -15,7 +15,8 @@ batch's pending puts and deletes (the registry's ``apply`` relies on it). A batc
 flushed, or the log was truncated), the batch rebuilds its tree from the new root by replaying
 its operations in call order, so a flush never writes nodes that point into a stale tree.
 
-Caching and rollback: decoded nodes are cached by block index. Blocks below the length never
+Caching and rollback: decoded nodes are cached by address (block and slot; reading a block
+caches every node in it). Blocks below the length never
 change while the fork id stays the same, and a truncate always bumps the fork; so the bee
 compares ``log.fork`` with the fork its cache was filled under at the start of every operation
 and empties the cache when it differs. No stale node is ever read after a truncate, and reads
@@ -44,13 +45,14 @@ import trio
 from ..errors import (
     AutobaseError,
     BlockNotAvailableError,
+    DecodeError,
     LocalError,
     NotWritableError,
     OutOfRangeError,
 )
-from .node import MAX_KEY_BYTES, Node, decode_node
+from .node import MAX_KEY_BYTES, SLOT_BITS, SLOT_MASK, Node, decode_block
 from .source import BeeLog, BlockSource
-from .tree import BlockMissing, RangeCursor, TreeWriter, lookup
+from .tree import DEFAULT_PACK_BYTES, BlockMissing, RangeCursor, TreeWriter, lookup
 
 T = TypeVar("T")
 
@@ -138,8 +140,9 @@ class Bee:
     """An ordered bytes -> bytes map stored as a copy-on-write B+ tree in a log.
 
     ``Bee(log)`` over a writable log reads and writes; over a replica it reads, fetching
-    missing blocks through ``source`` (see :mod:`.source`). ``leaf_max`` and
-    ``internal_max`` shape only what this bee writes; any valid tree can be read.
+    missing blocks through ``source`` (see :mod:`.source`). ``leaf_max``, ``internal_max``
+    and ``pack_bytes`` (the size a flush fills a block to before starting the next one) shape
+    only what this bee writes; any valid tree can be read.
     """
 
     def __init__(
@@ -150,16 +153,21 @@ class Bee:
         leaf_max: int = DEFAULT_LEAF_MAX,
         internal_max: int = DEFAULT_INTERNAL_MAX,
         cache_nodes: int = DEFAULT_CACHE_NODES,
+        pack_bytes: int = DEFAULT_PACK_BYTES,
     ) -> None:
         if leaf_max < 4 or internal_max < 4:
             raise LocalError("leaf_max and internal_max must be at least 4")
+        if type(pack_bytes) is not int or pack_bytes < 1:
+            raise LocalError("pack_bytes must be a positive int")
+        self.pack_bytes = pack_bytes
         self.log = log
         self.source = source
         self.leaf_max = leaf_max
         self.internal_max = internal_max
         self.blocks_fetched = 0
         self._cache_nodes = max(16, cache_nodes)
-        self._cache: dict[int, Node] = {}
+        self._cache: dict[int, Node] = {}  # by address
+        self._roots: dict[int, Node] = {}  # by block index: the root ending that block
         self._fork = log.fork
         self._length = log.length  # the longest length seen since the cache was last valid
 
@@ -181,6 +189,7 @@ class Bee:
             # A truncate (new fork), or appends undone by a rolled-back storage transaction
             # (same fork, shorter log): blocks from here on may come back different.
             self._cache.clear()
+            self._roots.clear()
             self._fork = log.fork
         self._length = length
 
@@ -190,24 +199,41 @@ class Bee:
             keep = list(cache.items())[len(cache) // 2 :]
             cache.clear()
             cache.update(keep)
+            self._roots.clear()
         cache[node.seq] = node  # type: ignore[index]
 
-    def _load(self, seq: int) -> Node:
-        node = self._cache.get(seq)
-        if node is not None:
-            return node
+    def _block(self, seq: int) -> list[Node]:
+        """Read and decode block ``seq``, caching every node in it."""
         try:
             data = self.log.get(seq)
         except BlockNotAvailableError as exc:
             raise BlockMissing(seq) from exc
-        node = decode_node(data, seq)
-        self._remember(node)
-        return node
+        nodes = decode_block(data, seq)
+        for node in nodes:
+            self._remember(node)
+        if nodes[-1].root:
+            self._roots[seq] = nodes[-1]
+        return nodes
+
+    def _load(self, address: int) -> Node:
+        node = self._cache.get(address)
+        if node is not None:
+            return node
+        nodes = self._block(address >> SLOT_BITS)
+        slot = address & SLOT_MASK
+        if slot >= len(nodes):
+            raise DecodeError(
+                f"bee node names slot {slot} of block {address >> SLOT_BITS}, which holds "
+                f"{len(nodes)} nodes"
+            )
+        return nodes[slot]
 
     def _root(self, version: int) -> Node | None:
         if version == 0:
             return None
-        node = self._load(version - 1)
+        node = self._roots.get(version - 1)
+        if node is None:
+            node = self._block(version - 1)[-1]
         if not node.root:
             raise NotAVersionError(
                 f"block {version - 1} is not a bee root: length {version} falls between two "
@@ -463,7 +489,7 @@ class Batch:
         # No await from here on: the sealed blocks go on top of exactly the tree they extend.
         final = self._final
         if any(final[key] != old for key, old in self._originals.items()):
-            blocks, nodes = writer.seal(log.length)
+            blocks, nodes = writer.seal(log.length, bee.pack_bytes)
             if blocks:
                 try:
                     log.append(blocks)
@@ -475,6 +501,7 @@ class Batch:
                     cache.pop(seq, None)
                 for node in nodes:
                     bee._remember(node)
+                bee._roots[log.length - 1] = nodes[-1]
                 bee._length = log.length
         self.discard()
         return log.length

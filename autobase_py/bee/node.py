@@ -1,36 +1,66 @@
-"""B-tree nodes and their block format.
+"""B-tree nodes and their block formats.
 
 A bee is a B+ tree: leaves hold sorted ``(key, value)`` pairs, internal nodes hold sorted
 separator keys and one more child than keys. Child ``i`` of an internal node holds the keys
-``k`` with ``keys[i-1] <= k < keys[i]`` (missing bounds are open). Every stored node is one log
-block; a child is named by its block index (``seq``), which is always smaller than the index of
-the block naming it, so any walk down a stored tree terminates, whatever a writer signed.
+``k`` with ``keys[i-1] <= k < keys[i]`` (missing bounds are open).
 
-Block layout (fixed-width fields, little-endian; exactly one encoding per node)::
+Addresses. A stored node is named by its *address* ``block << 16 | slot``: the log block that
+holds it and its position in that block. Every child address is smaller than the address of
+the node naming it (an earlier block, or an earlier slot of the same block), so any walk down a
+stored tree terminates, whatever a writer signed.
 
-    byte 0        FORMAT_VERSION (1)
+Two block formats, told apart by byte 0 (fixed-width little-endian fields; exactly one encoding
+per node and per block):
+
+Version 1, one node per block (still read; ``encode_node`` writes it)::
+
+    byte 0        1
     byte 1        kind: KIND_LEAF (0) or KIND_INTERNAL (1), plus ROOT_FLAG (2) on the root
                   that ends each flush (so a reader can tell a log cut between two flushes
                   from a version)
     u16           n, the number of keys
     n x u16       key lengths
     leaf:         n x u32 value lengths
-    internal:     (n + 1) x u32 child block indexes (n >= 1; each below this block's index)
+    internal:     (n + 1) x u32 child block indexes (n >= 1; each below this block's index;
+                  the child is slot 0 of that block)
     bytes         the keys, concatenated, strictly increasing
     leaf: bytes   the values, concatenated
     (nothing after that)
 
+Version 2, a *pack* of nodes (what a flush writes: the nodes of one flush, in post-order,
+cut into blocks of about ``pack_bytes``, so a flush of a hundred scattered puts appends a
+handful of blocks instead of one per node)::
+
+    byte 0        2
+    byte 1        0, or ROOT_FLAG (2) when the block's last node is the root ending a flush
+    u16           m >= 1, the number of nodes (slots 0 .. m-1)
+    m x u32       body lengths
+    m bodies:
+      u8          kind: KIND_LEAF (0) or KIND_INTERNAL (1)
+      u16         n, the number of keys
+      n x u16     key lengths
+      leaf:       n x u32 value lengths
+      internal:   (n + 1) x u32 child blocks, then (n + 1) x u16 child slots (n >= 1; each
+                  child in an earlier block, or in this block at an earlier slot)
+      bytes       the keys, concatenated, strictly increasing
+      leaf: bytes the values, concatenated
+
+A lookup still touches one node per level, so at most one block per level: packing trades a
+few more bytes per sparse fetch for far fewer blocks (signatures, hashes, rows) per flush.
+
 Fixed-width headers let ``struct`` do the work: encoding is one ``join``, decoding a few
-``unpack_from`` calls and slices, several times faster than CBOR for these shapes. Limits that
-follow: keys up to 65,535 bytes, 65,535 keys per node, block indexes below 2**32.
+``unpack_from`` calls and slices. Limits that follow: keys up to 65,535 bytes, 65,535 keys per
+node and nodes per block, block indexes below 2**32.
 
-``decode_node`` checks all of that and raises :class:`DecodeError` for anything else, so the
-tree code can trust a decoded node's shape.
+``decode_node`` (version 1) and ``decode_block`` (both versions) check all of that and raise
+:class:`DecodeError` for anything else, so the tree code can trust a decoded node's shape. A
+child slot beyond the end of an *earlier* block can only be noticed when that block is read;
+the reader raises :class:`DecodeError` then.
 
-In memory a :class:`Node` is either *stored* (``seq`` set, never mutated: it may sit in the
-shared cache) or *dirty* (``seq`` is None, owned by one batch, mutated in place until the batch
-flushes). A dirty node's children are block indexes or other dirty nodes; ``origin`` remembers
-the stored node it was copied from so a flush can reuse that block when nothing changed.
+In memory a :class:`Node` is either *stored* (``seq`` holds its address, never mutated: it may
+sit in the shared cache) or *dirty* (``seq`` is None, owned by one batch, mutated in place until
+the batch flushes). A dirty node's children are addresses or other dirty nodes; ``origin``
+remembers the stored node it was copied from so a flush can reuse it when nothing changed.
 """
 
 from __future__ import annotations
@@ -40,13 +70,18 @@ from itertools import accumulate, pairwise
 
 from ..errors import DecodeError, EncodeError
 
-FORMAT_VERSION = 1
+SINGLE_VERSION = 1
+PACK_VERSION = 2
+FORMAT_VERSION = PACK_VERSION  # what a flush writes
 KIND_LEAF = 0
 KIND_INTERNAL = 1
 ROOT_FLAG = 2
 MAX_KEY_BYTES = 0xFFFF
 MAX_KEYS = 0xFFFF
 MAX_SEQ = 0xFFFFFFFF
+SLOT_BITS = 16
+SLOT_MASK = (1 << SLOT_BITS) - 1
+MAX_SLOTS = SLOT_MASK + 1
 
 
 class Node:
@@ -91,8 +126,8 @@ class Node:
 
 
 def encode_node(node: Node, *, root: bool = False) -> bytes:
-    """The block for a node whose children are all stored (block indexes); ``root`` marks
-    the root a flush ends with."""
+    """The version 1 block for a node whose children are all stored, named by block index
+    (each is slot 0 of its block); ``root`` marks the root a flush ends with."""
     keys = node.keys
     n = len(keys)
     if n > MAX_KEYS:
@@ -101,7 +136,7 @@ def encode_node(node: Node, *, root: bool = False) -> bytes:
     if root:
         kind |= ROOT_FLAG
     try:
-        head = struct.pack(f"<BBH{n}H", FORMAT_VERSION, kind, n, *map(len, keys))
+        head = struct.pack(f"<BBH{n}H", SINGLE_VERSION, kind, n, *map(len, keys))
         if node.children is None:
             values = node.values
             if values is None or len(values) != n:
@@ -123,15 +158,16 @@ def _slices(data: bytes, start: int, lengths: tuple[int, ...]) -> list[bytes]:
 
 
 def decode_node(data: bytes, seq: int) -> Node:
-    """The node stored as block ``seq``; DecodeError unless ``data`` is exactly what
-    ``encode_node`` produces for a well-formed node."""
+    """The node stored as version 1 block ``seq``, children named by block index (as
+    ``encode_node`` takes them); DecodeError unless ``data`` is exactly what ``encode_node``
+    produces for a well-formed node."""
     if not isinstance(data, (bytes, bytearray)):
         raise DecodeError(f"bee block: expected bytes, got {type(data).__name__}")
     data = bytes(data)
     size = len(data)
     if size < 4:
         raise DecodeError("bee block: too short")
-    if data[0] != FORMAT_VERSION:
+    if data[0] != SINGLE_VERSION:
         raise DecodeError(f"bee block: unknown format version {data[0]}")
     flags = data[1]
     if flags > (KIND_INTERNAL | ROOT_FLAG):
@@ -166,13 +202,149 @@ def decode_node(data: bytes, seq: int) -> Node:
     return Node(keys, values, None, seq, root=bool(flags & ROOT_FLAG))
 
 
+def encode_body(node: Node) -> bytes:
+    """A node's body inside a pack; its children must all be stored (addresses)."""
+    keys = node.keys
+    n = len(keys)
+    if n > MAX_KEYS:
+        raise EncodeError(f"a bee node holds at most {MAX_KEYS} keys")
+    try:
+        children = node.children
+        if children is None:
+            values = node.values
+            if values is None or len(values) != n:
+                raise EncodeError("leaf node needs one value per key")
+            head = struct.pack(
+                f"<BH{n}H{n}I", KIND_LEAF, n, *map(len, keys), *map(len, values)
+            )
+            return b"".join([head, *keys, *values])
+        if not all(type(child) is int for child in children):
+            raise EncodeError("internal node still points at an unstored child")
+        refs: list[int] = children  # type: ignore[assignment]
+        c = len(refs)
+        head = struct.pack(
+            f"<BH{n}H{c}I{c}H",
+            KIND_INTERNAL,
+            n,
+            *map(len, keys),
+            *[ref >> SLOT_BITS for ref in refs],
+            *[ref & SLOT_MASK for ref in refs],
+        )
+    except struct.error as exc:
+        raise EncodeError(f"bee node out of format limits: {exc}") from exc
+    return b"".join([head, *keys])
+
+
+def encode_pack(bodies: list[bytes], *, root: bool) -> bytes:
+    """A version 2 block holding ``bodies`` (from :func:`encode_body`) in slot order; ``root``
+    marks the last one as the root a flush ends with."""
+    m = len(bodies)
+    if not 1 <= m <= MAX_SLOTS - 1:
+        raise EncodeError(f"a bee pack holds 1 to {MAX_SLOTS - 1} nodes")
+    try:
+        head = struct.pack(
+            f"<BBH{m}I", PACK_VERSION, ROOT_FLAG if root else 0, m, *map(len, bodies)
+        )
+    except struct.error as exc:
+        raise EncodeError(f"bee pack out of format limits: {exc}") from exc
+    return b"".join([head, *bodies])
+
+
+def _decode_body(data: bytes, start: int, end: int, seq: int, slot: int) -> Node:
+    if end - start < 3:
+        raise DecodeError("bee node: too short")
+    kind = data[start]
+    if kind > KIND_INTERNAL:
+        raise DecodeError(f"bee node: unknown kind {kind}")
+    n = data[start + 1] | data[start + 2] << 8
+    pos = start + 3
+    try:
+        key_lengths = struct.unpack_from(f"<{n}H", data, pos)
+        pos += 2 * n
+        if kind == KIND_INTERNAL:
+            if n == 0:
+                raise DecodeError("bee node: internal node without keys")
+            c = n + 1
+            blocks = struct.unpack_from(f"<{c}I", data, pos)
+            slots = struct.unpack_from(f"<{c}H", data, pos + 4 * c)
+            pos += 6 * c
+            value_lengths: tuple[int, ...] = ()
+        else:
+            value_lengths = struct.unpack_from(f"<{n}I", data, pos)
+            pos += 4 * n
+    except struct.error as exc:
+        raise DecodeError(f"bee node: truncated header: {exc}") from exc
+    key_bytes = sum(key_lengths)
+    if pos + key_bytes + sum(value_lengths) != end:
+        raise DecodeError("bee node: lengths do not add up to the node size")
+    keys = _slices(data, pos, key_lengths)
+    if not all(a < b for a, b in pairwise(keys)):
+        raise DecodeError("bee node: keys must be strictly increasing")
+    address = seq << SLOT_BITS | slot
+    if kind == KIND_INTERNAL:
+        children: list[int | Node] = []
+        for block, child_slot in zip(blocks, slots, strict=True):
+            if block > seq or (block == seq and child_slot >= slot):
+                raise DecodeError("bee node: child must come before its parent")
+            children.append(block << SLOT_BITS | child_slot)
+        return Node(keys, None, children, address)
+    return Node(keys, _slices(data, pos + key_bytes, value_lengths), None, address)
+
+
+def decode_block(data: bytes, seq: int) -> list[Node]:
+    """The nodes stored in block ``seq`` (either version), in slot order, each carrying its
+    address and with children named by address; the last is marked ``root`` when the block
+    ends a flush. DecodeError for anything that is not exactly a well-formed block."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise DecodeError(f"bee block: expected bytes, got {type(data).__name__}")
+    if not 0 <= seq <= MAX_SEQ:
+        raise DecodeError(f"bee block: index {seq} out of range")
+    data = bytes(data)
+    if data[:1] == bytes([SINGLE_VERSION]):
+        node = decode_node(data, seq)
+        node.seq = seq << SLOT_BITS
+        if node.children is not None:
+            node.children = [child << SLOT_BITS for child in node.children]  # type: ignore[operator]
+        return [node]
+    size = len(data)
+    if size < 4:
+        raise DecodeError("bee block: too short")
+    if data[0] != PACK_VERSION:
+        raise DecodeError(f"bee block: unknown format version {data[0]}")
+    flags = data[1]
+    if flags not in (0, ROOT_FLAG):
+        raise DecodeError(f"bee block: unknown pack flags {flags}")
+    m = data[2] | data[3] << 8
+    if m == 0:
+        raise DecodeError("bee block: empty pack")
+    try:
+        lengths = struct.unpack_from(f"<{m}I", data, 4)
+    except struct.error as exc:
+        raise DecodeError(f"bee block: truncated header: {exc}") from exc
+    pos = 4 + 4 * m
+    if pos + sum(lengths) != size:
+        raise DecodeError("bee block: node sizes do not add up to the block size")
+    nodes = []
+    for slot, length in enumerate(lengths):
+        nodes.append(_decode_body(data, pos, pos + length, seq, slot))
+        pos += length
+    nodes[-1].root = flags == ROOT_FLAG
+    return nodes
+
+
 __all__ = [
     "FORMAT_VERSION",
+    "PACK_VERSION",
+    "SINGLE_VERSION",
+    "SLOT_BITS",
     "KIND_INTERNAL",
     "KIND_LEAF",
     "MAX_KEY_BYTES",
     "ROOT_FLAG",
     "Node",
+    "decode_block",
     "decode_node",
+    "encode_body",
     "encode_node",
+    "encode_pack",
 ]

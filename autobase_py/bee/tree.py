@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Everything here is synchronous and does no I/O. Stored nodes come from a ``load(seq)``
+Everything here is synchronous and does no I/O. Stored nodes come from a ``load(address)``
 callable; when a block is not available locally (a sparse replica) it raises
 :class:`BlockMissing` and the async layer (``core.py``) fetches and verifies the block, then
 *retries the whole operation*. Retrying is safe because every operation here either only reads,
@@ -16,12 +16,13 @@ nothing for an empty log). An update copies the stored nodes on its path into *d
 that pass through them change them again instead of copying them again: each changed node is
 written once per flush, however many updates touched it.
 
-Sealing. :meth:`TreeWriter.seal` walks the dirty nodes in post-order and gives each a block
-index, starting at the log's length, so children always get smaller indexes than their parent
-and the root is the last block: that is how a reader finds the root (``length - 1``), and why
-truncating the log rolls the tree back. A dirty node whose content equals the stored node it was
-copied from reuses that block instead of writing a copy, so updates that cancel out write
-nothing.
+Sealing. :meth:`TreeWriter.seal` walks the dirty nodes in post-order and packs them, in that
+order, into blocks of about ``pack_bytes`` starting at the log's length; a node's address is
+its block and slot. Children therefore always get smaller addresses than their parent and the
+root is the last node of the last block: that is how a reader finds the root (the end of block
+``length - 1``), and why truncating the log rolls the tree back. A dirty node whose content
+equals the stored node it was copied from reuses that node instead of writing a copy, so
+updates that cancel out write nothing.
 
 Ranges are read leaf by leaf without keeping a cursor stack: each chunk descends from the root
 to the leaf holding the current position and returns that leaf's entries in range; the next
@@ -45,9 +46,10 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 from ..errors import BlockNotAvailableError
-from .node import Node, encode_node
+from .node import MAX_SLOTS, SLOT_BITS, Node, encode_body, encode_pack
 
 Load = Callable[[int], Node]
+DEFAULT_PACK_BYTES = 16384
 
 
 class BlockMissing(BlockNotAvailableError):  # noqa: N818 - a signal as much as an error
@@ -394,11 +396,15 @@ class TreeWriter:
 
     # -- seal -----------------------------------------------------------------------------
 
-    def seal(self, length: int) -> tuple[list[bytes], list[Node]]:
-        """Blocks to append at ``length`` (root last) and the nodes they store, or two empty
-        lists when the tree equals the stored tree whose root is block ``length - 1``.
+    def seal(
+        self, length: int, pack_bytes: int = DEFAULT_PACK_BYTES
+    ) -> tuple[list[bytes], list[Node]]:
+        """Blocks to append at ``length`` (the root is the last node of the last block) and the
+        nodes they store, or two empty lists when the tree equals the stored tree whose root
+        ends block ``length - 1``. Nodes go into a block, in post-order, until adding the next
+        one would take it past ``pack_bytes`` (a larger node gets a block of its own).
 
-        The returned nodes already carry their block indexes; they become valid only once the
+        The returned nodes already carry their addresses; they become valid only once the
         blocks are appended, so the caller must discard this writer if the append fails.
         """
         root = self.root
@@ -406,7 +412,21 @@ class TreeWriter:
             return [], []
         blocks: list[bytes] = []
         nodes: list[Node] = []
+        bodies: list[bytes] = []
+        size = 0
         superseded = self.superseded = []
+
+        def place(node: Node) -> None:
+            nonlocal size
+            body = encode_body(node)
+            if bodies and (size + len(body) > pack_bytes or len(bodies) >= MAX_SLOTS - 1):
+                blocks.append(encode_pack(bodies, root=False))
+                bodies.clear()
+                size = 0
+            node.seq = (length + len(blocks)) << SLOT_BITS | len(bodies)
+            bodies.append(body)
+            size += len(body)
+            nodes.append(node)
 
         def store(node: Node) -> Node:
             if node.seq is not None:
@@ -427,23 +447,20 @@ class TreeWriter:
                 return origin
             if origin is not None:
                 superseded.append(origin.seq)  # type: ignore[arg-type]
-            node.seq = length + len(blocks)
-            node.root = node is root
-            blocks.append(encode_node(node, root=node.root))
-            nodes.append(node)
+            place(node)
             return node
 
         top = store(root)
-        if blocks and top is nodes[-1]:
-            return blocks, nodes  # a new root, written last
-        if not blocks and top.seq == length - 1:
+        if not nodes and top.root and top.seq >> SLOT_BITS == length - 1:  # type: ignore[operator]
             return [], []  # exactly the stored tree
-        # The tree collapsed back onto an older, unchanged subtree: the root must be the last
-        # block and carry the root mark, so store a copy of that subtree's root.
-        copy = Node(top.keys, top.values, top.children, length + len(blocks), root=True)
-        blocks.append(encode_node(copy, root=True))
-        nodes.append(copy)
+        if not nodes or top is not nodes[-1]:
+            # The tree collapsed back onto an older, unchanged subtree: the root must end the
+            # last block and carry the root mark, so store a copy of that subtree's root.
+            top = Node(top.keys, top.values, top.children)
+            place(top)
+        top.root = True
+        blocks.append(encode_pack(bodies, root=True))
         return blocks, nodes
 
 
-__all__ = ["BlockMissing", "Load", "RangeCursor", "TreeWriter", "lookup"]
+__all__ = ["DEFAULT_PACK_BYTES", "BlockMissing", "Load", "RangeCursor", "TreeWriter", "lookup"]

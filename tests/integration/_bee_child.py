@@ -40,7 +40,7 @@ def model_after(flushes: int) -> dict[bytes, bytes]:
 
 async def main(folder: str) -> None:
     store = Store.open(folder, primary_seed=SEED)
-    bee = Bee(store.get(name="view"), leaf_max=8, internal_max=8)
+    bee = Bee(store.get(name="view"), leaf_max=8, internal_max=8, pack_bytes=1024)
     n = 0
     while True:
         batch = bee.batch()

@@ -59,7 +59,8 @@ def pair(tmp_path: Path) -> Any:
 async def test_sparse_replica_matches_writer_and_fetches_only_what_it_touches(pair: Any) -> None:
     writer_store, replica_store = pair
     wlog = writer_store.get(name="view")
-    wbee = Bee(wlog, leaf_max=16, internal_max=16)
+    # Small packs: the tree spans many blocks, so fetching only what a read touches shows.
+    wbee = Bee(wlog, leaf_max=16, internal_max=16, pack_bytes=512)
     batch = wbee.batch()
     for i in range(2000):
         batch.put(encode_tuple(["entry", i]), b"value %d" % i)

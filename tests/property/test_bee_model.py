@@ -63,13 +63,22 @@ async def collect(it: Any) -> list[tuple[bytes, bytes]]:
 
 
 class BeeModel(RuleBasedStateMachine):
-    @initialize(leaf_max=st.sampled_from([4, 5, 8]), internal_max=st.sampled_from([4, 5, 8]))
-    def open(self, leaf_max: int, internal_max: int) -> None:
-        self.leaf_max, self.internal_max = leaf_max, internal_max
+    @initialize(
+        leaf_max=st.sampled_from([4, 5, 8]),
+        internal_max=st.sampled_from([4, 5, 8]),
+        pack_bytes=st.sampled_from([1, 200, 16384]),  # a node per block .. whole flushes
+    )
+    def open(self, leaf_max: int, internal_max: int, pack_bytes: int) -> None:
+        self.leaf_max, self.internal_max, self.pack_bytes = leaf_max, internal_max, pack_bytes
         self.dir = tempfile.mkdtemp(prefix="bee-model-")
         self.store = Store.open(self.dir, primary_seed=SEED)
         self.log: Log = self.store.get(name="view")
-        self.bee = Bee(self.log, leaf_max=self.leaf_max, internal_max=self.internal_max)
+        self.bee = Bee(
+            self.log,
+            leaf_max=self.leaf_max,
+            internal_max=self.internal_max,
+            pack_bytes=self.pack_bytes,
+        )
         self.batch = self.bee.batch()
         self.committed: dict[bytes, bytes] = {}
         self.pending: list[tuple[bytes, bytes | None]] = []
@@ -210,7 +219,12 @@ class BeeModel(RuleBasedStateMachine):
         self.store.close()
         self.store = Store.open(self.dir, primary_seed=SEED)
         self.log = self.store.get(name="view")
-        self.bee = Bee(self.log, leaf_max=self.leaf_max, internal_max=self.internal_max)
+        self.bee = Bee(
+            self.log,
+            leaf_max=self.leaf_max,
+            internal_max=self.internal_max,
+            pack_bytes=self.pack_bytes,
+        )
         self.batch = self.bee.batch()
         self.pending = []
         self.snapshots = []
@@ -225,7 +239,9 @@ BeeModel.TestCase.settings = settings(max_examples=80, stateful_step_count=50, d
 TestBeeModel = BeeModel.TestCase
 
 
-def _random_workout(seed: int, leaf_max: int, internal_max: int, directory: str) -> None:
+def _random_workout(
+    seed: int, leaf_max: int, internal_max: int, pack_bytes: int, directory: str
+) -> None:
     """Many random batches (ascending runs, random keys, range deletes) on a real log, checked
     against a dict after every flush: reaches the deep-tree borrow/merge paths that short
     hypothesis runs rarely build."""
@@ -235,7 +251,7 @@ def _random_workout(seed: int, leaf_max: int, internal_max: int, directory: str)
     store = Store.open(directory, primary_seed=SEED)
     try:
         log = store.get(name="view")
-        bee = Bee(log, leaf_max=leaf_max, internal_max=internal_max)
+        bee = Bee(log, leaf_max=leaf_max, internal_max=internal_max, pack_bytes=pack_bytes)
         model: dict[bytes, bytes] = {}
 
         async def main() -> None:
@@ -295,5 +311,6 @@ def _random_workout(seed: int, leaf_max: int, internal_max: int, directory: str)
 
 
 def test_random_workout_small_nodes(tmp_path: Any) -> None:
-    for seed, (leaf_max, internal_max) in enumerate([(4, 4), (8, 4), (8, 8), (5, 6)]):
-        _random_workout(seed, leaf_max, internal_max, str(tmp_path / str(seed)))
+    shapes = [(4, 4, 1), (8, 4, 16384), (8, 8, 300), (5, 6, 16384)]
+    for seed, (leaf_max, internal_max, pack_bytes) in enumerate(shapes):
+        _random_workout(seed, leaf_max, internal_max, pack_bytes, str(tmp_path / str(seed)))

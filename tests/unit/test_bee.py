@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autobase_py.bee import Bee, InvalidEntryError, NotAVersionError, SnapshotExpiredError
-from autobase_py.bee.node import Node, decode_node, encode_node
+from autobase_py.bee.node import Node, decode_block, encode_node
 from autobase_py.errors import (
     AutobaseError,
     BlockNotAvailableError,
@@ -124,17 +124,20 @@ async def test_one_append_per_flush_and_each_node_written_once() -> None:
         batch.put(k(i), b"v")
     await batch.flush()
     assert log.appends == 1
-    # Every block is reachable from the root exactly once: no node was written twice.
+    # Every stored node is reachable from the root exactly once: no node was written twice.
+    stored = {
+        node.seq: node for seq in range(log.length) for node in decode_block(log.get(seq), seq)
+    }
     seen: set[int] = set()
-    stack = [log.length - 1]
+    stack = [max(stored)]  # the root ends the last block
     while stack:
-        seq = stack.pop()
-        assert seq not in seen
-        seen.add(seq)
-        node = decode_node(log.get(seq), seq)
+        address = stack.pop()
+        assert address not in seen
+        seen.add(address)
+        node = stored[address]
         if node.children is not None:
             stack.extend(node.children)  # type: ignore[arg-type]
-    assert seen == set(range(log.length))
+    assert seen == set(stored)
 
 
 async def test_collapse_onto_an_unchanged_subtree_rewrites_it_as_the_last_block() -> None:
@@ -144,13 +147,13 @@ async def test_collapse_onto_an_unchanged_subtree_rewrites_it_as_the_last_block(
     for i in range(5):  # sequential: the root splits into a full leaf and a leaf of one
         batch.put(k(i), b"v")
     await batch.flush()
-    root = decode_node(log.get(log.length - 1), log.length - 1)
+    root = decode_block(log.get(log.length - 1), log.length - 1)[-1]
     assert root.children is not None and len(root.children) == 2
     length = log.length
     await bee.delete(k(4))  # empties the right leaf: the tree collapses onto the left one
     assert log.length == length + 1  # only a copy of the left leaf, marked as the root
-    top = decode_node(log.get(log.length - 1), log.length - 1)
-    assert top.root and top.children is None
+    top = decode_block(log.get(log.length - 1), log.length - 1)
+    assert len(top) == 1 and top[0].root and top[0].children is None
     assert await collect(bee.range()) == [(k(i), b"v") for i in range(4)]
 
 
@@ -336,13 +339,13 @@ async def test_snapshot_survives_truncate_above_and_expires_below() -> None:
 
 async def test_log_cut_between_flushes_is_a_typed_error_not_a_wrong_tree() -> None:
     log = MemoryLog()
-    bee = Bee(log, leaf_max=4, internal_max=4)
+    bee = Bee(log, leaf_max=4, internal_max=4, pack_bytes=64)  # a flush writes many blocks
     batch = bee.batch()
     for i in range(40):
         batch.put(k(i), b"v")
     version = await batch.flush()
     assert version > 2
-    log.truncate(version - 1)  # drops the root, leaving an inner node last
+    log.truncate(version - 1)  # drops the block ending in the root, leaving an inner node last
     with pytest.raises(NotAVersionError):
         await bee.get(k(1))
     with pytest.raises(NotAVersionError):
@@ -402,7 +405,8 @@ async def test_invalid_entries_and_read_only_writes_are_typed_errors() -> None:
 
 async def test_sparse_reads_fetch_through_source_and_reject_tampering() -> None:
     writer = MemoryLog()
-    wbee = Bee(writer, leaf_max=8, internal_max=8)
+    # Small packs: the tree spans many blocks, so fetching only what a read touches shows.
+    wbee = Bee(writer, leaf_max=8, internal_max=8, pack_bytes=128)
     batch = wbee.batch()
     for i in range(1000):
         batch.put(k(i), b"v%d" % i)
