@@ -58,6 +58,7 @@ from typing import Any, Protocol
 from autobase_py import encoding, ids
 from autobase_py.bee import Batch, Bee, RangeIterator, Snapshot, decode_tuple, encode_tuple
 from autobase_py.bee import prefix_range as _prefix_range
+from autobase_py.bee.keys import encode_element
 from autobase_py.errors import DecodeError, InvalidKeyError, NotWritableError
 
 from .entry import FIELDS, Entry, validate_name
@@ -111,17 +112,27 @@ class Layout:
             (v.version for v in spec.versions if "entries-by-owner" in v.indexes), 0
         )
 
+        # Key prefixes encoded once: a put builds four keys that share them (and the name).
+        self._entries_prefix = encode_element(self.entries)
+        self._drive_key_prefix = encode_element(self.by_drive_key)
+        self._type_prefix = encode_element(self.by_type)
+        self._owner_prefix = None if self.by_owner is None else encode_element(self.by_owner)
+        self._no_owner = encode_element(NO_OWNER)
+
     def primary(self, name: str) -> bytes:
-        return encode_tuple((self.entries, name))
+        """``encode_tuple((entries, name))``."""
+        return self._entries_prefix + encode_element(name)
 
     def index_keys(self, entry: Entry) -> list[bytes]:
+        """The index keys of ``entry``: ``encode_tuple((index id, value, name))`` each."""
+        name = encode_element(entry.name)
         keys = [
-            encode_tuple((self.by_drive_key, entry.drive_key, entry.name)),
-            encode_tuple((self.by_type, entry.type, entry.name)),
+            self._drive_key_prefix + encode_element(entry.drive_key) + name,
+            self._type_prefix + encode_element(entry.type) + name,
         ]
-        if self.by_owner is not None:
-            owner: int | str = NO_OWNER if entry.owner is None else entry.owner
-            keys.append(encode_tuple((self.by_owner, owner, entry.name)))
+        if self._owner_prefix is not None:
+            owner = self._no_owner if entry.owner is None else encode_element(entry.owner)
+            keys.append(self._owner_prefix + owner + name)
         return keys
 
     def check(self, entry: Entry) -> None:
@@ -134,6 +145,12 @@ class Layout:
         """The record bytes under this layout's schema version (refuses unknown fields)."""
         self.check(entry)
         return encode_record(self.spec.latest, _RECORD, entry.to_dict())
+
+    def encode_parsed(self, entry: Entry) -> bytes:
+        """:meth:`encode` for an entry from ``Entry.parse`` (its values are known to be
+        plain text and bytes, so the encoder's type walk is skipped; same bytes)."""
+        self.check(entry)
+        return encode_record(self.spec.latest, _RECORD, entry.to_dict(), trusted=True)
 
     def decode(self, data: bytes) -> Entry:
         fields = decode_record(self.spec, _RECORD, data)
@@ -299,18 +316,25 @@ class Transaction(_Reader):
         stored, layout, writer = await self._target(version)
         if writer is not layout:
             writer.check(new)  # refuses fields the writer's schema lacks, before any write
-        record = layout.encode(new)
-        old = await self.get(new.name)
+        record = layout.encode_parsed(new)
+        primary = layout.primary(new.name)
+        raw = await self._source.get(primary)
+        old = None if raw is None else self._layout.decode(raw)
         if old == new:
             return False
         await self._upgrade(stored, layout.version)
-        if old is not None:
-            new_keys = set(layout.index_keys(new))
-            for key in layout.index_keys(old):
+        new_keys = layout.index_keys(new)
+        if old is None:
+            put_keys = new_keys
+        else:
+            # an upsert moves only the index keys whose value changed
+            old_keys = layout.index_keys(old)
+            for key in old_keys:
                 if key not in new_keys:
                     self._batch.delete(key)
-        self._batch.put(layout.primary(new.name), record)
-        for key in layout.index_keys(new):
+            put_keys = [key for key in new_keys if key not in old_keys]
+        self._batch.put(primary, record)
+        for key in put_keys:
             self._batch.put(key, b"")
         return True
 

@@ -19,8 +19,8 @@ from autobase_py.errors import InvalidKeyError
 from .errors import ValidationError
 
 FIELDS = ("name", "drive_key", "type", "description", "owner")
-_REQUIRED_TEXT = ("name", "type")
-_OPTIONAL_TEXT = ("description", "owner")
+_FIELD_SET = frozenset(FIELDS)
+builtins_type = type  # the dataclass below has a field called ``type``
 MAX_TEXT = 4096
 
 
@@ -38,29 +38,43 @@ class Entry:
     def parse(cls, value: Entry | Mapping[str, Any]) -> Entry:
         """Validate user input into an Entry; ValidationError names the first bad field."""
         if isinstance(value, Entry):
-            value = value.to_dict()
+            # an Entry has exactly the known fields; its values may still be anything
+            return cls._checked(
+                value.name, value.drive_key, value.type, value.description, value.owner
+            )
         if not isinstance(value, Mapping):
             raise ValidationError("entry", f"must be a mapping, got {type(value).__name__}")
         for key in value:
-            if key not in FIELDS:
+            if key not in _FIELD_SET:
                 raise ValidationError(str(key), "unknown field")
-        fields: dict[str, Any] = {}
-        for name in _REQUIRED_TEXT:
-            raw = value.get(name)
-            if raw is None:
-                raise ValidationError(name, "is required")
-            fields[name] = _text(name, raw, required=True)
-        raw_key = value.get("drive_key")
-        if raw_key is None:
+        get = value.get
+        return cls._checked(get("name"), get("drive_key"), get("type"), get("description"),
+                            get("owner"))
+
+    @classmethod
+    def _checked(
+        cls, name: Any, drive_key: Any, type: Any, description: Any, owner: Any  # noqa: A002
+    ) -> Entry:
+        # Field order of the checks (and so which error comes first): name, type, drive_key,
+        # description, owner.
+        if name is None:
+            raise ValidationError("name", "is required")
+        name = _text("name", name, required=True)
+        if type is None:
+            raise ValidationError("type", "is required")
+        type = _text("type", type, required=True)  # noqa: A001
+        if drive_key is None:
             raise ValidationError("drive_key", "is required")
-        try:
-            fields["drive_key"] = ids.normalize(raw_key)
-        except InvalidKeyError as exc:
-            raise ValidationError("drive_key", exc.message) from exc
-        for name in _OPTIONAL_TEXT:
-            raw = value.get(name)
-            fields[name] = None if raw is None else _text(name, raw, required=False)
-        return cls(**fields)
+        if builtins_type(drive_key) is not bytes or len(drive_key) != ids.KEY_BYTES:
+            try:
+                drive_key = ids.normalize(drive_key)
+            except InvalidKeyError as exc:
+                raise ValidationError("drive_key", exc.message) from exc
+        if description is not None:
+            description = _text("description", description, required=False)
+        if owner is not None:
+            owner = _text("owner", owner, required=False)
+        return cls(name, drive_key, type, description, owner)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +93,12 @@ class Entry:
 
 
 def _text(field: str, raw: Any, *, required: bool) -> str:
+    if builtins_type(raw) is str and raw.isascii():  # the common case: nothing else to check
+        if not raw and required:
+            raise ValidationError(field, "must not be empty")
+        if len(raw) > MAX_TEXT:
+            raise ValidationError(field, f"longer than {MAX_TEXT} characters")
+        return raw
     if not isinstance(raw, str):
         raise ValidationError(field, f"must be a string, got {type(raw).__name__}")
     if required and not raw:

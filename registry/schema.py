@@ -363,15 +363,19 @@ def check_upgrade(old: Spec, new: Spec) -> None:
 # --- record codec ---------------------------------------------------------------------------
 
 
-def encode_record(schema: SchemaVersion, record: str, values: Mapping[str, Any]) -> bytes:
-    """Canonical bytes of a record under ``schema`` (values already validated)."""
+def encode_record(
+    schema: SchemaVersion, record: str, values: Mapping[str, Any], *, trusted: bool = False
+) -> bytes:
+    """Canonical bytes of a record under ``schema`` (values already validated). ``trusted``:
+    the values are plain ``str``/``bytes``/``int`` the caller checked, so the encoder's type
+    walk is skipped (the bytes are the same)."""
     spec = schema.records[record]
     out: dict[str, Any] = {_VERSION_FIELD: schema.version}
     for f in spec.fields:
         value = values.get(f.name)
         if value is not None:
             out[f.name] = value
-    return encoding.encode(out)
+    return encoding.encode_trusted(out) if trusted else encoding.encode(out)
 
 
 def decode_record(spec: Spec, record: str, data: bytes) -> dict[str, Any]:

@@ -246,8 +246,7 @@ class RegistryService:
             self.view.layout.check(e)  # fields this schema version lacks: refuse locally
         if not parsed:
             return self._base.local_log.length
-        codec = self._router.codec
-        return await self._append([codec.encode("put-entry", {"entry": e}) for e in parsed])
+        return await self._append(self._router.codec.encode_parsed_entries(parsed))
 
     async def delete_entry(self, name: str) -> int:
         """Append a ``delete-entry`` op (deleting a missing name is a no-op when applied)."""

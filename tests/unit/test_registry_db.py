@@ -13,7 +13,7 @@ from autobase_py.bee import Bee, encode_tuple
 from autobase_py.errors import DecodeError, NotWritableError
 from autobase_py.store import Store
 from registry import Entry, Registry, SchemaError, ValidationError
-from registry.db import NO_OWNER
+from registry.db import NO_OWNER, Layout
 from registry.schema import encode_record, load_spec, spec_at
 
 KEY_A = bytes([0xAA]) * 32
@@ -330,3 +330,41 @@ def test_spec_at_refuses_undeclared_versions() -> None:
     assert [op.name for op in spec_at(load_spec(), 1).ops] == [
         "add-writer", "remove-writer", "put-entry", "delete-entry"
     ]
+
+
+def test_layout_keys_are_the_documented_tuples() -> None:
+    layout = Layout(load_spec())
+    for e in [Entry("e\x00", KEY_A, "t\u20ac", owner="o"), Entry("e1", bytes(32), "t")]:
+        assert layout.primary(e.name) == encode_tuple((1, e.name))
+        owner: int | str = NO_OWNER if e.owner is None else e.owner
+        assert layout.index_keys(e) == [
+            encode_tuple((2, e.drive_key, e.name)),
+            encode_tuple((3, e.type, e.name)),
+            encode_tuple((4, owner, e.name)),
+        ]
+        assert layout.encode_parsed(e) == layout.encode(e)
+    v1 = Layout(spec_at(load_spec(), 1))
+    assert len(v1.index_keys(Entry("e1", KEY_A, "t"))) == 2
+
+
+async def test_upsert_of_one_field_keeps_the_other_index_keys(reg: Registry, bee: Bee) -> None:
+    await reg.put(Entry("e1", KEY_A, "t1", owner="John"))
+    await reg.put(Entry("e2", KEY_A, "t1"))
+    await reg.put(Entry("e1", KEY_A, "t2", owner="John"))  # only the type changes
+    assert [k async for k, _ in bee.range()] == sorted([
+        encode_tuple((0, "schema")),
+        encode_tuple((1, "e1")),
+        encode_tuple((1, "e2")),
+        encode_tuple((2, KEY_A, "e1")),
+        encode_tuple((2, KEY_A, "e2")),
+        encode_tuple((3, "t1", "e2")),
+        encode_tuple((3, "t2", "e1")),
+        encode_tuple((4, "John", "e1")),
+        encode_tuple((4, NO_OWNER, "e2")),
+    ])
+    await reg.put(Entry("e1", KEY_A, "t2", "described", "John"))  # no index key changes
+    assert await reg.get_by_drive_key(KEY_A) == Entry("e1", KEY_A, "t2", "described", "John")
+    assert await names(reg.entries_of_owner("John")) == ["e1"]
+    assert await names(reg.entries_of_owner(None)) == ["e2"]
+    assert await names(reg.entries_of_type("t2")) == ["e1"]
+    assert (await reg.get("e1")) == Entry("e1", KEY_A, "t2", "described", "John")

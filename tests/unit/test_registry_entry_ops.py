@@ -132,3 +132,60 @@ def test_decoding_random_bytes_as_an_op_raises_only_the_typed_error(data: bytes)
     except encoding.DecodeError:
         return
     assert isinstance(op, int) or req is not None
+
+
+# --- the fast paths give the same answers as the general ones ---------------------------------
+
+texts = st.text(alphabet="ab\x00\u20ac\U0001f600", max_size=6)
+entries = st.builds(
+    Entry,
+    name=texts.filter(bool),
+    drive_key=st.binary(min_size=32, max_size=32),
+    type=texts.filter(bool),
+    description=st.none() | texts,
+    owner=st.none() | texts,
+)
+
+
+@given(entries)
+def test_parse_accepts_entries_mappings_and_text_keys_alike(e: Entry) -> None:
+    as_map = {k: v for k, v in e.to_dict().items() if v is not None}
+    assert Entry.parse(e) == e
+    assert Entry.parse(as_map) == e
+    assert Entry.parse(dict(as_map, drive_key=bytearray(e.drive_key))) == e
+    assert Entry.parse(dict(as_map, drive_key=e.drive_key.hex())) == e
+    assert type(Entry.parse(dict(as_map, drive_key=bytearray(e.drive_key))).drive_key) is bytes
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "problem"),
+    [
+        # an Entry built directly is checked as thoroughly as a mapping
+        (Entry("", KEY, "t"), "name", "empty"),
+        (Entry(3, KEY, "t"), "name", "string"),  # type: ignore[arg-type]
+        (Entry("e", KEY, None), "type", "required"),  # type: ignore[arg-type]
+        (Entry("e", KEY[:31], "t"), "drive_key", "31"),
+        (Entry("e", 7, "t"), "drive_key", "int"),  # type: ignore[arg-type]
+        (Entry("e", KEY, "t", "\ud800"), "description", "surrogate"),
+        (Entry("e", KEY, "t", owner="x" * 4097), "owner", "longer"),
+        (Entry("e", KEY, "t", owner="\u20ac" * 4097), "owner", "longer"),
+        (Entry("e\ud800", KEY, "t"), "name", "surrogate"),
+    ],
+)
+def test_parse_checks_an_entry_instance_field_by_field(
+    entry: Entry, field: str, problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem) as info:
+        Entry.parse(entry)
+    assert info.value.field == field
+
+
+@given(entries)
+def test_encoding_parsed_entries_gives_the_bytes_encode_gives(e: Entry) -> None:
+    codec = OpCodec(load_spec())
+    parsed = Entry.parse(e)
+    assert codec.encode_parsed_entries([parsed]) == [codec.encode("put-entry", {"entry": parsed})]
+    op, request = codec.decode(codec.encode_parsed_entries([parsed])[0])
+    assert not isinstance(op, int)
+    assert op.name == "put-entry"
+    assert request["entry"] == parsed
