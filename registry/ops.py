@@ -102,6 +102,13 @@ class NewerSchemaError(DecodeError):
 
 
 def _check_field(op: str, f: FieldSpec, value: Any) -> Any:
+    if f.type == "record:entry":
+        if not isinstance(value, dict):
+            raise InvalidOpError(f"{op}: field {f.name!r} must be an entry map")
+        try:
+            return Entry.parse(value)
+        except ValidationError as exc:
+            raise InvalidOpError(f"{op}: {f.name}: {exc.message}") from exc
     if f.type == "fixed32":
         if not isinstance(value, bytes) or len(value) != 32:
             raise InvalidOpError(f"{op}: field {f.name!r} must be 32 bytes")
@@ -122,13 +129,6 @@ def _check_field(op: str, f: FieldSpec, value: Any) -> Any:
         if not isinstance(value, bytes):
             raise InvalidOpError(f"{op}: field {f.name!r} must be bytes")
         return value
-    if f.type == "record:entry":
-        if not isinstance(value, dict):
-            raise InvalidOpError(f"{op}: field {f.name!r} must be an entry map")
-        try:
-            return Entry.parse(value)
-        except ValidationError as exc:
-            raise InvalidOpError(f"{op}: {f.name}: {exc.message}") from exc
     raise InvalidOpError(f"{op}: field {f.name!r} has unsupported type {f.type}")
 
 
@@ -202,17 +202,19 @@ class OpCodec:
         """(op spec, checked request), or (unknown op id, empty request) for an id this node
         lacks; NewerSchemaError when the writer's schema version is newer than ours."""
         envelope = encoding.decode(data)
+        # decode() yields plain dicts/ints only; keys are exactly {op, req} or {op, req, v}
         if (
-            not isinstance(envelope, dict)
-            or not {"op", "req"} <= set(envelope)
-            or not set(envelope) <= {"op", "req", "v"}
+            type(envelope) is not dict
+            or "op" not in envelope
+            or "req" not in envelope
+            or len(envelope) != (3 if "v" in envelope else 2)
         ):
             raise InvalidOpError("op envelope must be a map with 'op', 'req' and optionally 'v'")
         op_id = envelope["op"]
-        if not isinstance(op_id, int) or isinstance(op_id, bool) or op_id < 0:
+        if type(op_id) is not int or op_id < 0:
             raise InvalidOpError("op id must be an unsigned int")
         version = envelope.get("v", 1)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        if type(version) is not int or version < 1:
             raise InvalidOpError("op schema version must be an int >= 1")
         if version > self.version:
             raise NewerSchemaError(version, self.version)

@@ -107,6 +107,17 @@ async def test_unknown_op_id_is_reported_not_skipped() -> None:
         encoding.encode({"op": 3, "req": {"name": 5}}),
         encoding.encode({"op": 0, "req": {"key": b"short", "indexer": True}}),
         encoding.encode({"op": 3, "req": {"name": "x", "extra": 1}}),
+        # envelope shape: exactly {op, req} or {op, req, v}
+        encoding.encode({"req": {"name": "x"}, "v": 2}),
+        encoding.encode({"op": 3, "v": 2, "x": 1}),
+        encoding.encode({"op": 3, "req": {"name": "x"}, "x": 1}),
+        encoding.encode({"op": 3, "req": {"name": "x"}, "v": 2, "x": 1}),
+        encoding.encode({"op": True, "req": {"name": "x"}}),
+        encoding.encode({"op": 3.0, "req": {"name": "x"}}),
+        encoding.encode({"op": 3, "req": {"name": "x"}, "v": True}),
+        encoding.encode({"op": 3, "req": {"name": "x"}, "v": 0}),
+        encoding.encode({"op": 2, "req": {"entry": [1]}}),
+        encoding.encode({"op": 2, "req": []}),
     ],
 )
 async def test_malformed_ops_are_skipped_with_a_reason(value: bytes) -> None:
