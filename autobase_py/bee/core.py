@@ -15,12 +15,13 @@ batch's pending puts and deletes (the registry's ``apply`` relies on it). A batc
 flushed, or the log was truncated), the batch rebuilds its tree from the new root by replaying
 its operations in call order, so a flush never writes nodes that point into a stale tree.
 
-Caching and rollback: decoded nodes are cached by address (block and slot; reading a block
-caches every node in it). Blocks below the length never
-change while the fork id stays the same, and a truncate always bumps the fork; so the bee
-compares ``log.fork`` with the fork its cache was filled under at the start of every operation
-and empties the cache when it differs. No stale node is ever read after a truncate, and reads
-simply continue from the new last block: truncating the log *is* rolling the bee back.
+Caching and rollback: decoded nodes are cached by address (block and slot); a node is decoded
+only when a walk reaches it, and the last few blocks read are kept so that further nodes of the
+same block need no second read. Blocks below the length never change while the fork id stays
+the same, and a truncate always bumps the fork; so the bee compares ``log.fork`` with the fork
+its caches were filled under at the start of every operation and empties them when it differs.
+No stale node is ever read after a truncate, and reads simply continue from the new last block:
+truncating the log *is* rolling the bee back.
 
 Snapshots taken before a truncate: a snapshot records the log's tree hash at its version. After
 a fork change it stays readable exactly when the log still holds that version with the same
@@ -45,12 +46,11 @@ import trio
 from ..errors import (
     AutobaseError,
     BlockNotAvailableError,
-    DecodeError,
     LocalError,
     NotWritableError,
     OutOfRangeError,
 )
-from .node import MAX_KEY_BYTES, SLOT_BITS, SLOT_MASK, Node, decode_block
+from .node import MAX_KEY_BYTES, SLOT_BITS, SLOT_MASK, Block, Node
 from .source import BeeLog, BlockSource
 from .tree import DEFAULT_PACK_BYTES, BlockMissing, RangeCursor, TreeWriter, lookup
 
@@ -59,6 +59,7 @@ T = TypeVar("T")
 DEFAULT_LEAF_MAX = 16
 DEFAULT_INTERNAL_MAX = 64
 DEFAULT_CACHE_NODES = 32768
+BLOCK_CACHE = 64  # checked blocks kept for their remaining nodes
 
 
 class SnapshotExpiredError(OutOfRangeError):
@@ -168,6 +169,7 @@ class Bee:
         self._cache_nodes = max(16, cache_nodes)
         self._cache: dict[int, Node] = {}  # by address
         self._roots: dict[int, Node] = {}  # by block index: the root ending that block
+        self._blocks: dict[int, Block] = {}  # by block index, oldest first
         self._fork = log.fork
         self._length = log.length  # the longest length seen since the cache was last valid
 
@@ -190,6 +192,7 @@ class Bee:
             # (same fork, shorter log): blocks from here on may come back different.
             self._cache.clear()
             self._roots.clear()
+            self._blocks.clear()
             self._fork = log.fork
         self._length = length
 
@@ -202,38 +205,40 @@ class Bee:
             self._roots.clear()
         cache[node.seq] = node  # type: ignore[index]
 
-    def _block(self, seq: int) -> list[Node]:
-        """Read and decode block ``seq``, caching every node in it."""
+    def _block(self, seq: int) -> Block:
+        """Block ``seq`` with its header checked (kept in a small cache: a range or a cold
+        walk often reads several nodes of one block)."""
+        block = self._blocks.get(seq)
+        if block is not None:
+            return block
         try:
             data = self.log.get(seq)
         except BlockNotAvailableError as exc:
             raise BlockMissing(seq) from exc
-        nodes = decode_block(data, seq)
-        for node in nodes:
-            self._remember(node)
-        if nodes[-1].root:
-            self._roots[seq] = nodes[-1]
-        return nodes
+        block = Block(data, seq)
+        blocks = self._blocks
+        if len(blocks) >= BLOCK_CACHE:
+            del blocks[next(iter(blocks))]
+        blocks[seq] = block
+        return block
 
     def _load(self, address: int) -> Node:
         node = self._cache.get(address)
         if node is not None:
             return node
-        nodes = self._block(address >> SLOT_BITS)
-        slot = address & SLOT_MASK
-        if slot >= len(nodes):
-            raise DecodeError(
-                f"bee node names slot {slot} of block {address >> SLOT_BITS}, which holds "
-                f"{len(nodes)} nodes"
-            )
-        return nodes[slot]
+        node = self._block(address >> SLOT_BITS).node(address & SLOT_MASK)
+        self._remember(node)
+        return node
 
     def _root(self, version: int) -> Node | None:
         if version == 0:
             return None
         node = self._roots.get(version - 1)
         if node is None:
-            node = self._block(version - 1)[-1]
+            block = self._block(version - 1)
+            node = self._load((version - 1) << SLOT_BITS | (len(block) - 1))
+            if node.root:
+                self._roots[version - 1] = node
         if not node.root:
             raise NotAVersionError(
                 f"block {version - 1} is not a bee root: length {version} falls between two "

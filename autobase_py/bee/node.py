@@ -40,8 +40,8 @@ handful of blocks instead of one per node)::
       u16         n, the number of keys
       n x u16     key lengths
       leaf:       n x u32 value lengths
-      internal:   (n + 1) x u32 child blocks, then (n + 1) x u16 child slots (n >= 1; each
-                  child in an earlier block, or in this block at an earlier slot)
+      internal:   (n + 1) x u64 child addresses (n >= 1; each below this node's own
+                  address: in an earlier block, or in this block at an earlier slot)
       bytes       the keys, concatenated, strictly increasing
       leaf: bytes the values, concatenated
 
@@ -112,17 +112,22 @@ class Node:
 
     def dirty_copy(self) -> Node:
         """A mutable copy owned by a batch, remembering this node as its origin."""
-        return Node(
-            list(self.keys),
-            None if self.values is None else list(self.values),
-            None if self.children is None else list(self.children),
-            None,
-            origin=self if self.seq is not None else self.origin,
-        )
+        copy = _new_node(Node)  # skips __init__: this runs for every node a flush rewrites
+        copy.keys = self.keys[:]
+        values, children = self.values, self.children
+        copy.values = None if values is None else values[:]
+        copy.children = None if children is None else children[:]
+        copy.seq = None
+        copy.origin = self if self.seq is not None else self.origin
+        copy.root = False
+        return copy
 
     def __repr__(self) -> str:
         kind = "leaf" if self.leaf else "internal"
         return f"Node({kind}, seq={self.seq}, keys={len(self.keys)})"
+
+
+_new_node = object.__new__
 
 
 def encode_node(node: Node, *, root: bool = False) -> bytes:
@@ -202,36 +207,40 @@ def decode_node(data: bytes, seq: int) -> Node:
     return Node(keys, values, None, seq, root=bool(flags & ROOT_FLAG))
 
 
+def _leaf_head(n: int) -> struct.Struct:
+    return struct.Struct(f"<BH{n}H{n}I")
+
+
+def _internal_head(n: int) -> struct.Struct:
+    return struct.Struct(f"<BH{n}H{n + 1}Q")
+
+
+_LEAF_HEADS = [_leaf_head(n) for n in range(257)]
+_INTERNAL_HEADS = [_internal_head(n) for n in range(257)]
+
+
 def encode_body(node: Node) -> bytes:
     """A node's body inside a pack; its children must all be stored (addresses)."""
     keys = node.keys
     n = len(keys)
-    if n > MAX_KEYS:
-        raise EncodeError(f"a bee node holds at most {MAX_KEYS} keys")
+    children = node.children
     try:
-        children = node.children
         if children is None:
             values = node.values
             if values is None or len(values) != n:
                 raise EncodeError("leaf node needs one value per key")
-            head = struct.pack(
-                f"<BH{n}H{n}I", KIND_LEAF, n, *map(len, keys), *map(len, values)
-            )
+            leaf = _LEAF_HEADS[n] if n < 257 else _leaf_head(n)
+            head = leaf.pack(KIND_LEAF, n, *map(len, keys), *map(len, values))
             return b"".join([head, *keys, *values])
-        if not all(type(child) is int for child in children):
-            raise EncodeError("internal node still points at an unstored child")
-        refs: list[int] = children  # type: ignore[assignment]
-        c = len(refs)
-        head = struct.pack(
-            f"<BH{n}H{c}I{c}H",
-            KIND_INTERNAL,
-            n,
-            *map(len, keys),
-            *[ref >> SLOT_BITS for ref in refs],
-            *[ref & SLOT_MASK for ref in refs],
-        )
+        if len(children) != n + 1:
+            raise EncodeError("internal node needs one more child than keys")
+        internal = _INTERNAL_HEADS[n] if n < 257 else _internal_head(n)
+        # A child that is still a Node (unstored) is not an integer: struct refuses it.
+        head = internal.pack(KIND_INTERNAL, n, *map(len, keys), *children)
     except struct.error as exc:
-        raise EncodeError(f"bee node out of format limits: {exc}") from exc
+        if n > MAX_KEYS:
+            raise EncodeError(f"a bee node holds at most {MAX_KEYS} keys") from exc
+        raise EncodeError(f"bee node out of format limits (or an unstored child): {exc}") from exc
     return b"".join([head, *keys])
 
 
@@ -264,10 +273,8 @@ def _decode_body(data: bytes, start: int, end: int, seq: int, slot: int) -> Node
         if kind == KIND_INTERNAL:
             if n == 0:
                 raise DecodeError("bee node: internal node without keys")
-            c = n + 1
-            blocks = struct.unpack_from(f"<{c}I", data, pos)
-            slots = struct.unpack_from(f"<{c}H", data, pos + 4 * c)
-            pos += 6 * c
+            refs = struct.unpack_from(f"<{n + 1}Q", data, pos)
+            pos += 8 * (n + 1)
             value_lengths: tuple[int, ...] = ()
         else:
             value_lengths = struct.unpack_from(f"<{n}I", data, pos)
@@ -282,58 +289,88 @@ def _decode_body(data: bytes, start: int, end: int, seq: int, slot: int) -> Node
         raise DecodeError("bee node: keys must be strictly increasing")
     address = seq << SLOT_BITS | slot
     if kind == KIND_INTERNAL:
-        children: list[int | Node] = []
-        for block, child_slot in zip(blocks, slots, strict=True):
-            if block > seq or (block == seq and child_slot >= slot):
-                raise DecodeError("bee node: child must come before its parent")
-            children.append(block << SLOT_BITS | child_slot)
-        return Node(keys, None, children, address)
+        if max(refs) >= address:
+            raise DecodeError("bee node: child must come before its parent")
+        return Node(keys, None, list(refs), address)
     return Node(keys, _slices(data, pos + key_bytes, value_lengths), None, address)
+
+
+class Block:
+    """A stored block whose header (the node sizes) has been checked; nodes are decoded one
+    slot at a time on demand, so a lookup pays only for the nodes it walks."""
+
+    __slots__ = ("data", "ends", "root", "seq", "single")
+
+    def __init__(self, data: bytes, seq: int) -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise DecodeError(f"bee block: expected bytes, got {type(data).__name__}")
+        if not 0 <= seq <= MAX_SEQ:
+            raise DecodeError(f"bee block: index {seq} out of range")
+        data = bytes(data)
+        self.data = data
+        self.seq = seq
+        self.single: Node | None = None
+        if data[:1] == bytes([SINGLE_VERSION]):
+            node = decode_node(data, seq)
+            node.seq = seq << SLOT_BITS
+            if node.children is not None:
+                node.children = [child << SLOT_BITS for child in node.children]  # type: ignore[operator]
+            self.single = node
+            self.ends: tuple[int, ...] = (len(data),)
+            self.root = node.root
+            return
+        size = len(data)
+        if size < 4:
+            raise DecodeError("bee block: too short")
+        if data[0] != PACK_VERSION:
+            raise DecodeError(f"bee block: unknown format version {data[0]}")
+        flags = data[1]
+        if flags not in (0, ROOT_FLAG):
+            raise DecodeError(f"bee block: unknown pack flags {flags}")
+        m = data[2] | data[3] << 8
+        if m == 0:
+            raise DecodeError("bee block: empty pack")
+        try:
+            lengths = struct.unpack_from(f"<{m}I", data, 4)
+        except struct.error as exc:
+            raise DecodeError(f"bee block: truncated header: {exc}") from exc
+        self.ends = tuple(accumulate(lengths, initial=4 + 4 * m))
+        if self.ends[-1] != size:
+            raise DecodeError("bee block: node sizes do not add up to the block size")
+        self.root = flags == ROOT_FLAG
+
+    def __len__(self) -> int:
+        """The number of nodes (slots) in the block."""
+        return len(self.ends) - (self.single is None)
+
+    def node(self, slot: int) -> Node:
+        """The node in ``slot``: DecodeError if there is no such slot or it is malformed."""
+        if self.single is not None:
+            if slot != 0:
+                raise DecodeError(f"bee block {self.seq} holds one node, not slot {slot}")
+            return self.single
+        ends = self.ends
+        if not 0 <= slot < len(ends) - 1:
+            raise DecodeError(
+                f"bee block {self.seq} holds {len(ends) - 1} nodes, not slot {slot}"
+            )
+        node = _decode_body(self.data, ends[slot], ends[slot + 1], self.seq, slot)
+        if self.root and slot == len(ends) - 2:
+            node.root = True
+        return node
 
 
 def decode_block(data: bytes, seq: int) -> list[Node]:
     """The nodes stored in block ``seq`` (either version), in slot order, each carrying its
     address and with children named by address; the last is marked ``root`` when the block
     ends a flush. DecodeError for anything that is not exactly a well-formed block."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise DecodeError(f"bee block: expected bytes, got {type(data).__name__}")
-    if not 0 <= seq <= MAX_SEQ:
-        raise DecodeError(f"bee block: index {seq} out of range")
-    data = bytes(data)
-    if data[:1] == bytes([SINGLE_VERSION]):
-        node = decode_node(data, seq)
-        node.seq = seq << SLOT_BITS
-        if node.children is not None:
-            node.children = [child << SLOT_BITS for child in node.children]  # type: ignore[operator]
-        return [node]
-    size = len(data)
-    if size < 4:
-        raise DecodeError("bee block: too short")
-    if data[0] != PACK_VERSION:
-        raise DecodeError(f"bee block: unknown format version {data[0]}")
-    flags = data[1]
-    if flags not in (0, ROOT_FLAG):
-        raise DecodeError(f"bee block: unknown pack flags {flags}")
-    m = data[2] | data[3] << 8
-    if m == 0:
-        raise DecodeError("bee block: empty pack")
-    try:
-        lengths = struct.unpack_from(f"<{m}I", data, 4)
-    except struct.error as exc:
-        raise DecodeError(f"bee block: truncated header: {exc}") from exc
-    pos = 4 + 4 * m
-    if pos + sum(lengths) != size:
-        raise DecodeError("bee block: node sizes do not add up to the block size")
-    nodes = []
-    for slot, length in enumerate(lengths):
-        nodes.append(_decode_body(data, pos, pos + length, seq, slot))
-        pos += length
-    nodes[-1].root = flags == ROOT_FLAG
-    return nodes
+    block = Block(data, seq)
+    return [block.node(slot) for slot in range(len(block))]
 
 
 __all__ = [
     "FORMAT_VERSION",
+    "Block",
     "PACK_VERSION",
     "SINGLE_VERSION",
     "SLOT_BITS",

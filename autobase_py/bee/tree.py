@@ -433,9 +433,8 @@ class TreeWriter:
                 return node
             children = node.children
             if children is not None:
-                for i, child in enumerate(children):
-                    if isinstance(child, Node):
-                        children[i] = store(child).seq  # type: ignore[assignment]
+                for i in [i for i, child in enumerate(children) if type(child) is not int]:
+                    children[i] = store(children[i]).seq  # type: ignore[arg-type,assignment]
             origin = node.origin
             node.origin = None
             if (

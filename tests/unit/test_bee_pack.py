@@ -149,6 +149,23 @@ async def test_child_slot_past_the_end_of_an_earlier_block_is_a_decode_error() -
         await bee.get(b"z")
 
 
+async def test_nodes_decode_on_demand_and_a_bad_slot_fails_only_when_reached() -> None:
+    log = MemoryLog()
+    good = encode_body(Node([b"a"], [b"1"], None))
+    bad = encode_body(Node([b"x", b"y"], [b"1", b"2"], None))
+    assert bad.endswith(b"xy12")
+    bad = bad[:-4] + b"yx12"  # keys out of order
+    log.blocks.append(encode_pack([good, bad], root=False))
+    root = Node([b"m"], None, [addr(0, 0), addr(0, 1)])
+    log.blocks.append(encode_pack([encode_body(root)], root=True))
+    bee = Bee(log)
+    assert await bee.get(b"a") == b"1"
+    with pytest.raises(DecodeError):
+        await bee.get(b"z")
+    with pytest.raises(DecodeError):
+        decode_block(log.blocks[0], 0)  # type: ignore[arg-type]
+
+
 @settings(max_examples=100)
 @given(st.data())
 def test_hostile_packed_trees_never_crash_or_loop(data: st.DataObject) -> None:
