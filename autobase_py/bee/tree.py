@@ -222,10 +222,12 @@ class TreeWriter:
         node = self.root
         path = [node]
         idxs: list[int] = []
+        load = self.load
         while node.children is not None:
             i = bisect_right(node.keys, key)
             idxs.append(i)
-            node = _child(node, i, self.load)
+            ref = node.children[i]
+            node = ref if ref.__class__ is Node else load(ref)  # type: ignore[arg-type]
             path.append(node)
         return path, idxs
 
@@ -433,7 +435,13 @@ class TreeWriter:
                 return node
             children = node.children
             if children is not None:
-                for i in [i for i, child in enumerate(children) if type(child) is not int]:
+                # Typically one or two of an internal node's dozens of children are dirty:
+                # find them with C-level scans rather than a Python loop over all.
+                kinds = list(map(type, children))
+                i = -1
+                while Node in kinds:
+                    i = kinds.index(Node, i + 1)
+                    kinds[i] = int
                     children[i] = store(children[i]).seq  # type: ignore[arg-type,assignment]
             origin = node.origin
             node.origin = None
