@@ -57,10 +57,21 @@ def entry(i: int, *, types: int = 10_000, owners: int = 10_000) -> Entry:
                  "a model", f"owner-{i % owners}")
 
 
+CPU = {"seconds": 0.0}  # process CPU time of the last timed() call
+
+
 async def timed(fn: Callable[[], Awaitable[None]]) -> float:
-    start = time.perf_counter()
+    """Wall-clock seconds of ``fn``; its process CPU seconds go to ``CPU["seconds"]`` (less
+    disturbed than wall time by other processes on a shared machine, and blind to fsync
+    waits, so the two together separate "our code got slower" from "the machine was busy")."""
+    start, cpu = time.perf_counter(), time.process_time()
     await fn()
+    CPU["seconds"] = time.process_time() - cpu
     return time.perf_counter() - start
+
+
+def cpu_us_per(n: int) -> float:
+    return round(CPU["seconds"] / n * 1e6, 1)
 
 
 async def single_writer(root: Path, n: int, per_append: int) -> None:
@@ -74,7 +85,7 @@ async def single_writer(root: Path, n: int, per_append: int) -> None:
     seconds = await timed(run)
     assert svc.base.unconfirmed_values == 0
     emit("registry", "puts_per_second_one_writer", n / seconds, "puts/s", per_append=per_append,
-         puts=n)
+         puts=n, cpu_us_per_put=cpu_us_per(n))
     await svc.close()
     store.close()
 
@@ -88,7 +99,7 @@ async def single_writer(root: Path, n: int, per_append: int) -> None:
 
     seconds = await timed(run_kv)
     emit("registry", "baseline_kv_puts_per_second_one_writer", n / seconds, "puts/s",
-         per_append=per_append, puts=n)
+         per_append=per_append, puts=n, cpu_us_per_put=cpu_us_per(n))
     await base.close()
     store.close()
 
@@ -118,7 +129,8 @@ async def three_indexers(root: Path, n: int, per_append: int, sync_every: int) -
         assert x.base.unconfirmed_values == 0
         assert await x.view.get(entry(n - 1).name) is not None
     emit("registry", "puts_per_second_three_indexers", n / seconds, "puts/s",
-         per_append=per_append, puts=n, sync_every_appends=sync_every)
+         per_append=per_append, puts=n, sync_every_appends=sync_every,
+         cpu_us_per_put=cpu_us_per(n))
     for x in nodes:
         await x.close()
     for s in stores:
@@ -140,7 +152,7 @@ async def lookups(root: Path, n: int, queries: int) -> None:
 
     seconds = await timed(build)
     emit("registry", "bulk_load_puts_per_second", n / seconds, "puts/s", entries=n,
-         per_transaction=chunk)
+         per_transaction=chunk, cpu_us_per_put=cpu_us_per(n))
     rng = random.Random(1)
     picks = [rng.randrange(n) for _ in range(queries)]
 
@@ -169,7 +181,7 @@ async def lookups(root: Path, n: int, queries: int) -> None:
         await fn()  # warm the cache
         seconds = await timed(fn)
         emit("registry", figure, queries / seconds, "lookups/s", entries=n, queries=queries,
-             results_per_lookup=per)
+             results_per_lookup=per, cpu_us_per_lookup=cpu_us_per(queries))
     store.close()
 
 

@@ -312,7 +312,8 @@ class Transaction(_Reader):
 
     async def put_valid(self, new: Entry, *, version: int | None = None) -> bool:
         """:meth:`put` for an entry that already went through ``Entry.parse`` (the op codec
-        parses every ``put-entry`` request), saving a second validation in apply."""
+        parses every ``put-entry`` request), saving a second validation in apply. Only such
+        entries: the record is encoded without the encoder's type walk."""
         stored, layout, writer = await self._target(version)
         if writer is not layout:
             writer.check(new)  # refuses fields the writer's schema lacks, before any write
