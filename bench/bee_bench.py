@@ -1,11 +1,13 @@
 """Benchmarks of the bee (the view store) on a real log in a real SQLite store.
 
 Prints one JSON object per line: puts/s (1 and 100 per flush, random and sequential keys),
-gets/s on 100,000 keys (hot cache), range scan entries/s, bytes on disk per entry, and blocks
-touched / fetched per sparse lookup at 10,000 and 100,000 entries.
+gets/s on 100,000 keys (hot cache), range scan entries/s, bytes on disk per entry, blocks per
+flush, and blocks touched / blocks and bytes fetched per sparse lookup at 10,000 and 100,000
+entries.
 
 Run from the repository root: ``.venv/bin/python bench/bee_bench.py`` (``--quick`` for a
-smaller run). Numbers depend on the machine; compare runs on the same one.
+smaller run, ``--pack-bytes=N`` to try another pack size). Numbers depend on the machine;
+compare runs on the same one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from autobase_py.log import Log, decode_proof, encode_proof  # noqa: E402
 from autobase_py.store import Store  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+# --pack-bytes=N: the block size flushes pack nodes into (default: the bee's default)
+PACK: dict[str, int] = {}
+for arg in sys.argv:
+    if arg.startswith("--pack-bytes="):
+        PACK["pack_bytes"] = int(arg.split("=", 1)[1])
 
 
 def emit(bench: str, figure: str, value: float, unit: str, **params: Any) -> None:
@@ -95,7 +102,7 @@ async def bench_puts(root: Path) -> None:
         ("sequential", list(range(n_single))),
     ]:
         store = Store.open(root / f"single-{name}")
-        bee = Bee(store.get(name="view"))
+        bee = Bee(store.get(name="view"), **PACK)
         took = await fill(bee, order, 1)
         emit("bee", f"puts_per_s_1_per_flush_{name}", n_single / took, "puts/s", n=n_single)
         store.close()
@@ -107,9 +114,11 @@ async def bench_puts(root: Path) -> None:
         path = root / f"batched-{name}"
         store = Store.open(path)
         log = store.get(name="view")
-        bee = Bee(log)
+        bee = Bee(log, **PACK)
         took = await fill(bee, order, 100)
         emit("bee", f"puts_per_s_100_per_flush_{name}", n / took, "puts/s", n=n)
+        emit("bee", f"blocks_per_flush_100_per_flush_{name}", log.length / (n / 100), "blocks",
+             n=n, pack_bytes=bee.pack_bytes)
         emit("bee", f"log_bytes_per_entry_{name}", log.byte_length / n, "bytes/entry", n=n,
              note="block bytes appended (all versions), 100 puts per flush")
         store.close()
@@ -121,7 +130,7 @@ async def bench_reads(root: Path) -> None:
     n = 20_000 if QUICK else 100_000
     store = Store.open(root / "reads")
     log = store.get(name="view")
-    bee = Bee(log)
+    bee = Bee(log, **PACK)
     await fill(bee, random.Random(3).sample(range(n), n), 1000)
     rng = random.Random(4)
     probes = [key(rng.randrange(n)) for _ in range(50_000)]
@@ -156,7 +165,7 @@ async def bench_sparse(root: Path) -> None:
         writer_store = Store.open(root / f"sparse-w-{n}")
         replica_store = Store.open(root / f"sparse-r-{n}")
         wlog = writer_store.get(name="view")
-        wbee = Bee(wlog)
+        wbee = Bee(wlog, **PACK)
         await fill(wbee, random.Random(5).sample(range(n), n), 1000)
         rng = random.Random(6)
         probes = [key(rng.randrange(n)) for _ in range(200)]
@@ -172,7 +181,12 @@ async def bench_sparse(root: Path) -> None:
         rlog = replica_store.get(key=wlog.key)
         rlog.apply_proof(decode_proof(encode_proof(wlog.proof(None, upgrade_from=0))))
 
-        async def source(index: int, length: int, wlog: Log = wlog) -> Any:
+        fetched: list[int] = []
+
+        async def source(
+            index: int, length: int, wlog: Log = wlog, fetched: list[int] = fetched
+        ) -> Any:
+            fetched.append(index)
             return decode_proof(encode_proof(wlog.proof(index)))
 
         rbee = Bee(rlog, source=source)
@@ -182,9 +196,15 @@ async def bench_sparse(root: Path) -> None:
             assert await rbee.get(k) is not None
         emit("bee", "blocks_fetched_first_sparse_lookup", first, "blocks", n=n,
              note="empty replica")
+        emit("bee", "block_bytes_fetched_first_sparse_lookup",
+             sum(len(wlog.get(i)) for i in fetched[:first]), "bytes", n=n,
+             note="empty replica; block bytes only, proofs not counted")
         emit("bee", "blocks_fetched_per_sparse_lookup_avg", rbee.blocks_fetched / len(probes),
              "blocks", n=n, lookups=len(probes),
              note="one replica, upper levels shared between lookups")
+        emit("bee", "block_bytes_fetched_per_sparse_lookup_avg",
+             sum(len(wlog.get(i)) for i in fetched) / len(probes), "bytes", n=n,
+             lookups=len(probes), note="block bytes only, proofs not counted")
         writer_store.close()
         replica_store.close()
 

@@ -49,7 +49,7 @@ from ..errors import BlockNotAvailableError
 from .node import MAX_SLOTS, SLOT_BITS, Node, encode_body, encode_pack
 
 Load = Callable[[int], Node]
-DEFAULT_PACK_BYTES = 16384
+DEFAULT_PACK_BYTES = 8192
 
 
 class BlockMissing(BlockNotAvailableError):  # noqa: N818 - a signal as much as an error
