@@ -7,31 +7,26 @@ only discovery keys; to open the channel each side must also prove it knows the 
 OPEN carries ``capability(key, handshake_hash, role)``, a BLAKE2b-256 keyed with the log key
 over the connection's handshake hash and the sender's role (initiator or responder), so a
 capability cannot be replayed on another connection or reflected back at its sender. A wrong
-capability is a protocol violation.
-
-Messages (canonical CBOR maps, field ``t`` names the type)::
-
-    sync     {t: "sync", length, fork}               my signed length and fork (sent on open
-                                                     and whenever they change)
-    request  {t: "request", id, index, upgrade}      a block (index or null) and/or an upgrade
-                                                     from ``upgrade`` (my length, or 0)
-    data     {t: "data", id, proof}                  ``encode_proof`` bytes answering ``id``
-    none     {t: "none", id}                         cannot serve ``id`` (yet)
-    have     {t: "have", start, end}                 blocks [start, end) I said "none" for
-                                                     are stored now: ask again
+capability is a protocol violation. The messages are in :mod:`.replication_wire`.
 
 A session that sees the peer ahead (a newer fork, or the same fork and a greater length) asks
 for an upgrade from its own length (0 across forks, which also carries the manifest). Once the
 length is known it asks for the blocks it wants: every missing block when ``eager``, otherwise
-only ranges passed to ``want``. At most ``window`` requests are in flight per session, and
-``claims`` (shared by all sessions of one log) keeps two peers from being asked for the same
-block at once.
+only ranges passed to ``want``. Blocks are asked for in *ranges*: consecutive wanted blocks, up
+to ``range_size`` of them, go into one ``range`` request, answered by one ``blocks`` message
+(the server may answer a prefix only: a size cap, or it lacks a block; the rest is asked for
+again). At most ``window`` requests are in flight per session, and ``claims`` (shared by all
+sessions of one log) keeps two peers from being asked for the same block at once.
 
-Every proof is verified by ``Log.apply_proof`` before anything is stored. A proof that fails
-verification, a malformed message, an answer to a request never made, or an equivocating
+Every block is verified by ``Log.apply_proof`` before it is stored; the blocks of one answer
+are applied inside one storage transaction (a savepoint inside the adapter's transaction), so
+an answer is stored whole or not at all. A proof that fails verification, a malformed message,
+an answer to a request never made (or not answering what was asked), or an equivocating
 signature raises :class:`InvalidPeerDataError` (a ProtocolError: the connection closes and the
-reason is logged). ``ProofMismatchError`` is not the peer's fault (another peer moved us
-first): the request is simply made again from the new state.
+reason is logged). ``ProofMismatchError`` is not the peer's fault when our state moved since
+we asked (another peer moved us first): the request is simply made again from the new state.
+An answer built for another fork is dropped without blame; its blocks are not asked of that
+peer again until its next sync.
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import encoding
 from ..errors import (
     BlockNotAvailableError,
     DecodeError,
@@ -49,20 +43,38 @@ from ..errors import (
     InvalidProofError,
     LocalError,
     OutOfRangeError,
-    ProtocolError,
     VerificationError,
 )
-from ..log import Log, ProofMismatchError, decode_proof, encode_proof
+from ..log import BlockProof, Log, Proof, ProofMismatchError, decode_proof, encode_proof
+from .replication_wire import (
+    MAX_RANGE,
+    WIRE_VERSION,
+    InvalidPeerDataError,
+    RangeTree,
+    UncleCompletion,
+    decode_message,
+    encode_blocks,
+    encode_data,
+    encode_have,
+    encode_none,
+    encode_range,
+    encode_request,
+    encode_sync,
+    pack_uncles,
+    ranges,
+    shared_uncles,
+    unpack_uncles,
+)
 
 PROTOCOL: Final = "log"
 _CAPABILITY_TAG: Final = b"autobase_py/replicate/v1"
-DEFAULT_WINDOW: Final = 64
-
-
-class InvalidPeerDataError(ProtocolError):
-    """The peer sent data that failed verification; it is disconnected."""
-
-    code = "INVALID_PEER_DATA"
+DEFAULT_WINDOW: Final = 64  # requests in flight per session
+DEFAULT_RANGE: Final = 128  # blocks per range request
+MAX_ANSWER_BYTES: Final = 1 << 20  # a blocks answer stops growing past this many bytes
+_MAX_OWED: Final = 1 << 16  # blocks we said "none" for and will announce with "have"
+_SCAN_OWED: Final = 256  # up to this many owed blocks are looked up one by one
+_MAX_ARRIVALS: Final = 1024  # stored ranges remembered for sessions that owe blocks
+_ranges = ranges  # the old private name
 
 
 def capability(log_key: bytes, handshake_hash: bytes, *, initiator: bool) -> bytes:
@@ -77,87 +89,6 @@ def channel_key(log: Log) -> tuple[str, bytes]:
     return (PROTOCOL, log.discovery_key)
 
 
-# -- messages --------------------------------------------------------------------------------
-
-
-def encode_sync(length: int, fork: int) -> bytes:
-    return encoding.encode({"t": "sync", "length": length, "fork": fork})
-
-
-def encode_request(request_id: int, index: int | None, upgrade: int | None) -> bytes:
-    return encoding.encode({"t": "request", "id": request_id, "index": index, "upgrade": upgrade})
-
-
-def encode_data(request_id: int, proof: bytes) -> bytes:
-    return encoding.encode({"t": "data", "id": request_id, "proof": proof})
-
-
-def encode_none(request_id: int) -> bytes:
-    return encoding.encode({"t": "none", "id": request_id})
-
-
-def encode_have(start: int, end: int) -> bytes:
-    return encoding.encode({"t": "have", "start": start, "end": end})
-
-
-_FIELDS: Final = {
-    "sync": frozenset({"t", "length", "fork"}),
-    "request": frozenset({"t", "id", "index", "upgrade"}),
-    "data": frozenset({"t", "id", "proof"}),
-    "none": frozenset({"t", "id"}),
-    "have": frozenset({"t", "start", "end"}),
-}
-
-
-def _uint_or_none(obj: dict[Any, Any], name: str, what: str) -> int | None:
-    value = obj.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise DecodeError(f"{what}: field {name!r} must be an unsigned integer or null")
-    return value
-
-
-def decode_message(data: bytes) -> dict[str, Any]:
-    """A checked replication message; InvalidPeerDataError for anything malformed."""
-    try:
-        obj = encoding.expect_map(encoding.decode(data), "replication message")
-        kind = encoding.field(obj, "t", str, "replication message")
-        if kind not in _FIELDS or frozenset(obj) != _FIELDS[kind]:
-            raise DecodeError(f"replication message: bad type or fields for {kind!r}")
-        for name in ("length", "fork", "id", "start", "end"):
-            if name in obj:
-                value = encoding.field(obj, name, int, kind)
-                if not 0 <= value < 2**63:
-                    raise DecodeError(f"{kind}: field {name!r} out of range")
-        if kind == "request":
-            _uint_or_none(obj, "index", kind)
-            _uint_or_none(obj, "upgrade", kind)
-            if obj["index"] is None and obj["upgrade"] is None:
-                raise DecodeError("request: asks for nothing")
-        if kind == "data":
-            encoding.field(obj, "proof", bytes, kind)
-        if kind == "have" and not obj["start"] < obj["end"]:
-            raise DecodeError("have: empty range")
-    except DecodeError as exc:
-        raise InvalidPeerDataError(f"malformed replication message: {exc.message}") from exc
-    return obj
-
-
-def _ranges(indexes: list[int]) -> Iterator[tuple[int, int]]:
-    """Sorted distinct indexes as half-open ranges of consecutive runs."""
-    start = end = None
-    for i in indexes:
-        if end is not None and i == end:
-            end += 1
-            continue
-        if start is not None and end is not None:
-            yield start, end
-        start, end = i, i + 1
-    if start is not None and end is not None:
-        yield start, end
-
-
 # -- the session -----------------------------------------------------------------------------
 
 
@@ -169,18 +100,45 @@ class Claims:
     contiguous: int = 0  # eager mode: every block below this is stored (at ``fork``)
     fork: int = 0
     releases: int = 0  # bumped whenever a claim is given back without the block stored
+    arrivals: list[tuple[int, int]] = field(default_factory=list)  # recently stored ranges
+    arrivals_start: int = 0  # the sequence number of ``arrivals[0]``
 
     def release(self, index: int) -> None:
         self.blocks.discard(index)
         self.releases += 1
 
+    def release_range(self, start: int, end: int) -> None:
+        self.blocks.difference_update(range(start, end))
+        self.releases += 1
+
+    def arrived(self, start: int, end: int) -> None:
+        """Blocks ``[start, end)`` were stored (sessions that owe them say "have")."""
+        arrivals = self.arrivals
+        arrivals.append((start, end))
+        if len(arrivals) > _MAX_ARRIVALS:
+            drop = len(arrivals) // 2
+            del arrivals[:drop]
+            self.arrivals_start += drop
+
+    @property
+    def arrivals_end(self) -> int:
+        return self.arrivals_start + len(self.arrivals)
+
+    def rewind(self, contiguous: int) -> None:
+        """Storage rolled back what was counted as stored: forget it, make sessions rescan."""
+        self.contiguous = min(self.contiguous, contiguous)
+        self.releases += 1
+
 
 @dataclass(slots=True)
 class _Request:
-    index: int | None
-    upgrade: int | None
+    """A request in flight: an upgrade (``upgrade`` set) or a range of blocks."""
+
+    index: int | None  # the first block of a range
+    upgrade: int | None  # an upgrade from this length
     fork: int  # our fork and length when we asked: a mismatch from an unchanged state is
     length: int  # the peer's fault, from a changed state it is just a race
+    end: int | None = None  # a range: blocks [index, end)
 
 
 class LogSession:
@@ -193,16 +151,21 @@ class LogSession:
         *,
         eager: bool = True,
         window: int = DEFAULT_WINDOW,
+        range_size: int = DEFAULT_RANGE,
     ) -> None:
+        if not 1 <= range_size <= MAX_RANGE:
+            raise LocalError(f"range_size must be 1..{MAX_RANGE}")
         self.log = log
         self.claims = claims if claims is not None else Claims()
         self.eager = eager
         self.window = window
+        self.range_size = range_size
         self.remote_length = 0
         self.remote_fork = 0
         self.remote_synced = False
         self.blocks_received = 0
         self.upgrades_received = 0
+        self.uncles_completed = 0  # blocks whose sent uncles were not enough on their own
         self._wanted: list[tuple[int, int]] = []  # half-open ranges, sparse mode
         self._scan = 0  # eager mode: blocks below this are stored or claimed
         self._scan_fork = log.fork
@@ -217,6 +180,7 @@ class LogSession:
         self._sent_state: tuple[int, int] | None = None
         self._refused: set[int] = set()  # blocks this peer said it cannot serve (until sync)
         self._owed: set[int] = set()  # blocks we said "none" for: announce when stored
+        self._arrivals_seen = 0  # how far ``claims.arrivals`` was looked at for owed blocks
 
     # -- outgoing ----------------------------------------------------------------------------
 
@@ -224,18 +188,53 @@ class LogSession:
         return self.local_changed()
 
     def local_changed(self) -> list[bytes]:
-        """A sync if our (length, fork) changed since we last told the peer, plus requests."""
+        """A sync if our (length, fork) changed since we last told the peer, plus "have" for
+        owed blocks now stored, plus requests."""
         out: list[bytes] = []
         state = (self.log.length, self.log.fork)
         if state != self._sent_state:
             self._sent_state = state
             out.append(encode_sync(*state))
         if self._owed:
-            ready = sorted(i for i in self._owed if self.log.has(i))
-            self._owed.difference_update(ready)
-            out += [encode_have(start, end) for start, end in _ranges(ready)]
+            out += self._announce_owed()
         out += self.pump()
         return out
+
+    def _announce_owed(self) -> list[bytes]:
+        """``have`` for owed blocks that were stored since. A few owed blocks are simply looked
+        up. Many are checked against what the log's sessions recorded as arrived, plus the
+        stored run at the lowest owed block (which also catches blocks stored some other way,
+        in order); only when the arrival record was outrun is every owed block looked up."""
+        claims, owed, has = self.claims, self._owed, self.log.has
+        seen, self._arrivals_seen = self._arrivals_seen, claims.arrivals_end
+        if len(owed) <= _SCAN_OWED or seen < claims.arrivals_start:
+            stored = {i for i in owed if has(i)}
+        else:
+            stored = {
+                i
+                for start, end in claims.arrivals[seen - claims.arrivals_start :]
+                for i in range(start, end)
+                if i in owed
+            }
+            index = min(owed)
+            while index in owed and has(index):
+                stored.add(index)
+                index += 1
+        owed.difference_update(stored)
+        return [encode_have(start, end) for start, end in ranges(sorted(stored))]
+
+    def _owe(self, start: int, end: int) -> None:
+        end = min(end, self.log.length)
+        if start >= end:
+            return  # past our length: our next sync tells the peer
+        if not self._owed:
+            self._arrivals_seen = self.claims.arrivals_end  # only later arrivals matter
+        if len(self._owed) + end - start > _MAX_OWED:
+            # Too much to remember: resync on the next change instead, which makes the peer
+            # forget what we refused and ask again.
+            self._sent_state = None
+            return
+        self._owed.update(range(start, end))
 
     def want(self, start: int, end: int) -> list[bytes]:
         """Ask for blocks ``[start, end)`` (sparse mode); returns the requests to send."""
@@ -277,22 +276,33 @@ class LogSession:
                 yield from range(start, min(end, limit))
 
     def pump(self) -> list[bytes]:
-        """Requests to send now (an upgrade if the peer is ahead, then wanted blocks)."""
+        """Requests to send now (an upgrade if the peer is ahead, then ranges of wanted
+        blocks)."""
         out: list[bytes] = []
         if not self.remote_synced or self.log.writable:
             return out
         log = self.log
         if self._remote_ahead() and not self._upgrading and not self._upgrade_refused:
             start = log.length if self.remote_fork == log.fork else 0
-            out.append(self._request(None, start))
-        claimed = self.claims.blocks
+            out.append(self._ask_upgrade(start))
+        claimed, refused, has = self.claims.blocks, self._refused, log.has
+        run_start = run_end = -1  # the range being gathered (claimed, not yet asked for)
         for index in self._wanted_blocks():
+            if index in claimed or index in refused or has(index):
+                continue
+            if index == run_end and run_end - run_start < self.range_size:
+                claimed.add(index)
+                run_end += 1
+                continue
+            if run_start >= 0:
+                out.append(self._ask_range(run_start, run_end))
+                run_start = -1
             if len(self._inflight) >= self.window:
                 break
-            if index in claimed or index in self._refused or log.has(index):
-                continue
             claimed.add(index)
-            out.append(self._request(index, None))
+            run_start, run_end = index, index + 1
+        if run_start >= 0:
+            out.append(self._ask_range(run_start, run_end))
         if not self.eager:
             self._wanted = [(s, e) for s, e in self._wanted if not self._range_done(s, e)]
         return out
@@ -302,19 +312,31 @@ class LogSession:
             end <= self.log.length
         )
 
-    def _request(self, index: int | None, upgrade: int | None) -> bytes:
+    def _ask_upgrade(self, start: int) -> bytes:
         request_id = self._next_id
         self._next_id += 1
-        self._inflight[request_id] = _Request(index, upgrade, self.log.fork, self.log.length)
-        if upgrade is not None:
-            self._upgrading += 1
-        return encode_request(request_id, index, upgrade)
+        self._inflight[request_id] = _Request(None, start, self.log.fork, self.log.length)
+        self._upgrading += 1
+        return encode_request(request_id, None, start)
+
+    def _ask_range(self, start: int, end: int) -> bytes:
+        request_id = self._next_id
+        self._next_id += 1
+        self._inflight[request_id] = _Request(start, None, self.log.fork, self.log.length, end)
+        return encode_range(request_id, start, end)
+
+    def _release(self, request: _Request, start: int | None = None) -> None:
+        """Give back the claims of ``request`` (from block ``start`` on, default all)."""
+        if request.index is None or request.end is None:
+            return
+        first = request.index if start is None else start
+        if first < request.end:
+            self.claims.release_range(first, request.end)
 
     def release(self) -> None:
         """The session ends: give its claimed blocks back to the other sessions."""
         for request in self._inflight.values():
-            if request.index is not None:
-                self.claims.release(request.index)
+            self._release(request)
         self._inflight.clear()
         self._upgrading = 0
 
@@ -334,6 +356,8 @@ class LogSession:
             return self.pump(), False
         if kind == "request":
             return [self._serve(msg["id"], msg["index"], msg["upgrade"])], False
+        if kind == "range":
+            return [self._serve_range(msg["id"], msg["start"], msg["end"])], False
         if kind == "have":
             self._refused.difference_update(range(msg["start"], msg["end"]))
             self._frontier = min(self._frontier, msg["start"])
@@ -344,27 +368,25 @@ class LogSession:
         if request.upgrade is not None:
             self._upgrading -= 1
         if kind == "none":
-            if request.index is not None:
-                self.claims.release(request.index)
+            self._release(request)
             # The peer cannot serve it (a sparse peer, or it truncated): not from this peer
             # until its next sync; other sessions may still fetch it.
-            if request.index is not None:
-                self._refused.add(request.index)
+            if request.index is not None and request.end is not None:
+                self._refused.update(range(request.index, request.end))
             if request.upgrade is not None:
                 self._upgrade_refused = True  # no asking again (and again) until a new sync
             return self.pump(), request.index is not None
         try:
-            stored = self._apply(msg["proof"], request)
-        except BaseException:
-            if request.index is not None:
-                self.claims.release(request.index)
-            raise
-        if request.index is not None:
-            if stored:
-                self.claims.blocks.discard(request.index)
+            if kind == "blocks":
+                stored = self._apply_blocks(msg, request)
             else:
-                self.claims.release(request.index)
-        return self.local_changed(), stored or request.index is not None
+                stored = self._apply_data(msg["proof"], request)
+        except BaseException:
+            self._release(request)
+            raise
+        return self.local_changed(), stored or kind == "blocks"
+
+    # -- serving -----------------------------------------------------------------------------
 
     def _serve(self, request_id: int, index: int | None, upgrade: int | None) -> bytes:
         log = self.log
@@ -373,28 +395,116 @@ class LogSession:
                 return encode_none(request_id)
             proof = log.proof(index, upgrade)
         except (BlockNotAvailableError, OutOfRangeError):
-            owe = index is not None and upgrade is None and index < log.length
-            if owe and index is not None and len(self._owed) < 4 * self.window:
-                self._owed.add(index)  # we will say "have" once it arrives
+            if index is not None and upgrade is None:
+                self._owe(index, index + 1)  # we will say "have" once it arrives
             return encode_none(request_id)
         return encode_data(request_id, encode_proof(proof))
 
-    def _apply(self, raw: bytes, request: _Request) -> bool:
+    def _serve_range(self, request_id: int, start: int, end: int) -> bytes:
+        """The longest prefix of ``[start, end)`` we hold, up to ``MAX_ANSWER_BYTES``."""
         log = self.log
+        values: list[bytes] = []
+        size = 0
+        for index in range(start, min(end, log.length)):
+            try:
+                value = log.get(index)
+            except BlockNotAvailableError:
+                break
+            values.append(value)
+            size += len(value) + 80
+            if size >= MAX_ANSWER_BYTES:
+                break
+        tree = RangeTree(start, values)
+        uncles: list[bytes] = []
+        for index in range(start, start + len(values)):
+            keep = shared_uncles(index, start)
+            nodes = None if keep is None else tree.uncles(index, keep)
+            if nodes is None:
+                try:
+                    block = log.proof(index).block
+                except BlockNotAvailableError:  # a sparse replica lacking a tree node
+                    break
+                assert block is not None
+                nodes = list(block.nodes if keep is None else block.nodes[:keep])
+            uncles.append(pack_uncles(nodes))
+        if not uncles:
+            self._owe(start, end)
+            return encode_none(request_id)
+        return encode_blocks(request_id, log.fork, start, values[: len(uncles)], uncles)
+
+    # -- applying ----------------------------------------------------------------------------
+
+    def _apply_data(self, raw: bytes, request: _Request) -> bool:
+        """The answer to an upgrade request (the only ``request`` a session makes)."""
+        if request.upgrade is None:
+            raise InvalidPeerDataError("a single proof does not answer the range asked for")
         try:
             proof = decode_proof(raw)
         except DecodeError as exc:
             raise InvalidPeerDataError(f"undecodable proof: {exc.message}") from exc
-        block = proof.block
-        if request.index is not None and (block is None or block.index != request.index):
-            raise InvalidPeerDataError("proof does not answer the block that was asked for")
-        if request.upgrade is None and proof.upgrade is not None:
-            raise InvalidPeerDataError("proof carries an upgrade that was not asked for")
-        if request.upgrade is not None:
-            if proof.upgrade is None:
-                raise InvalidPeerDataError("no upgrade in the answer to an upgrade request")
-            if proof.upgrade.start != request.upgrade:
-                raise InvalidPeerDataError("upgrade does not start where it was asked to")
+        if proof.block is not None:
+            raise InvalidPeerDataError("proof carries a block that was not asked for")
+        if proof.upgrade is None:
+            raise InvalidPeerDataError("no upgrade in the answer to an upgrade request")
+        if proof.upgrade.start != request.upgrade:
+            raise InvalidPeerDataError("upgrade does not start where it was asked to")
+        return self._store(proof, request)
+
+    def _apply_blocks(self, msg: dict[str, Any], request: _Request) -> bool:
+        """Verify and store the blocks of one answer in one transaction; give back the claims
+        of the part of the range it did not cover."""
+        start, values, fork = msg["start"], msg["values"], msg["fork"]
+        if request.end is None or request.index is None:
+            raise InvalidPeerDataError("blocks do not answer the request that was asked for")
+        stop = start + len(values)
+        if start != request.index or stop > request.end:
+            raise InvalidPeerDataError("blocks do not answer the range that was asked for")
+        log = self.log
+        if fork != log.fork or fork != request.fork:
+            # Built for another fork (the peer or we moved since): store nothing, blame
+            # nobody, and ask this peer again only after its next sync.
+            self._release(request)
+            if log.fork == request.fork:
+                self._refused.update(range(request.index, request.end))
+            return False
+        completion = UncleCompletion()
+        stored = 0
+        with log.storage.transaction():
+            for index, value, packed in zip(
+                range(start, stop), values, msg["uncles"], strict=True
+            ):
+                sent = unpack_uncles(packed)
+                completion.record(index, sent)
+                proof = Proof(fork, BlockProof(index, value, tuple(sent)))
+                try:
+                    log.apply_proof(proof)
+                except ProofMismatchError:
+                    pass  # _store below tells a race from a lie
+                except InvalidProofError:
+                    # Perhaps we never stored the node the sent uncles lead to: try again with
+                    # the path shared with the earlier blocks (the sender's fault if that fails).
+                    more = completion.complete(index, sent)
+                    if not more:
+                        self._store(proof, request)  # raises the peer's fault
+                    self.uncles_completed += 1
+                    proof = Proof(fork, BlockProof(index, value, (*sent, *more)))
+                else:
+                    self.blocks_received += 1
+                    stored += 1
+                    continue
+                if not self._store(proof, request):
+                    break  # our state moved: ask again for the rest
+                stored += 1
+        self.claims.blocks.difference_update(range(start, start + stored))
+        self._release(request, start + stored)
+        if stored:
+            self.claims.arrived(start, start + stored)
+        return stored > 0
+
+    def _store(self, proof: Proof, request: _Request) -> bool:
+        """``Log.apply_proof``, with the peer's faults as InvalidPeerDataError; False when the
+        proof no longer fits because our own state moved since we asked."""
+        log = self.log
         try:
             log.apply_proof(proof)
         except ProofMismatchError as exc:
@@ -424,17 +534,22 @@ class LogSession:
 
 
 __all__ = [
+    "DEFAULT_RANGE",
     "DEFAULT_WINDOW",
+    "MAX_RANGE",
     "PROTOCOL",
+    "WIRE_VERSION",
     "Claims",
     "InvalidPeerDataError",
     "LogSession",
     "capability",
     "channel_key",
     "decode_message",
+    "encode_blocks",
     "encode_data",
     "encode_have",
     "encode_none",
+    "encode_range",
     "encode_request",
     "encode_sync",
 ]

@@ -27,6 +27,7 @@ from ..store import Store
 from .connection_trio import Channel, Connection
 from .mux import Key
 from .replication import (
+    DEFAULT_RANGE,
     DEFAULT_WINDOW,
     PROTOCOL,
     Claims,
@@ -38,7 +39,8 @@ from .replication import (
 
 log = logging.getLogger("autobase_py.net.replication")
 
-BATCH = 256  # messages handled per storage transaction
+BATCH = 256  # at most this many messages handled per storage transaction,
+BATCH_BYTES = 1 << 20  # and no more once this many bytes of them were handled
 
 
 @dataclass(eq=False, slots=True)
@@ -58,9 +60,11 @@ class Replicator:
         *,
         eager: bool = True,
         window: int = DEFAULT_WINDOW,
+        range_size: int = DEFAULT_RANGE,
     ) -> None:
         self.eager = eager
         self.window = window
+        self.range_size = range_size
         self._logs: dict[bytes, Log] = {}
         self._claims: dict[bytes, Claims] = {}
         self._sessions: dict[bytes, set[_Live]] = {}
@@ -173,7 +177,10 @@ class Replicator:
 
     async def _session(self, channel: Channel, item: Log) -> None:
         dk = item.discovery_key
-        session = LogSession(item, self._claims[dk], eager=self.eager, window=self.window)
+        session = LogSession(
+            item, self._claims[dk], eager=self.eager, window=self.window,
+            range_size=self.range_size,
+        )
         live = _Live(session, channel)
         self._sessions[dk].add(live)
         try:
@@ -201,20 +208,30 @@ class Replicator:
     def _receive_batch(
         session: LogSession, channel: Channel, first: bytes
     ) -> tuple[list[bytes], bool]:
-        """Handle ``first`` and whatever else is already buffered in one storage transaction
-        (one commit per batch instead of one per proof). If the peer lied anywhere in the
-        batch the whole batch rolls back; the peer is dropped and honest data stays."""
+        """Handle ``first`` and whatever else is already buffered (up to ``BATCH`` messages or
+        ``BATCH_BYTES``) in one storage transaction: one commit per batch, not per answer.
+        If the peer lied anywhere in the batch the whole batch rolls back; the peer is dropped
+        and honest data stays."""
         out: list[bytes] = []
         stored = False
-        with session.log.storage.transaction():
-            data: bytes | None = first
-            count = 0
-            while data is not None:
-                more, got = session.receive(data)
-                out += more
-                stored = stored or got
-                count += 1
-                data = channel.receive_nowait() if count < BATCH else None
+        claims = session.claims
+        contiguous = claims.contiguous
+        try:
+            with session.log.storage.transaction():
+                data: bytes | None = first
+                count = size = 0
+                while data is not None:
+                    more, got = session.receive(data)
+                    out += more
+                    stored = stored or got
+                    count += 1
+                    size += len(data)
+                    more_allowed = count < BATCH and size < BATCH_BYTES
+                    data = channel.receive_nowait() if more_allowed else None
+        except BaseException:
+            # What this batch stored is gone again: nobody may count it as stored.
+            claims.rewind(contiguous)
+            raise
         return out, stored
 
     async def _push(self, live: _Live) -> None:

@@ -5,7 +5,8 @@ Usage: python tests/integration/_net_replica.py --storage DIR [--write N | --log
 
 Prints JSON lines: {"port", "key", "log"} once listening; {"closed": "HOST:PORT", "error"} when
 a dialled connection ends; {"done": length, "digest"} once a replica holds every block. It
-serves until killed. With --tamper every proof it serves has one bit flipped.
+serves until killed. With --tamper every proof it serves has one bit flipped; with
+--tamper-blocks only block values in range answers do (its upgrades are honest).
 """
 
 from __future__ import annotations
@@ -40,7 +41,22 @@ def digest(log: Log) -> str:
     return h.hexdigest()
 
 
+def install_block_tamper() -> None:
+    """Serve every range answer with one bit flipped in its last block's value."""
+    honest = replication.encode_blocks
+
+    def tampered(
+        request_id: int, fork: int, start: int, values: list[bytes], uncles: list[bytes]
+    ) -> bytes:
+        last = bytearray(values[-1])
+        last[-1] ^= 0x01
+        return honest(request_id, fork, start, [*values[:-1], bytes(last)], uncles)
+
+    replication.encode_blocks = tampered  # type: ignore[assignment]
+
+
 def install_tamper() -> None:
+    install_block_tamper()
     honest = replication.encode_data
 
     def tampered(request_id: int, proof: bytes) -> bytes:
@@ -86,6 +102,8 @@ async def main(args: argparse.Namespace) -> None:
         log = store.get(key=bytes.fromhex(args.log))
     if args.tamper:
         install_tamper()
+    elif args.tamper_blocks:
+        install_block_tamper()
     replicator = Replicator(store)
     key_pair = crypto.key_pair()
     async with open_endpoint(
@@ -121,4 +139,5 @@ if __name__ == "__main__":
     parser.add_argument("--connect", action="append", default=[])
     parser.add_argument("--later", action="append", default=[])
     parser.add_argument("--tamper", action="store_true")
+    parser.add_argument("--tamper-blocks", action="store_true")
     trio.run(main, parser.parse_args())

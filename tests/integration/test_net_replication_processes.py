@@ -1,5 +1,6 @@
 """Replication between real processes over TCP on 127.0.0.1: two and three nodes with 10,000
-blocks, a tampering peer, and garbage clients next to an honest replication."""
+blocks, a tampering peer (every proof, or only block values in range answers), and garbage
+clients next to an honest replication."""
 
 from __future__ import annotations
 
@@ -134,14 +135,16 @@ async def test_three_processes_in_a_chain(tmp_path: Path) -> None:
             assert await last.until("done") == want
 
 
-async def test_a_tampering_peer_is_dropped_and_honest_data_wins(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tamper", ["--tamper", "--tamper-blocks"])
+async def test_a_tampering_peer_is_dropped_and_honest_data_wins(
+    tmp_path: Path, tamper: str
+) -> None:
     async with nodes() as start:
         with trio.fail_after(120):
             writer = await start("--storage", str(tmp_path / "w"), "--write", "500")
             common = ["--log", writer.info["log"], "--expect", "500"]
             liar = await start(
-                "--storage", str(tmp_path / "t"), *common, "--connect", writer.address,
-                "--tamper",
+                "--storage", str(tmp_path / "t"), *common, "--connect", writer.address, tamper
             )
             await liar.until("done")  # it holds the real data, and lies about it
             victim = await start(

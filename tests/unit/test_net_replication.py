@@ -7,7 +7,7 @@ import pytest
 
 from autobase_py import crypto, encoding
 from autobase_py.errors import LocalError
-from autobase_py.log import Log, decode_proof, encode_proof
+from autobase_py.log import Log, encode_proof
 from autobase_py.net import replication as rep
 from autobase_py.net.replication import Claims, InvalidPeerDataError, LogSession, capability
 from autobase_py.storage import Storage
@@ -111,23 +111,39 @@ def test_replicas_serve_what_they_hold_and_say_none_otherwise() -> None:
     assert [rep.decode_message(m)["t"] for m in answer] == ["none"]
 
 
-def test_sessions_of_one_log_do_not_ask_twice_for_a_block() -> None:
+def asked_blocks(messages: list[bytes]) -> list[int]:
+    """The blocks that ``range`` (and block ``request``) messages among ``messages`` ask for."""
+    blocks: list[int] = []
+    for message in messages:
+        msg = rep.decode_message(message)
+        if msg["t"] == "range":
+            blocks += range(msg["start"], msg["end"])
+        elif msg["t"] == "request" and msg["index"] is not None:
+            blocks.append(msg["index"])
+    return blocks
+
+
+@pytest.mark.parametrize("range_size", [1, 2])
+def test_sessions_of_one_log_do_not_ask_twice_for_a_block(range_size: int) -> None:
     source = writer_log(10)
     replica = replica_of(source)
     claims = Claims()
-    first, second = LogSession(replica, claims, window=4), LogSession(replica, claims, window=4)
+    window = 4 // range_size  # four blocks in flight per session
+    first, second = (
+        LogSession(replica, claims, window=window, range_size=range_size) for _ in range(2)
+    )
     sync = rep.encode_sync(source.length, source.fork)
     # Both learn the length first (through an upgrade proof answered by hand).
     upgrade = first.receive(sync)[0]
     proof = LogSession(source).receive(upgrade[0])[0][0]
     after_upgrade = first.receive(proof)[0]  # a sync of the new length, then block requests
-    asked_first = [rep.decode_message(m).get("index") for m in after_upgrade]
+    asked_first = asked_blocks(after_upgrade)
     assert first.pump() == []  # its window is full
-    asked_second = [rep.decode_message(m)["index"] for m in second.receive(sync)[0]]
-    asked = [i for i in asked_first + asked_second if i is not None]
+    asked_second = asked_blocks(second.receive(sync)[0])
+    asked = asked_first + asked_second
     assert len(asked) == len(set(asked)) == 8  # two windows of four, disjoint
     first.release()  # the first peer left: its claims go back
-    assert claims.blocks == set(i for i in asked_second if i is not None)
+    assert claims.blocks == set(asked_second)
 
 
 # -- lying peers -----------------------------------------------------------------------------
@@ -142,7 +158,27 @@ def requested(session: LogSession, source: Log) -> tuple[LogSession, list[bytes]
 
 
 def block_requests(messages: list[bytes]) -> list[bytes]:
-    return [m for m in messages if rep.decode_message(m)["t"] == "request"]
+    return [m for m in messages if rep.decode_message(m)["t"] in ("request", "range")]
+
+
+def range_answer(source: Log) -> tuple[LogSession, Log, dict[str, object]]:
+    """A fresh replica session that holds the length of ``source`` and has asked for its
+    blocks in one range, with the honest ``blocks`` answer (decoded)."""
+    replica = replica_of(source)
+    session = LogSession(replica)
+    honest, answers = requested(session, source)
+    requests = block_requests(session.receive(answers[0])[0])  # the upgrade, then blocks
+    assert len(requests) == 1
+    data = rep.decode_message(honest.receive(requests[0])[0][0])
+    assert data["t"] == "blocks" and len(data["values"]) == source.length
+    return session, replica, data
+
+
+def resend(session: LogSession, data: dict[str, object], **changes: object) -> None:
+    msg = {**data, **changes}
+    session.receive(
+        rep.encode_blocks(msg["id"], msg["fork"], msg["start"], msg["values"], msg["uncles"])  # type: ignore[arg-type]
+    )
 
 
 def test_a_flipped_bit_anywhere_in_a_proof_is_caught_and_nothing_is_stored() -> None:
@@ -167,25 +203,67 @@ def test_a_flipped_bit_anywhere_in_a_proof_is_caught_and_nothing_is_stored() -> 
     assert caught == len(raw)
 
 
-def test_a_tampered_block_value_is_rejected() -> None:
-    source = writer_log(8)
-    replica = replica_of(source)
-    session = LogSession(replica)
-    honest, answers = requested(session, source)
-    requests = block_requests(session.receive(answers[0])[0])  # the upgrade, then blocks
-    reply = honest.receive(requests[0])[0][0]
-    data = rep.decode_message(reply)
-    proof = decode_proof(data["proof"])
-    assert proof.block is not None
-    forged = type(proof)(
-        fork=proof.fork,
-        block=type(proof.block)(proof.block.index, b"forged", proof.block.nodes),
-        upgrade=proof.upgrade,
-        manifest=proof.manifest,
-    )
+@pytest.mark.parametrize("forged", [0, 1, 6, 12])
+def test_a_tampered_block_value_is_rejected(forged: int) -> None:
+    # Block 0 carries all its uncles, the others share them: a forged value anywhere fails.
+    source = writer_log(13)
+    session, replica, data = range_answer(source)
+    values = list(data["values"])  # type: ignore[call-overload]
+    values[forged] = b"forged"
     with pytest.raises(InvalidPeerDataError, match="invalid proof"):
-        session.receive(rep.encode_data(data["id"], encode_proof(forged)))
-    assert not replica.has(proof.block.index)
+        resend(session, data, values=values)
+    assert not any(replica.has(i) for i in range(13))  # the answer is stored whole or not at all
+    assert session.claims.blocks == set()
+
+
+def test_a_flipped_bit_anywhere_in_a_blocks_answer_never_stores_a_forgery() -> None:
+    source = writer_log(8)
+    _, _, data = range_answer(source)
+    raw = rep.encode_blocks(data["id"], data["fork"], data["start"], data["values"], data["uncles"])  # type: ignore[arg-type]
+    caught = 0
+    for pos in range(len(raw)):
+        bad = bytearray(raw)
+        bad[pos] ^= 0x10
+        session, replica, _ = range_answer(source)
+        try:
+            session.receive(bytes(bad))
+        except InvalidPeerDataError:
+            caught += 1
+            assert not any(replica.has(i) for i in range(8))
+        else:
+            # An uncle the replica did not need (it trusted a node below it) may change
+            # unnoticed, and an answer claiming another fork is dropped: whatever was stored
+            # is the writer's data.
+            held = [i for i in range(8) if replica.has(i)]
+            assert held in ([], list(range(8)))
+            assert all(replica.get(i) == b"block %d" % i for i in held)
+    # Unnoticed: the fork field, and the top shared uncle of each later block (the replica
+    # stored that node while verifying the block before it).
+    assert len(raw) - caught <= 7 * 40 + 8
+
+
+def test_a_short_answer_is_stored_and_the_rest_asked_again() -> None:
+    source = writer_log(10)
+    session, replica, data = range_answer(source)
+    values, uncles = data["values"], data["uncles"]
+    out, stored = session.receive(
+        rep.encode_blocks(data["id"], data["fork"], data["start"], values[:4], uncles[:4])  # type: ignore[index]
+    )
+    assert stored and [i for i in range(10) if replica.has(i)] == [0, 1, 2, 3]
+    assert asked_blocks(out) == list(range(4, 10))
+    assert session.claims.blocks == set(range(4, 10))
+
+
+def test_an_answer_from_another_fork_is_dropped_without_blame() -> None:
+    source = writer_log(6)
+    session, replica, data = range_answer(source)
+    out, _ = session.receive(
+        rep.encode_blocks(data["id"], 1, data["start"], data["values"], data["uncles"])  # type: ignore[arg-type]
+    )
+    assert not any(replica.has(i) for i in range(6))
+    assert asked_blocks(out) == []  # not from this peer until it syncs again
+    again, _ = session.receive(rep.encode_sync(6, 0))
+    assert asked_blocks(again) == list(range(6))
 
 
 def test_answers_that_were_never_asked_for() -> None:
@@ -197,9 +275,22 @@ def test_answers_that_were_never_asked_for() -> None:
     # An answer to the upgrade request that proves a block instead of nothing is fine only if
     # it is the block asked for: prove block 2 for a request about block 0.
     first = rep.decode_message(block_requests(session.receive(answers[0])[0])[0])
-    wrong = encode_proof(source.proof(first["index"] + 1))
+    wrong = encode_proof(source.proof(first["start"] + 1))
     with pytest.raises(InvalidPeerDataError, match="asked for"):
         session.receive(rep.encode_data(first["id"], wrong))
+
+
+@pytest.mark.parametrize("shift", [1, -1])
+def test_blocks_that_do_not_answer_the_range(shift: int) -> None:
+    source = writer_log(4)
+    session, _, data = range_answer(source)
+    values, uncles = data["values"], data["uncles"]
+    if shift > 0:  # starts one block late
+        start, values, uncles = 1, values[1:], uncles[1:]  # type: ignore[index]
+    else:  # one block too many
+        start, values, uncles = 0, [*values, b"x"], [*uncles, b""]  # type: ignore[misc]
+    with pytest.raises(InvalidPeerDataError, match="asked for"):
+        session.receive(rep.encode_blocks(data["id"], 0, start, values, uncles))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
