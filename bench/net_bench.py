@@ -2,7 +2,9 @@
 secretstream throughput beside raw ChaCha20-Poly1305, ed25519 verify/s, and replication
 blocks/s between two processes over loopback (every proof verified).
 
-Run from the repo root: ``.venv/bin/python bench/net_bench.py [--blocks N] [--quick]``.
+Run from the repo root: ``.venv/bin/python bench/net_bench.py [--blocks N] [--quick]
+[--range-size N ...] [--only-replication]`` (``--range-size 1`` asks for one block per
+request, as replication did before ranges).
 Prints one JSON object per line. Numbers from a shared, noisy machine are indicative only.
 """
 
@@ -28,6 +30,7 @@ from nacl import bindings as sodium  # noqa: E402
 from autobase_py import crypto  # noqa: E402
 from autobase_py.net.connection import SecureConnection  # noqa: E402
 from autobase_py.net.endpoint_trio import connect, listen  # noqa: E402
+from autobase_py.net.replication import DEFAULT_RANGE  # noqa: E402
 from autobase_py.net.rpc import CallContext  # noqa: E402
 from autobase_py.net.rpc_trio import RpcClient, RpcServer  # noqa: E402
 from autobase_py.net.secretstream import Decryptor, Encryptor  # noqa: E402
@@ -138,7 +141,7 @@ async def bench_rpc(calls: int) -> None:
         nursery.cancel_scope.cancel()
 
 
-def bench_replication(blocks: int, block_size: int) -> None:
+def bench_replication(blocks: int, block_size: int, range_size: int) -> None:
     node = str(REPO / "tests" / "integration" / "_net_replica.py")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -152,7 +155,8 @@ def bench_replication(blocks: int, block_size: int) -> None:
             start = time.perf_counter()
             replica = subprocess.Popen(
                 [sys.executable, node, "--storage", f"{tmp}/r", "--log", info["log"],
-                 "--expect", str(blocks), "--connect", f"127.0.0.1:{info['port']}"],
+                 "--expect", str(blocks), "--connect", f"127.0.0.1:{info['port']}",
+                 "--range-size", str(range_size)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
             )
             try:
@@ -172,7 +176,8 @@ def bench_replication(blocks: int, block_size: int) -> None:
             writer.kill()
             writer.wait()
     emit("replication", "blocks_per_s", blocks / (end - connected), "1/s", blocks=blocks,
-         block_size=block_size, where="two processes, loopback TCP, proofs verified",
+         block_size=block_size, range_size=range_size,
+         where="two processes, loopback TCP, proofs verified",
          startup_s=round(connected - start, 2))
 
 
@@ -181,12 +186,20 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--range-size", type=int, action="append",
+                        help=f"blocks per range request (repeatable; default "
+                             f"{DEFAULT_RANGE}; 1 is one request per block)")
+    parser.add_argument("--only-replication", action="store_true")
     args = parser.parse_args()
     seconds = 0.5 if args.quick else 2.0
-    bench_handshakes(seconds)
-    bench_crypto(seconds, 65536)
-    trio.run(bench_rpc, args.calls // (4 if args.quick else 1))
-    bench_replication(args.blocks // (10 if args.quick else 1), len(b"block 99999"))
+    if not args.only_replication:
+        bench_handshakes(seconds)
+        bench_crypto(seconds, 65536)
+        trio.run(bench_rpc, args.calls // (4 if args.quick else 1))
+    for range_size in args.range_size or [DEFAULT_RANGE]:
+        bench_replication(
+            args.blocks // (10 if args.quick else 1), len(b"block 99999"), range_size
+        )
 
 
 if __name__ == "__main__":

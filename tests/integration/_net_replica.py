@@ -1,7 +1,8 @@
 """Child process for the replication integration tests: one node with one store.
 
 Usage: python tests/integration/_net_replica.py --storage DIR [--write N | --log HEX --expect N]
-           [--connect HOST:PORT ...] [--later HOST:PORT ...] [--tamper]
+           [--connect HOST:PORT ...] [--later HOST:PORT ...] [--tamper | --tamper-blocks]
+           [--range-size N]
 
 Prints JSON lines: {"port", "key", "log"} once listening; {"closed": "HOST:PORT", "error"} when
 a dialled connection ends; {"done": length, "digest"} once a replica holds every block. It
@@ -104,7 +105,7 @@ async def main(args: argparse.Namespace) -> None:
         install_tamper()
     elif args.tamper_blocks:
         install_block_tamper()
-    replicator = Replicator(store)
+    replicator = Replicator(store, range_size=args.range_size)
     key_pair = crypto.key_pair()
     async with open_endpoint(
         key_pair, protocols=replicator.protocols, on_connection=replicator.replicate
@@ -140,4 +141,5 @@ if __name__ == "__main__":
     parser.add_argument("--later", action="append", default=[])
     parser.add_argument("--tamper", action="store_true")
     parser.add_argument("--tamper-blocks", action="store_true")
+    parser.add_argument("--range-size", type=int, default=replication.DEFAULT_RANGE)
     trio.run(main, parser.parse_args())

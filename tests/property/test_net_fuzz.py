@@ -146,3 +146,38 @@ def test_replication_messages_random_bytes(data: bytes, as_proof: bool) -> None:
     with contextlib.suppress(rep.InvalidPeerDataError):
         session.receive(message)
     assert replica.length in (0, 3)
+
+
+@settings(max_examples=150)
+@given(
+    st.lists(st.binary(max_size=12), min_size=1, max_size=6),
+    st.lists(st.binary(max_size=130), min_size=1, max_size=6),
+    st.integers(0, 5),
+    st.integers(0, 2),
+    st.one_of(st.none(), st.integers(0, 400)),
+)
+def test_range_answers_with_random_contents(
+    values: list[bytes], uncles: list[bytes], start: int, fork: int, cut: int | None
+) -> None:
+    """Random values and uncle bytes (also valid 40-byte multiples, also truncated messages)
+    in a ``blocks`` answer: only InvalidPeerDataError, and nothing but true blocks stored."""
+    from autobase_py.log import Log
+    from autobase_py.net import replication as rep
+    from autobase_py.storage import Storage
+
+    writer = Log.create(Storage.open_memory(), KEYS[0])
+    writer.append([b"block %d" % i for i in range(6)])
+    replica = Log.replica(Storage.open_memory(), writer.key)
+    session = rep.LogSession(replica)
+    honest = rep.LogSession(writer)
+    (upgrade,) = session.receive(rep.encode_sync(6, 0))[0]
+    requests = session.receive(honest.receive(upgrade)[0][0])[0]
+    asked = [rep.decode_message(m) for m in requests if rep.decode_message(m)["t"] == "range"]
+    uncles = [u[: len(u) - len(u) % 40] if i % 2 else u for i, u in enumerate(uncles)]
+    n = min(len(values), len(uncles))
+    message = rep.encode_blocks(asked[0]["id"], fork, start, values[:n], uncles[:n])
+    if cut is not None:
+        message = message[:cut]
+    with contextlib.suppress(rep.InvalidPeerDataError):
+        session.receive(message)
+    assert all(replica.get(i) == b"block %d" % i for i in range(6) if replica.has(i))

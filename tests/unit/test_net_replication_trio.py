@@ -126,3 +126,28 @@ async def test_a_wrong_capability_closes_the_connection() -> None:
             await left_conn.closed.wait()
     assert getattr(right_conn.error, "code", None) == "INVALID_PEER_DATA"
     assert replica.length == 0
+
+
+async def test_a_peer_lying_in_a_range_answer_is_disconnected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = writer(b"r", 300)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    honest = replication.encode_blocks
+
+    def flip(
+        request_id: int, fork: int, start: int, values: list[bytes], uncles: list[bytes]
+    ) -> bytes:
+        bad = [*values[:-1], values[-1] + b"!"]  # the last block (shared uncles) is forged
+        return honest(request_id, fork, start, bad, uncles)
+
+    monkeypatch.setattr(replication, "encode_blocks", flip)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica], range_size=16)
+    async with linked(left, right) as (_, right_conn):
+        with trio.fail_after(30):
+            await right_conn.closed.wait()
+    assert getattr(right_conn.error, "code", None) == "INVALID_PEER_DATA"
+    assert not any(replica.has(i) for i in range(replica.length))
+    claims = right._claims[replica.discovery_key]
+    assert claims.blocks == set() and claims.contiguous == 0
+    assert not right.complete(replica) or replica.length == 0

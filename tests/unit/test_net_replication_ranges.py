@@ -1,0 +1,172 @@
+"""Range answers: the uncles a server computes from the values, the trimmed lists, their
+completion, the size cap, and relays that owe many blocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from autobase_py import crypto
+from autobase_py.log import Log
+from autobase_py.net import replication as rep
+from autobase_py.net.replication import Claims, LogSession
+from autobase_py.net.replication_wire import (
+    RangeTree,
+    UncleCompletion,
+    pack_uncles,
+    shared_uncles,
+    unpack_uncles,
+)
+from autobase_py.storage import Storage
+
+WRITER = crypto.key_pair(b"r" * 32)
+
+
+def writer_log(blocks: int, size: int = 0) -> Log:
+    log = Log.create(Storage.open_memory(), WRITER)
+    pad = b"x" * size
+    for start in range(0, blocks, 50):
+        log.append([b"block %d" % i + pad for i in range(start, min(blocks, start + 50))])
+    return log
+
+
+def replica_of(log: Log) -> Log:
+    return Log.replica(Storage.open_memory(), log.key)
+
+
+def run(a: LogSession, b: LogSession, *, max_rounds: int = 10_000) -> int:
+    """Shuttle messages between two sessions until both are quiet; the number of rounds."""
+    queues = {id(a): a.start(), id(b): b.start()}
+    for rounds in range(max_rounds):
+        if not queues[id(a)] and not queues[id(b)]:
+            return rounds
+        for src, dst in ((a, b), (b, a)):
+            pending, queues[id(src)] = queues[id(src)], []
+            for message in pending:
+                out, _ = dst.receive(message)
+                queues[id(dst)] += out
+    raise AssertionError("sessions did not go quiet")
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 37, 100])
+def test_range_tree_uncles_are_the_logs(length: int) -> None:
+    log = writer_log(length)
+    for start in range(length):
+        for stop in {start + 1, min(length, start + 9), length}:
+            tree = RangeTree(start, [log.get(i) for i in range(start, stop)])
+            for index in range(start, stop):
+                full = list(log.proof(index).block.nodes)  # type: ignore[union-attr]
+                for count in range(len(full) + 1):
+                    got = tree.uncles(index, count)
+                    assert got is None or got == full[:count]
+                # a later block whose shared uncles lie inside the range finds them all
+                keep = shared_uncles(index, start)
+                if (
+                    keep is not None
+                    and index - (1 << (keep - 1)) >= start
+                    and index + (1 << (keep - 1)) <= stop
+                ):
+                    assert tree.uncles(index, keep) == full[:keep]
+
+
+@pytest.mark.parametrize("start,stop", [(0, 8), (0, 100), (3, 61), (64, 100), (99, 100)])
+def test_trimmed_uncles_complete_to_the_full_lists(start: int, stop: int) -> None:
+    log = writer_log(100)
+    completion = UncleCompletion()
+    for index in range(start, stop):
+        full = list(log.proof(index).block.nodes)  # type: ignore[union-attr]
+        keep = shared_uncles(index, start)
+        sent = unpack_uncles(pack_uncles(full if keep is None else full[:keep]))
+        completion.record(index, sent)
+        assert sent + completion.complete(index, sent) == full
+
+
+def test_a_trimmed_list_too_short_to_complete_stays_short() -> None:
+    log = writer_log(8)
+    completion = UncleCompletion()
+    full = list(log.proof(0).block.nodes)  # type: ignore[union-attr]
+    completion.record(0, full)
+    # Block 4 with one uncle stops at node 9, which is on no earlier path: nothing to add.
+    assert completion.complete(4, list(log.proof(4).block.nodes[:1])) == []  # type: ignore[union-attr]
+
+
+def test_a_range_answer_is_one_message_and_the_uncles_are_few() -> None:
+    source = writer_log(300)
+    replica = replica_of(source)
+    mine = LogSession(replica, range_size=128)
+    run(LogSession(source), mine)
+    assert [replica.get(i) for i in range(300)] == [b"block %d" % i for i in range(300)]
+    assert mine.blocks_received == 300 and mine.uncles_completed == 0
+    # An answer for 128 blocks costs about two uncles per block, not log2(n).
+    theirs = LogSession(source)
+    answer = theirs.receive(rep.encode_range(0, 0, 128))[0][0]
+    uncles = rep.decode_message(answer)["uncles"]
+    assert sum(len(u) for u in uncles) // 40 <= 2 * 128 + 9
+
+
+def test_answers_stop_at_the_size_cap_and_the_rest_is_asked_again() -> None:
+    size = rep.MAX_ANSWER_BYTES // 5
+    source = writer_log(12, size=size)
+    replica = replica_of(source)
+    mine = LogSession(replica, window=1, range_size=12)
+    theirs = LogSession(source)
+    answer = rep.decode_message(theirs.receive(rep.encode_range(0, 0, 12))[0][0])
+    assert 1 <= len(answer["values"]) < 12
+    run(theirs, mine)
+    assert all(replica.get(i).startswith(b"block %d" % i) for i in range(12))
+
+
+def test_a_sparse_peer_with_holes_serves_the_run_it_holds() -> None:
+    source = writer_log(20)
+    sparse = replica_of(source)
+    up = LogSession(sparse, eager=False)
+    run(LogSession(source), up)
+    for message in up.want(4, 9):
+        for reply in LogSession(source).receive(message)[0]:
+            up.receive(reply)
+    assert [i for i in range(20) if sparse.has(i)] == [4, 5, 6, 7, 8]
+    down = LogSession(sparse)
+    down.receive(rep.encode_sync(0, 0))
+    served = rep.decode_message(down.receive(rep.encode_range(1, 4, 12))[0][0])
+    assert (served["start"], len(served["values"])) == (4, 5)
+    refused = rep.decode_message(down.receive(rep.encode_range(2, 0, 4))[0][0])
+    assert refused["t"] == "none"
+
+
+def test_a_relay_owing_many_blocks_announces_them_from_the_arrival_record() -> None:
+    blocks = 2000
+    source = writer_log(blocks)
+    relay = replica_of(source)
+    claims = Claims()  # the relay's sessions share it, as a Replicator's do
+    up = LogSession(relay, claims, eager=False)
+    run(LogSession(source), up)  # the relay knows the length, holds no block
+    leaf = replica_of(source)
+    down, leaf_session = LogSession(relay, claims), LogSession(leaf)
+    run(down, leaf_session)  # the leaf was refused every block
+    assert leaf.length == blocks and len(down._owed) == blocks
+    # The relay fetches a middle stretch (not a prefix) from the writer.
+    writer_side = LogSession(source)
+    writer_side.receive(rep.encode_sync(relay.length, relay.fork))
+    queue = up.want(700, 900)
+    while queue:
+        nxt = []
+        for message in queue:
+            for reply in writer_side.receive(message)[0]:
+                nxt += up.receive(reply)[0]
+        queue = nxt
+    announced = [rep.decode_message(m) for m in down.local_changed()]
+    assert [(m["t"], m["start"], m["end"]) for m in announced] == [("have", 700, 900)]
+    assert len(down._owed) == blocks - 200
+
+
+def test_owing_more_than_the_cap_resyncs_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rep, "_MAX_OWED", 10)
+    source = writer_log(30)
+    relay = replica_of(source)
+    run(LogSession(source), LogSession(relay, eager=False))
+    down = LogSession(relay)
+    down.start()
+    down.receive(rep.encode_range(0, 0, 8))
+    assert len(down._owed) == 8 and down.local_changed() == []
+    down.receive(rep.encode_range(1, 8, 16))  # would owe 16: not remembered
+    assert len(down._owed) == 8
+    assert [rep.decode_message(m)["t"] for m in down.local_changed()] == ["sync"]
