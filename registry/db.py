@@ -63,7 +63,7 @@ from autobase_py.errors import DecodeError, InvalidKeyError, NotWritableError
 
 from .entry import FIELDS, Entry, validate_name
 from .errors import SchemaError, ValidationError
-from .schema import Spec, decode_record, encode_record, load_spec, spec_at
+from .schema import RecordEncoder, Spec, decode_record, encode_record, load_spec, spec_at
 
 _RECORD = "entry"
 _META_ID = 0
@@ -118,6 +118,9 @@ class Layout:
         self._type_prefix = encode_element(self.by_type)
         self._owner_prefix = None if self.by_owner is None else encode_element(self.by_owner)
         self._no_owner = encode_element(NO_OWNER)
+        self._record_encoder = (
+            RecordEncoder(latest, _RECORD) if _RECORD in latest.records else None
+        )
 
     def primary(self, name: str) -> bytes:
         """``encode_tuple((entries, name))``."""
@@ -148,9 +151,13 @@ class Layout:
 
     def encode_parsed(self, entry: Entry) -> bytes:
         """:meth:`encode` for an entry from ``Entry.parse`` (its values are known to be
-        plain text and bytes, so the encoder's type walk is skipped; same bytes)."""
+        plain text and bytes, so the encoder's type walk and key sorting are skipped; same
+        bytes)."""
+        encoder = self._record_encoder
+        if encoder is None:
+            return self.encode(entry)
         self.check(entry)
-        return encode_record(self.spec.latest, _RECORD, entry.to_dict(), trusted=True)
+        return encoder.encode(entry.to_dict())
 
     def decode(self, data: bytes) -> Entry:
         fields = decode_record(self.spec, _RECORD, data)

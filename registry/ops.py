@@ -30,9 +30,9 @@ from typing import Any, Generic, TypeVar
 from autobase_py import encoding
 from autobase_py.errors import DecodeError
 
-from .entry import Entry
+from .entry import FIELDS, Entry
 from .errors import RouterError, ValidationError
-from .schema import FieldSpec, OpSpec, Spec
+from .schema import FieldSpec, OpSpec, Spec, canonical_order, dumps_ordered
 
 C = TypeVar("C")
 
@@ -165,6 +165,7 @@ class OpCodec:
         self._by_id = {op.id: op for op in spec.ops}
         self._by_name = {op.name: op for op in spec.ops}
         self._names = {op.id: frozenset(f.name for f in op.request) for op in spec.ops}
+        self._entry_order = canonical_order(FIELDS)
 
     def encode(self, name: str, request: Mapping[str, Any]) -> bytes:
         op = self._by_name.get(name)
@@ -189,9 +190,18 @@ class OpCodec:
         op = self._by_name.get("put-entry")
         if op is None:
             raise RouterError("op 'put-entry' is not declared in the spec")
-        return [
-            encoding.encode_trusted(self._envelope(op, {"entry": _wire(e)})) for e in entries
-        ]
+        # every map is built in canonical key order, so plain CBOR is canonical (schema.py)
+        head: dict[str, Any] = {"v": self.version} if self.version > 1 else {}
+        order = self._entry_order
+        out = []
+        for e in entries:
+            entry = {}
+            for name in order:
+                value = getattr(e, name)
+                if value is not None:
+                    entry[name] = value
+            out.append(dumps_ordered({**head, "op": op.id, "req": {"entry": entry}}))
+        return out
 
     @property
     def version(self) -> int:

@@ -25,13 +25,15 @@ must not guess at newer data.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
+
 from autobase_py import encoding
-from autobase_py.errors import DecodeError
+from autobase_py.errors import DecodeError, EncodeError
 
 from .errors import IncompatibleSchemaError, SchemaError
 
@@ -363,19 +365,48 @@ def check_upgrade(old: Spec, new: Spec) -> None:
 # --- record codec ---------------------------------------------------------------------------
 
 
-def encode_record(
-    schema: SchemaVersion, record: str, values: Mapping[str, Any], *, trusted: bool = False
-) -> bytes:
-    """Canonical bytes of a record under ``schema`` (values already validated). ``trusted``:
-    the values are plain ``str``/``bytes``/``int`` the caller checked, so the encoder's type
-    walk is skipped (the bytes are the same)."""
+def encode_record(schema: SchemaVersion, record: str, values: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of a record under ``schema`` (values already validated)."""
     spec = schema.records[record]
     out: dict[str, Any] = {_VERSION_FIELD: schema.version}
     for f in spec.fields:
         value = values.get(f.name)
         if value is not None:
             out[f.name] = value
-    return encoding.encode_trusted(out) if trusted else encoding.encode(out)
+    return encoding.encode(out)
+
+
+def canonical_order(names: Iterable[str]) -> tuple[str, ...]:
+    """Map keys in canonical-CBOR order (by their encoded bytes: shorter text first)."""
+    return tuple(sorted(names, key=encoding.encode))
+
+
+def dumps_ordered(obj: dict[str, Any]) -> bytes:
+    """Canonical CBOR of a map the caller built with every key (nested maps too) already in
+    :func:`canonical_order` and only ``str``/``bytes``/``int``/``bool`` leaves: then plain CBOR
+    is byte-for-byte canonical, without the encoder sorting every map again. Only for
+    values the registry built from checked entries; ``decode`` still checks every read."""
+    try:
+        return bytes(cbor2.dumps(obj))
+    except Exception as exc:  # cbor2 raises several types; one boundary converts them
+        raise EncodeError(f"cannot encode: {exc}") from exc
+
+
+class RecordEncoder:
+    """``encode_record(schema, record, values)`` for checked values, precomputing the field
+    order once (the same bytes; a fast path for the write path of one record type)."""
+
+    def __init__(self, schema: SchemaVersion, record: str) -> None:
+        self.version = schema.version
+        self._order = canonical_order((_VERSION_FIELD, *schema.records[record].field_names))
+
+    def encode(self, values: Mapping[str, Any]) -> bytes:
+        out: dict[str, Any] = {}
+        for name in self._order:
+            value = self.version if name == _VERSION_FIELD else values.get(name)
+            if value is not None:
+                out[name] = value
+        return dumps_ordered(out)
 
 
 def decode_record(spec: Spec, record: str, data: bytes) -> dict[str, Any]:
@@ -435,6 +466,9 @@ __all__ = [
     "check_history",
     "check_upgrade",
     "decode_record",
+    "RecordEncoder",
+    "canonical_order",
+    "dumps_ordered",
     "encode_record",
     "incompatibilities",
     "load_spec",

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autobase_py import encoding, ids
 from autobase_py.bee import Bee, encode_tuple
@@ -14,7 +16,7 @@ from autobase_py.errors import DecodeError, NotWritableError
 from autobase_py.store import Store
 from registry import Entry, Registry, SchemaError, ValidationError
 from registry.db import NO_OWNER, Layout
-from registry.schema import encode_record, load_spec, spec_at
+from registry.schema import canonical_order, dumps_ordered, encode_record, load_spec, spec_at
 
 KEY_A = bytes([0xAA]) * 32
 KEY_B = bytes([0xBB]) * 32
@@ -368,3 +370,35 @@ async def test_upsert_of_one_field_keeps_the_other_index_keys(reg: Registry, bee
     assert await names(reg.entries_of_owner(None)) == ["e2"]
     assert await names(reg.entries_of_type("t2")) == ["e1"]
     assert (await reg.get("e1")) == Entry("e1", KEY_A, "t2", "described", "John")
+
+
+@given(
+    st.builds(
+        Entry,
+        name=st.text(alphabet="a\x00\u20ac", min_size=1, max_size=5),
+        drive_key=st.binary(min_size=32, max_size=32),
+        type=st.text(alphabet="b\U0001f600", min_size=1, max_size=5),
+        description=st.none() | st.text(max_size=5),
+        owner=st.none() | st.text(max_size=5),
+    )
+)
+def test_the_record_fast_path_writes_the_canonical_record(e: Entry) -> None:
+    spec = load_spec()
+    layout = Layout(spec)
+    assert layout.encode_parsed(e) == layout.encode(e) == encode_record(
+        spec.latest, "entry", e.to_dict()
+    )
+    assert layout.decode(layout.encode_parsed(e)) == e
+    v1_entry = Entry(e.name, e.drive_key, e.type, e.description)
+    v1 = Layout(spec_at(spec, 1))
+    assert v1.encode_parsed(v1_entry) == encode_record(spec.version(1), "entry",
+                                                       v1_entry.to_dict())
+    assert encoding.decode(v1.encode_parsed(v1_entry))["v"] == 1
+
+
+def test_canonical_order_is_the_encoders_map_order() -> None:
+    assert canonical_order(["req", "op", "v", "description", "name", "type"]) == (
+        "v", "op", "req", "name", "type", "description"
+    )
+    data = {k: 1 for k in canonical_order(["owner", "drive_key", "v", "name", "ab", "b"])}
+    assert dumps_ordered(data) == encoding.encode(data)
