@@ -138,6 +138,25 @@ def test_version_1_blocks_decode_to_slot_0_addresses() -> None:
     assert inner[0].children == [addr(3, 0), addr(4, 0)] and inner[0].root
 
 
+async def test_a_version_1_tree_reads_and_takes_packed_flushes_on_top() -> None:
+    log = MemoryLog()  # a view written before packing: one node per block
+    left = Node([b"a", b"b"], [b"1", b"2"], None)
+    right = Node([b"m", b"n"], [b"3", b"4"], None)
+    log.blocks += [encode_node(left), encode_node(right)]
+    log.blocks.append(encode_node(Node([b"m"], None, [0, 1]), root=True))
+    bee = Bee(log, leaf_max=4, internal_max=4)
+    assert await collect(bee.range()) == [(b"a", b"1"), (b"b", b"2"), (b"m", b"3"), (b"n", b"4")]
+    batch = bee.batch()
+    batch.put(b"c", b"5")
+    batch.delete(b"n")
+    await batch.flush()
+    assert log.blocks[-1][:1] == bytes([PACK_VERSION])
+    expected = [(b"a", b"1"), (b"b", b"2"), (b"c", b"5"), (b"m", b"3")]
+    assert await collect(bee.range()) == expected
+    assert await collect(Bee(log).range()) == expected  # a cold reader walks both formats
+    assert await Bee(log).snapshot(3).get(b"n") == b"4"  # the old version is still there
+
+
 async def test_child_slot_past_the_end_of_an_earlier_block_is_a_decode_error() -> None:
     log = MemoryLog()
     log.blocks.append(encode_pack([encode_body(Node([b"a"], [b"1"], None))], root=False))
