@@ -40,7 +40,7 @@ from .replication import (
 log = logging.getLogger("autobase_py.net.replication")
 
 BATCH = 256  # at most this many messages handled per storage transaction,
-BATCH_BYTES = 1 << 20  # and no more once this many bytes of them were handled
+BATCH_BYTES = 1 << 18  # and no more once this many bytes of them were handled (latency)
 
 
 @dataclass(eq=False, slots=True)
