@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from autobase_py import crypto
+from autobase_py import crypto, encoding
+from autobase_py.errors import LocalError
 from autobase_py.log import Log
 from autobase_py.net import replication as rep
 from autobase_py.net.replication import Claims, LogSession
@@ -170,3 +171,48 @@ def test_owing_more_than_the_cap_resyncs_instead(monkeypatch: pytest.MonkeyPatch
     down.receive(rep.encode_range(1, 8, 16))  # would owe 16: not remembered
     assert len(down._owed) == 8
     assert [rep.decode_message(m)["t"] for m in down.local_changed()] == ["sync"]
+
+
+def test_range_size_is_checked() -> None:
+    log = writer_log(1)
+    for bad in (0, rep.MAX_RANGE + 1):
+        with pytest.raises(LocalError):
+            LogSession(log, range_size=bad)
+
+
+HASH = b"h" * 32
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"t": "range", "id": 0, "start": 5, "end": 5},
+        {"t": "range", "id": 0, "start": 5, "end": 4},
+        {"t": "range", "id": 0, "start": 0, "end": rep.MAX_RANGE + 1},
+        {"t": "range", "id": 0, "start": 0},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [], "uncles": []},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [b"a"], "uncles": []},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": ["a"], "uncles": [b""]},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [b"a"], "uncles": [b"x" * 39]},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [b"a"], "uncles": [[]]},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [b"a"],
+         "uncles": [b"\xff" * 8 + HASH]},  # a size past 2**53
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [b"a"],
+         "uncles": [(b"\x01" + bytes(7) + HASH) * 65]},  # more uncles than levels
+        {"t": "blocks", "id": 0, "fork": 0, "start": 2**53, "values": [b"a"], "uncles": [b""]},
+        {"t": "blocks", "id": 0, "fork": -1, "start": 0, "values": [b"a"], "uncles": [b""]},
+        {"t": "blocks", "id": 0, "fork": 0, "start": 0, "values": [b"a"], "uncles": [b""],
+         "x": 1},
+    ],
+)
+def test_malformed_range_messages(obj: object) -> None:
+    with pytest.raises(rep.InvalidPeerDataError):
+        rep.decode_message(encoding.encode(obj))
+
+
+def test_a_well_formed_blocks_message_decodes() -> None:
+    uncle = b"\x05" + bytes(7) + HASH
+    message = rep.encode_blocks(3, 0, 7, [b"a", b"b"], [uncle, b""])
+    decoded = rep.decode_message(message)
+    assert (decoded["start"], decoded["values"]) == (7, [b"a", b"b"])
+    assert unpack_uncles(decoded["uncles"][0]) == [(5, HASH)]
