@@ -407,6 +407,16 @@ class Autobase(Generic[V]):
     async def _cycle(
         self, values: list[bytes] | None, *, force_ack: bool = False, ack_now: bool = False
     ) -> None:
+        # A cycle is bounded local work (it never waits on peers), and cancelling it halfway
+        # would roll the transaction back under memory that moved on, which can only be
+        # answered by stopping the base. So it runs shielded; a cancellation of the caller
+        # lands right after it, with everything committed.
+        with trio.CancelScope(shield=True):
+            await self._cycle_shielded(values, force_ack=force_ack, ack_now=ack_now)
+
+    async def _cycle_shielded(
+        self, values: list[bytes] | None, *, force_ack: bool, ack_now: bool
+    ) -> None:
         confirmed_before = self.lin.confirmed_length
         local_before = self.local_log.length
         persisted = self._fingerprint()

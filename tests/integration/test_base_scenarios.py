@@ -428,3 +428,23 @@ async def test_flush_confirms_under_deferred_acks(cluster: Cluster) -> None:
                 a.wakeup()
                 b.wakeup()
     assert a.unconfirmed_values == 0 and b.unconfirmed_values == 0
+
+
+async def test_cancelling_a_caller_never_breaks_the_base(cluster: Cluster) -> None:
+    """A timeout around append/update lands after the cycle, not inside it."""
+    (a,) = await indexers(cluster, 1)
+    scope = trio.CancelScope()
+
+    async def apply_cancelled_midway(nodes: list[Any], view: Bee, host: Any) -> None:
+        scope.cancel()  # the caller's timeout fires while apply runs ...
+        await trio.lowlevel.checkpoint()  # ... and apply reaches a cancellation point
+        await kv.apply(nodes, view, host)
+
+    a._apply_fn = apply_cancelled_midway
+    with scope:
+        await a.append(kv.put(b"k", b"v"))
+    assert a.failed is None
+    assert await kv.get(a.view, b"k") == b"v"  # the cycle completed and committed
+    a._apply_fn = kv.apply
+    await a.append(kv.put(b"k2", b"v2"))
+    assert a.unconfirmed_values == 0
