@@ -321,7 +321,39 @@ class Bee:
         await batch.flush()
 
 
-class Snapshot:
+class _TreeReader:
+    """``get``/``range`` over whatever root ``_reading_root()`` names (a snapshot's pinned
+    version, a batch's tree with its unflushed operations)."""
+
+    _bee: Bee
+
+    def _reading_root(self) -> Node | None:
+        raise NotImplementedError
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value under ``key`` in the tree this object reads, or None."""
+        _check_bytes("key", key)
+        bee = self._bee
+        return await bee._retry(lambda: lookup(self._reading_root(), key, bee._load))
+
+    def range(
+        self,
+        *,
+        gt: bytes | None = None,
+        gte: bytes | None = None,
+        lt: bytes | None = None,
+        lte: bytes | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> RangeIterator:
+        """Like :meth:`Bee.range`, over the tree this object reads (a batch's leaves are read
+        from its tree as it is when the iterator reaches them)."""
+        _check_bounds((gt, gte, lt, lte), limit)
+        cursor = RangeCursor(gt=gt, gte=gte, lt=lt, lte=lte, reverse=reverse)
+        return RangeIterator(self._bee, self._reading_root, cursor, limit)
+
+
+class Snapshot(_TreeReader):
     """A read-only view of a bee pinned at one version (see the module docstring for what
     happens when the log is truncated)."""
 
@@ -356,29 +388,11 @@ class Snapshot:
             )
         return self._bee._root(self._version)
 
-    async def get(self, key: bytes) -> bytes | None:
-        """The value stored under ``key`` at this snapshot's version, or None."""
-        _check_bytes("key", key)
-        bee = self._bee
-        return await bee._retry(lambda: lookup(self._current_root(), key, bee._load))
-
-    def range(
-        self,
-        *,
-        gt: bytes | None = None,
-        gte: bytes | None = None,
-        lt: bytes | None = None,
-        lte: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-    ) -> RangeIterator:
-        """Like :meth:`Bee.range`, at this snapshot's version."""
-        _check_bounds((gt, gte, lt, lte), limit)
-        cursor = RangeCursor(gt=gt, gte=gte, lt=lt, lte=lte, reverse=reverse)
-        return RangeIterator(self._bee, self._current_root, cursor, limit)
+    def _reading_root(self) -> Node | None:
+        return self._current_root()
 
 
-class Batch:
+class Batch(_TreeReader):
     """Puts and deletes applied together by one ``flush`` (one log append).
 
     ``put``/``delete`` are synchronous and only record the operation; ``get``/``range`` on the
@@ -458,27 +472,8 @@ class Batch:
     def _root(self) -> Node | None:
         return self._advance().root
 
-    async def get(self, key: bytes) -> bytes | None:
-        """The value under ``key`` including this batch's unflushed operations."""
-        _check_bytes("key", key)
-        bee = self._bee
-        return await bee._retry(lambda: lookup(self._root(), key, bee._load))
-
-    def range(
-        self,
-        *,
-        gt: bytes | None = None,
-        gte: bytes | None = None,
-        lt: bytes | None = None,
-        lte: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-    ) -> RangeIterator:
-        """Like :meth:`Bee.range`, including this batch's unflushed operations (each leaf is
-        read from the batch's tree as it is when the iterator reaches it)."""
-        _check_bounds((gt, gte, lt, lte), limit)
-        cursor = RangeCursor(gt=gt, gte=gte, lt=lt, lte=lte, reverse=reverse)
-        return RangeIterator(self._bee, self._root, cursor, limit)
+    def _reading_root(self) -> Node | None:
+        return self._root()
 
     async def flush(self) -> int:
         """Append the batch's changes in one log append; returns the new version. Appends

@@ -162,6 +162,27 @@ def _slices(data: bytes, start: int, lengths: tuple[int, ...]) -> list[bytes]:
     return [data[a:b] for a, b in pairwise(ends)]
 
 
+def _sorted_keys(
+    data: bytes,
+    pos: int,
+    end: int,
+    key_lengths: tuple[int, ...],
+    value_lengths: tuple[int, ...],
+    *,
+    what: str,
+) -> tuple[list[bytes], int]:
+    """The keys of one node body (checked strictly increasing) and their total size; the
+    keys and values must fill ``data[pos:end]`` exactly. Shared by both block formats."""
+    key_bytes = sum(key_lengths)
+    if pos + key_bytes + sum(value_lengths) != end:
+        noun = what.rsplit(maxsplit=1)[-1]
+        raise DecodeError(f"{what}: lengths do not add up to the {noun} size")
+    keys = _slices(data, pos, key_lengths)
+    if not all(a < b for a, b in pairwise(keys)):
+        raise DecodeError(f"{what}: keys must be strictly increasing")
+    return keys, key_bytes
+
+
 def decode_node(data: bytes, seq: int) -> Node:
     """The node stored as version 1 block ``seq``, children named by block index (as
     ``encode_node`` takes them); DecodeError unless ``data`` is exactly what ``encode_node``
@@ -193,12 +214,7 @@ def decode_node(data: bytes, seq: int) -> Node:
             pos += 4 * n
     except struct.error as exc:
         raise DecodeError(f"bee block: truncated header: {exc}") from exc
-    key_bytes = sum(key_lengths)
-    if pos + key_bytes + sum(value_lengths) != size:
-        raise DecodeError("bee block: lengths do not add up to the block size")
-    keys = _slices(data, pos, key_lengths)
-    if not all(a < b for a, b in pairwise(keys)):
-        raise DecodeError("bee block: keys must be strictly increasing")
+    keys, key_bytes = _sorted_keys(data, pos, size, key_lengths, value_lengths, what="bee block")
     if internal:
         if max(children) >= seq:
             raise DecodeError("bee block: child must name an earlier block")
@@ -281,12 +297,7 @@ def _decode_body(data: bytes, start: int, end: int, seq: int, slot: int) -> Node
             pos += 4 * n
     except struct.error as exc:
         raise DecodeError(f"bee node: truncated header: {exc}") from exc
-    key_bytes = sum(key_lengths)
-    if pos + key_bytes + sum(value_lengths) != end:
-        raise DecodeError("bee node: lengths do not add up to the node size")
-    keys = _slices(data, pos, key_lengths)
-    if not all(a < b for a, b in pairwise(keys)):
-        raise DecodeError("bee node: keys must be strictly increasing")
+    keys, key_bytes = _sorted_keys(data, pos, end, key_lengths, value_lengths, what="bee node")
     address = seq << SLOT_BITS | slot
     if kind == KIND_INTERNAL:
         if max(refs) >= address:
