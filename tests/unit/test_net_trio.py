@@ -177,7 +177,8 @@ async def test_handshake_times_out_on_a_slow_peer(autojump_clock: trio.testing.M
     dropped = trio.Event()
 
     async def dribble() -> None:
-        # A peer that sends its first message one byte every second (35 s for 35 bytes).
+        # A peer that sends its first message one byte every second (35 s for 35 bytes) of
+        # VIRTUAL time: the test runs on an autojump MockClock, so nothing really waits.
         hello = SecureConnection(CLIENT, initiator=True, now=0.0).data_to_send()
         try:
             for i in range(len(hello)):
