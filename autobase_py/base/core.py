@@ -137,8 +137,10 @@ class Autobase(Generic[V]):
             raise LocalError("the local oplog has no key pair")
         self.view_log = store.get(name="view")
         # the view is a deterministic function of the oplogs: rebuilt, never trusted by
-        # signature, so its appends need no fsync of their own (the oplog's do)
+        # its own signature (readers check it against a certificate's tree hash), so its
+        # appends need no fsync of their own (the oplog's do) and no signature
         self.view_log.durable_appends = False
+        self.view_log.signed_appends = False
         self.view: V = open_view(self.view_log)
         self._apply_fn = apply
         self._lock = trio.Lock()

@@ -90,6 +90,10 @@ class Log:
         # writer would later sign a different block at the same length. Logs whose content
         # is a deterministic function of others (a base's view) may turn this off.
         self.durable_appends = True
+        # A log that nobody verifies by its own signature (a base's view: readers check it
+        # against a quorum certificate's tree hash) may skip signing; it then has no signed
+        # length and cannot serve upgrade proofs.
+        self.signed_appends = True
         self._roots: list[Node] = []
         self._load(row)
 
@@ -230,8 +234,12 @@ class Log:
                 depth += 1
                 folds -= 1
             roots.append(Node(index, size, digest))
-        signature = crypto.sign(
-            signable(self.key, tree_hash(roots), length, self.fork), key_pair.secret_key
+        signature = (
+            crypto.sign(
+                signable(self.key, tree_hash(roots), length, self.fork), key_pair.secret_key
+            )
+            if self.signed_appends
+            else None
         )
         storage = self.storage
         with storage.transaction():
@@ -254,8 +262,10 @@ class Log:
             raise OutOfRangeError(f"cannot truncate to {length}: the length is {self.length}")
         roots = self._stored_roots(length)
         fork = self.fork + 1
-        signature = crypto.sign(
-            signable(self.key, tree_hash(roots), length, fork), key_pair.secret_key
+        signature = (
+            crypto.sign(signable(self.key, tree_hash(roots), length, fork), key_pair.secret_key)
+            if self.signed_appends
+            else None
         )
         byte_length = sum(r.size for r in roots)
         storage = self.storage

@@ -92,6 +92,25 @@ def test_one_signature_per_append_call(writer: Log) -> None:
     assert crypto.verify(writer.signable(), writer.signature, writer.manifest.public_key)
 
 
+def test_unsigned_log_has_the_same_tree_but_no_signed_length(writer: Log, folder: Path) -> None:
+    storage = open_storage(folder, "unsigned")
+    derived = Log.create(storage, crypto.key_pair(bytes(32)))
+    derived.signed_appends = False
+    for log in (writer, derived):
+        log.append([b"a", b"b", b"c"])
+        log.truncate(2)
+        log.append([b"d"])
+    assert derived.signature is None and writer.signature is not None
+    assert derived.tree_hash() == writer.tree_hash() and derived.fork == writer.fork == 1
+    with pytest.raises(BlockNotAvailableError):
+        derived.proof(0, upgrade_from=0)
+    assert derived.proof(1).block is not None  # block proofs need no signature
+    storage.close()
+    reopened = Log.create(Storage.open(folder / "unsigned"), crypto.key_pair(bytes(32)))
+    assert reopened.signature is None and reopened.length == 3
+    reopened.storage.close()
+
+
 def reference_tree_hash(blocks: list[bytes]) -> bytes:
     """The tree hash computed top-down from the definitions (independent of append's folding)."""
 
