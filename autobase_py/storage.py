@@ -14,7 +14,10 @@ savepoints, so an exception caught between levels undoes only the inner level's 
 and other in-memory caches *enlist* in the running transaction; whenever a level rolls back,
 every enlisted participant reloads its in-memory state from the database (which now holds the
 rolled-back state), so memory never runs ahead of disk. A write outside any transaction (a
-bare ``log.append``) opens its own, so it commits alone.
+bare ``log.append``) opens its own, so it commits alone. A *flat* transaction
+(``transaction(flat=True)``, the base's apply cycle) skips the savepoints of its inner levels:
+it is all or nothing, and an inner failure that somebody caught still rolls the whole of it
+back at the end instead of committing a half-done write.
 
 fsync policy. Every commit is atomic (WAL); a commit is made *durable* against power loss
 when something in it asked for that with :meth:`Storage.require_sync`: the outermost COMMIT then
@@ -115,6 +118,8 @@ class Storage:
         self._depth = 0
         self._participants: dict[int, Participant] = {}
         self._sync_needed = False
+        self._flat = False  # the running transaction was opened with flat=True
+        self._doomed = False  # an exception escaped an inner level of a flat transaction
         self.syncs = 0  # fsyncs made at commit (for benchmarks and tests)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -233,28 +238,55 @@ class Storage:
         self.syncs += 1
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, flat: bool = False) -> Iterator[None]:
         """Re-entrant transaction; the outermost level commits (with one fsync if anything in it
         called ``require_sync``), inner levels are savepoints. Any exception rolls the level
-        back and reloads enlisted participants."""
-        db = self.db
+        back and reloads enlisted participants.
+
+        ``flat=True`` (outermost level only) is for callers that treat the whole transaction
+        as one unit and never carry on after an inner failure (the base's apply cycle): inner
+        levels then cost no savepoint. An exception escaping an inner level dooms the whole
+        transaction: if it is caught and the outermost level still exits normally, everything
+        is rolled back and :class:`StorageError` raised, so a half-done inner write can never
+        commit."""
         level = self._depth
+        if level and self._flat:
+            self._depth = level + 1
+            try:
+                yield
+            except BaseException:
+                self._doomed = True
+                raise
+            finally:
+                self._depth = level
+            return
+        db = self.db
         try:
             db.execute("BEGIN IMMEDIATE" if level == 0 else f"SAVEPOINT s{level}")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot begin transaction: {exc}") from exc
         self._depth = level + 1
+        if level == 0:
+            self._flat, self._doomed = flat, False
         try:
             yield
+            if level == 0 and self._doomed:
+                raise StorageError(
+                    "an inner write of a flat transaction failed and its error was caught; "
+                    "the whole transaction was rolled back"
+                )
         except BaseException as exc:
             self._depth = level
             if level == 0:
                 self._sync_needed = False
+                self._flat = self._doomed = False
             self._rollback(level)
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"storage write failed: {exc}") from exc
             raise
         self._depth = level
+        if level == 0:
+            self._flat = False
         try:
             db.execute("COMMIT" if level == 0 else f"RELEASE s{level}")
         except sqlite3.Error as exc:

@@ -174,6 +174,9 @@ class Autobase(Generic[V]):
         self.ack_due = False
         self.eager_acks = False
         self._local_grew = trio.Event()
+        # blocks this base appended in the running cycle, by index: ingest takes them as they
+        # are instead of reading and decoding them back (cleared at the end of every cycle)
+        self._own_blocks: dict[int, OplogBlock] = {}
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -423,7 +426,7 @@ class Autobase(Generic[V]):
         local_before = self.local_log.length
         persisted = self._fingerprint()
         try:
-            with self.storage.transaction():
+            with self.storage.transaction(flat=True):
                 self._ingest()
                 await self._drain()
                 if values or force_ack:
@@ -447,14 +450,17 @@ class Autobase(Generic[V]):
                 if self._fingerprint() != persisted:
                     self._persist()
         except _StopError as stop:
+            self._own_blocks.clear()
             self._failed = stop.reason
             self._events.publish(stop.kind, reason=stop.reason)
             raise ApplyError(f"the base stopped: {stop.reason}") from None
         except BaseException as exc:
+            self._own_blocks.clear()
             # the transaction rolled back but memory did not: stop rather than diverge
             self._failed = f"cycle failed: {type(exc).__name__}: {exc}"
             self._events.publish("error", reason=self._failed)
             raise
+        self._own_blocks.clear()
         self._announce(confirmed_before)
         if self.local_log.length != local_before:
             self._local_grew.set()
@@ -488,12 +494,17 @@ class Autobase(Generic[V]):
         lin = self.lin
         added = False
         n = lin.known_length(key)
-        while n < log.length and log.has(n):
-            try:
-                block = decode_block(log.get(n))
-            except DecodeError as exc:
-                self._report_bad(key, n, exc.message)
-                break
+        own = self._own_blocks if key == self.local_key else None
+        while n < log.length:
+            block = None if own is None else own.pop(n, None)
+            if block is None:
+                if not log.has(n):
+                    break
+                try:
+                    block = decode_block(log.get(n))
+                except DecodeError as exc:
+                    self._report_bad(key, n, exc.message)
+                    break
             missing = False
             for writer, length in block.heads:
                 if lin.known_length(writer) < length:
@@ -717,24 +728,25 @@ class Autobase(Generic[V]):
     # --- local appends ----------------------------------------------------------------------
 
     def _append_local(self, values: list[bytes]) -> None:
-        heads = tuple(h for h in self.lin.heads() if h[0] != self.local_key)
+        # sorted and unique, exactly as decode_block would give it back
+        heads = tuple(sorted({h for h in self.lin.heads() if h[0] != self.local_key}))
         checkpoints = self.ledger.take_pending()
         if not values:
-            blocks = [encode_block(OplogBlock(heads=heads, checkpoints=checkpoints))]
+            blocks = [OplogBlock(heads=heads, checkpoints=checkpoints)]
         else:
             count = len(values)
             blocks = [
-                encode_block(
-                    OplogBlock(
-                        heads=heads if i == 0 else (),
-                        batch=count - i,
-                        value=value,
-                        checkpoints=checkpoints if i == 0 else (),
-                    )
+                OplogBlock(
+                    heads=heads if i == 0 else (),
+                    batch=count - i,
+                    value=value,
+                    checkpoints=checkpoints if i == 0 else (),
                 )
                 for i, value in enumerate(values)
             ]
-        self.local_log.append(blocks)
+        start = self.local_log.length
+        self.local_log.append([encode_block(b) for b in blocks])
+        self._own_blocks.update(enumerate(blocks, start))
 
     # --- persistence ------------------------------------------------------------------------
 

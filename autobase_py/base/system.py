@@ -33,13 +33,15 @@ class Membership:
 
     writers: dict[bytes, bool] = field(default_factory=dict)
     epoch: int = 0
+    # memo of ``hash()``; ``add``/``remove`` (the only ways membership changes) clear it
+    _hash: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def genesis(cls, bootstrap: bytes) -> Membership:
         return cls(writers={bootstrap: True}, epoch=0)
 
     def copy(self) -> Membership:
-        return Membership(writers=dict(self.writers), epoch=self.epoch)
+        return Membership(writers=dict(self.writers), epoch=self.epoch, _hash=self._hash)
 
     @property
     def indexers(self) -> tuple[bytes, ...]:
@@ -56,6 +58,7 @@ class Membership:
         before = self.writers.get(key)
         if before is not None and before and not indexer and len(self.indexers) == 1:
             return "refused: cannot demote the last indexer"
+        self._hash = None
         self.writers[key] = indexer
         if bool(before) != indexer:
             self.epoch += 1
@@ -67,6 +70,7 @@ class Membership:
             return None
         if self.writers[key] and len(self.indexers) == 1:
             return "refused: cannot remove the last indexer"
+        self._hash = None
         was_indexer = self.writers.pop(key)
         if was_indexer:
             self.epoch += 1
@@ -102,7 +106,9 @@ class Membership:
         return encoding.encode(self.to_wire())
 
     def hash(self) -> bytes:
-        return crypto.hash(_NS, self.encode())
+        if self._hash is None:
+            self._hash = crypto.hash(_NS, self.encode())
+        return self._hash
 
 
 def majority(indexers: Iterable[bytes]) -> int:

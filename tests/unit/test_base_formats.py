@@ -71,6 +71,20 @@ def test_membership_refuses_to_lose_the_last_indexer() -> None:
     assert Membership.from_wire(encoding.decode(m.encode())) == m
 
 
+def test_membership_hash_follows_every_change() -> None:
+    m = Membership.genesis(K1)
+    seen = {m.hash()}
+    copy = m.copy()
+    for change in (lambda: m.add(K2, indexer=False), lambda: m.add(K2, indexer=True),
+                   lambda: m.remove(K2)):
+        change()
+        fresh = Membership.from_wire(encoding.decode(m.encode()))
+        assert m.hash() == fresh.hash()  # the memo never outlives a change
+        seen.add(m.hash())
+    # four states (the last has the genesis writers at a later epoch); the copy kept its own
+    assert len(seen) == 4 and copy.hash() == Membership.genesis(K1).hash() != m.hash()
+
+
 def writer(seed: int) -> tuple[crypto.KeyPair, bytes]:
     kp = crypto.key_pair(bytes([seed]) * 32)
     return kp, Manifest.single(kp.public_key).key()

@@ -132,6 +132,42 @@ def test_inner_level_rolls_back_alone(tmp_path: Path) -> None:
     assert again.length == 2 and s.get(b"outer") == b"1" and s.get(b"inner") is None
 
 
+def test_flat_transaction_uses_no_savepoints_and_commits_whole(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    log = Log.create(s, crypto.key_pair(bytes(32)))
+    statements: list[str] = []
+    s.db.set_trace_callback(statements.append)
+    with s.transaction(flat=True):
+        log.append([b"a"])
+        with s.transaction():
+            s.put(b"inner", b"1")
+        log.append([b"b"])
+    s.db.set_trace_callback(None)
+    assert not [q for q in statements if "SAVEPOINT" in q or "RELEASE" in q]
+    assert log.length == 2 and s.get(b"inner") == b"1"
+    with s.transaction():  # the next transaction is an ordinary one again
+        s.put(b"kept", b"y")
+        with pytest.raises(BoomError), s.transaction():
+            s.put(b"gone", b"x")
+            raise BoomError
+    assert s.get(b"gone") is None and s.get(b"kept") == b"y"
+
+
+def test_flat_transaction_caught_inner_failure_rolls_everything_back(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    log = Log.create(s, crypto.key_pair(bytes(32)))
+    log.append([b"kept"])
+    with pytest.raises(StorageError, match="flat transaction"), s.transaction(flat=True):
+        s.put(b"outer", b"1")
+        with pytest.raises(BoomError), s.transaction():
+            log.append([b"half"])
+            raise BoomError
+        s.put(b"after", b"2")  # the caller carried on: the commit must refuse
+    assert log.length == 1 and log.get(0) == b"kept"
+    assert s.get(b"outer") is None and s.get(b"after") is None
+    assert log.append([b"next"]) == 2  # storage and log memory are usable afterwards
+
+
 def test_many_logs_commit_together(tmp_path: Path) -> None:
     s = Storage.open(tmp_path)
     logs = [Log.create(s, crypto.key_pair(bytes([i]) * 32)) for i in range(3)]
