@@ -32,6 +32,10 @@ nothing committed either way (the OS keeps the written WAL). WAL checkpoints run
 every ~1000 pages and fsync the main file. Group commit is the caller's lever: many appends (of
 many logs) and records inside one ``transaction()`` cost at most one fsync. That is how the base
 commits an apply cycle, and how the throughput figures in ``bench/log_bench.py`` are reached.
+``Storage.open(path, fsync=False)`` ignores ``require_sync`` (except forced ones: a store's
+primary seed): every commit is then only as durable as RocksDB's default ``sync=false``
+writes, which is what the JS stack runs with; a power loss may drop the last commits, and a
+writer whose signed blocks already reached a peer would then fork its log.
 
 Layout. Logs live in three tables keyed by one integer each (cheap rowid B-trees):
 ``logs`` (one header row per log: key, manifest, name, length, fork, byte length, signature,
@@ -111,8 +115,11 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 class Storage:
     """One storage folder: an exclusive lock and one SQLite database holding every log."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int) -> None:
+    def __init__(
+        self, path: Path, db: sqlite3.Connection, lock_fd: int, *, fsync: bool = True
+    ) -> None:
         self.path = path
+        self.fsync = fsync  # False: require_sync is ignored unless forced (see the header)
         self._db: sqlite3.Connection | None = db
         self._lock_fd = lock_fd
         self._depth = 0
@@ -125,8 +132,11 @@ class Storage:
     # --- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Storage:
-        """Open (creating if needed) the storage folder at ``path`` and take its lock."""
+    def open(cls, path: str | os.PathLike[str], *, fsync: bool = True) -> Storage:
+        """Open (creating if needed) the storage folder at ``path`` and take its lock.
+
+        ``fsync=False`` turns off the per-commit WAL fsync of ``require_sync`` (see the
+        header): commits stay atomic and survive ``kill -9``, not power loss."""
         folder = Path(path)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +175,7 @@ class Storage:
             if isinstance(exc, StorageError):
                 raise
             raise StorageError(f"cannot open database in {folder}: {exc}") from exc
-        return cls(folder, db, lock_fd)
+        return cls(folder, db, lock_fd, fsync=fsync)
 
     @classmethod
     def open_memory(cls) -> Storage:
@@ -214,9 +224,11 @@ class Storage:
         """Ask to be reloaded from disk if the running transaction (or a level of it) rolls back."""
         self._participants[id(participant)] = participant
 
-    def require_sync(self) -> None:
-        """Make the running (or next) outermost commit durable against power loss."""
-        self._sync_needed = True
+    def require_sync(self, *, force: bool = False) -> None:
+        """Make the running (or next) outermost commit durable against power loss (unless the
+        storage was opened with ``fsync=False`` and ``force`` is not set)."""
+        if self.fsync or force:
+            self._sync_needed = True
 
     def _sync(self) -> None:
         self._sync_needed = False

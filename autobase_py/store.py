@@ -34,19 +34,25 @@ class Store:
         self._logs: dict[bytes, Log] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, primary_seed: bytes | None = None) -> Store:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        primary_seed: bytes | None = None,
+        fsync: bool = True,
+    ) -> Store:
         """Open the folder at ``path`` (creating it). ``primary_seed`` (32 bytes) fixes the
         seed of a new folder (for tests and deterministic setups); a folder that already has a
-        different seed refuses it."""
+        different seed refuses it. ``fsync=False``: see ``Storage.open``."""
         if primary_seed is not None and len(primary_seed) != crypto.SEED_BYTES:
             raise InvalidKeyError(f"primary seed must be {crypto.SEED_BYTES} bytes")
-        storage = Storage.open(path)
+        storage = Storage.open(path, fsync=fsync)
         try:
             stored = storage.get(PRIMARY_SEED_RECORD)
             if stored is None:
                 stored = primary_seed if primary_seed is not None else crypto.random_bytes(32)
                 with storage.transaction():
-                    storage.require_sync()  # the folder's identity: never lose it
+                    storage.require_sync(force=True)  # the folder's identity: never lose it
                     storage.put(PRIMARY_SEED_RECORD, stored)
             elif primary_seed is not None and primary_seed != stored:
                 raise LocalError(f"storage folder {path} already has another primary seed")

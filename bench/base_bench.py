@@ -14,7 +14,11 @@ Figures (JSON lines):
 - ``reopen``: time to reopen the single-writer base from disk (no replay), at this N.
 - ``peak_rss_mib``: ru_maxrss of the process.
 
-Usage: ``.venv/bin/python bench/base_bench.py [--n 20000] [--chunk 1|100] [--scenario a|b|all]``
+``--no-fsync`` opens the stores with ``fsync=False`` (commits atomic and ``kill -9``-safe, not
+power-loss durable: RocksDB's default, which the JS stack uses); every figure says which.
+
+Usage: ``.venv/bin/python bench/base_bench.py [--n 20000] [--chunk 1|100] [--scenario a|b|all]
+[--no-fsync]``
 """
 
 from __future__ import annotations
@@ -72,9 +76,12 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+SETTINGS = {"fsync": True}
+
+
 def emit(figure: str, **fields: Any) -> None:
-    print(json.dumps({"bench": "base", "figure": figure, **fields, "rss_mib": round(rss_mib())}),
-          flush=True)
+    print(json.dumps({"bench": "base", "figure": figure, **fields, "fsync": SETTINGS["fsync"],
+                      "rss_mib": round(rss_mib())}), flush=True)
 
 
 def cpu() -> float:
@@ -83,7 +90,7 @@ def cpu() -> float:
 
 
 async def open_base(path: Path, bootstrap: bytes | None = None) -> tuple[Store, Autobase[Bee]]:
-    store = Store.open(path)
+    store = Store.open(path, fsync=SETTINGS["fsync"])
     base: Autobase[Bee] = await Autobase.open(store, bootstrap, apply=apply, open_view=open_view)
     return store, base
 
@@ -161,7 +168,9 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--chunk", type=int, default=1)
     parser.add_argument("--scenario", default="all")
+    parser.add_argument("--no-fsync", action="store_true")
     args = parser.parse_args()
+    SETTINGS["fsync"] = not args.no_fsync
     root = Path(tempfile.mkdtemp(prefix=".bench-base-", dir=ROOT))
     try:
         if args.scenario in ("a", "all"):

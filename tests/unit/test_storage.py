@@ -46,6 +46,20 @@ def test_commits_fsync_exactly_when_required(tmp_path: Path) -> None:
         assert storage.syncs == 1  # a rolled-back request does not leak into the next commit
 
 
+def test_fsync_off_skips_requested_syncs_but_not_forced_ones(tmp_path: Path) -> None:
+    with Storage.open(tmp_path / "s", fsync=False) as storage:
+        log = Log.create(storage, crypto.key_pair(bytes(32)))
+        log.append([b"a"])
+        assert storage.syncs == 0
+        with storage.transaction():
+            storage.require_sync(force=True)
+            storage.put(b"k", b"v")
+        assert storage.syncs == 1
+    with Storage.open(tmp_path / "s") as again:  # the data is there all the same
+        assert Log.create(again, crypto.key_pair(bytes(32))).get(0) == b"a"
+        assert again.get(b"k") == b"v"
+
+
 def test_signed_appends_are_durable_but_a_view_may_opt_out(tmp_path: Path) -> None:
     from autobase_py.store import Store
 
