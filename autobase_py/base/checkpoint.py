@@ -20,6 +20,7 @@ readers follow this chain instead.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ from .system import Membership, majority
 
 _NS = crypto.namespace("autobase_py/checkpoint", 1)[0]
 _U64 = struct.Struct("<Q")
+
+
+@functools.lru_cache(maxsize=1024)
+def writer_key(public_key: bytes) -> bytes:
+    """The writer key (manifest hash) of a single-signer log signed by ``public_key``."""
+    return Manifest.single(public_key).key()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +122,7 @@ class CheckpointSignature:
     @property
     def signer(self) -> bytes:
         """The writer key of the signer (hash of its log's manifest)."""
-        return Manifest.single(self.public_key).key()
+        return writer_key(self.public_key)
 
     def verify(self, registry_key: bytes) -> bool:
         return crypto.verify(
@@ -226,7 +233,7 @@ def verify_certificate(cert: Certificate, indexers: Sequence[bytes]) -> None:
     signers: set[bytes] = set()
     message = cert.checkpoint.signable()
     for public_key, signature in cert.signatures:
-        writer = Manifest.single(public_key).key()
+        writer = writer_key(public_key)
         if writer not in allowed:
             raise VerificationError("certificate: signed by a key outside the indexer set")
         if not crypto.verify(message, signature, public_key):

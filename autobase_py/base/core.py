@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import trio
 
@@ -57,6 +56,7 @@ from .. import encoding, ids
 from ..crypto import discovery_key
 from ..errors import (
     ApplyError,
+    BlockNotAvailableError,
     ClosedError,
     DecodeError,
     InvalidNodeError,
@@ -88,9 +88,8 @@ FORMAT = 1
 MAX_ACKS_PER_CYCLE = 4  # should_ack turns false after our ack; this only guards against bugs
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """What applying one order position left behind."""
+class Record(NamedTuple):
+    """What applying one order position left behind (a tuple: one is made per applied node)."""
 
     writer: bytes
     length: int
@@ -447,6 +446,7 @@ class Autobase(Generic[V]):
                     await self._drain()
                 self._steps.save(self.lin.take_round_steps())
                 self._write_tip()
+                self.ledger.write_records()
                 if self._fingerprint() != persisted:
                     self._persist()
         except _StopError as stop:
@@ -498,10 +498,12 @@ class Autobase(Generic[V]):
         while n < log.length:
             block = None if own is None else own.pop(n, None)
             if block is None:
-                if not log.has(n):
-                    break
                 try:
-                    block = decode_block(log.get(n))
+                    raw = log.get(n)
+                except BlockNotAvailableError:
+                    break  # a sparse gap: wait for replication to fill it
+                try:
+                    block = decode_block(raw)
                 except DecodeError as exc:
                     self._report_bad(key, n, exc.message)
                     break

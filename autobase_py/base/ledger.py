@@ -9,9 +9,10 @@ this peer computed. A boundary whose membership changed the indexer set is a *li
 certificate joins ``chain``, which lets a reader verify any later certificate from the
 registry key alone (``checkpoint.verify_chain``).
 
-Storage: certificates and links are records of their own (``base/certificate``,
-``base/link/<boundary>``); the rest (pending signatures, open boundaries, newest checkpoint)
-travels in the base's state record through ``to_wire``/``restore``.
+Storage: certificates and links are records of their own (``base/certificate``, written once
+per cycle by ``write_records``, and ``base/link/<boundary>``); the rest (pending signatures,
+open boundaries, newest checkpoint) travels in the base's state record through
+``to_wire``/``restore``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class CheckpointLedger:
         self.checkpoint: Checkpoint | None = None  # the newest confirmed checkpoint computed
         self.certificate: Certificate | None = None
         self.chain: list[Certificate] = []
+        self._certificate_dirty = False  # ``certificate`` changed since ``write_records``
 
     @property
     def signed_length(self) -> int:
@@ -123,7 +125,7 @@ class CheckpointLedger:
                 self._storage.put(_LINK + _BE64.pack(boundary), cert.encode())
             if self.certificate is None or boundary > self.signed_length:
                 self.certificate = cert
-                self._storage.put(_CERT, cert.encode())
+                self._certificate_dirty = True
                 changed = True
             del self._boundaries[boundary]
             self._pool.pop(boundary, None)
@@ -137,6 +139,13 @@ class CheckpointLedger:
             self._events.publish("certified", length=self.signed_length)
 
     # --- persistence ----------------------------------------------------------------------
+
+    def write_records(self) -> None:
+        """Store the newest certificate if it changed (once per cycle, in its transaction:
+        a cycle can assemble several, only the last one matters)."""
+        if self._certificate_dirty and self.certificate is not None:
+            self._storage.put(_CERT, encoding.encode_trusted(self.certificate.to_wire()))
+        self._certificate_dirty = False
 
     def fingerprint(self) -> tuple[Any, ...]:
         return (tuple(s.signature for s in self.pending), tuple(self._boundaries), self.checkpoint)
