@@ -23,10 +23,14 @@ from .merkle import (
 from .proof import (
     BlockProof,
     Proof,
+    ProofNode,
+    RangeProof,
     UpgradeProof,
     decode_proof,
     encode_proof,
+    range_uncles,
     verify_block_path,
+    verify_range,
     verify_roots_against,
 )
 
@@ -40,14 +44,18 @@ __all__ = [
     "Node",
     "Proof",
     "ProofMismatchError",
+    "ProofNode",
+    "RangeProof",
     "Signer",
     "UpgradeProof",
     "decode_proof",
     "encode_proof",
     "leaf_hash",
     "parent_hash",
+    "range_uncles",
     "signable",
     "tree_hash",
     "verify_block_path",
+    "verify_range",
     "verify_roots_against",
 ]

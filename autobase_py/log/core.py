@@ -33,7 +33,7 @@ freezes the log (persisted) and raises :class:`EquivocationError`; every later w
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 from .. import crypto
@@ -55,10 +55,13 @@ from .proof import (
     BlockProof,
     Proof,
     ProofNode,
+    RangeProof,
     UpgradeProof,
     derive_roots,
+    range_uncles,
     upgrade_walk,
     verify_block_path,
+    verify_range,
 )
 
 
@@ -399,6 +402,150 @@ class Log:
                 storage.put_block(self._id, block.index, block.value)
             if header is not None:
                 storage.write_header(self._id, header[0], proof.fork, header[1], header[2])
+                self.reload()
+
+    def range_proof(self, start: int, end: int, upgrade_from: int | None = None) -> RangeProof:
+        """A proof for blocks ``[start, end)`` (all stored here) and/or an upgrade from
+        ``upgrade_from`` to our length (as in :meth:`proof`). Its uncles are the nodes outside
+        the range that hash it up to the roots of our length, so without an upgrade it fits a
+        replica whose length is ours (one behind takes the upgrade from its length)."""
+        if not 0 <= start < end <= self.length:
+            raise OutOfRangeError(f"range [{start}, {end}) is not inside length {self.length}")
+        upgrade = None
+        if upgrade_from is not None:
+            if not 0 <= upgrade_from <= self.length:
+                raise OutOfRangeError(
+                    f"cannot upgrade from {upgrade_from}: the length is {self.length}"
+                )
+            if self.signature is None:
+                raise BlockNotAvailableError("this log has no signed length to prove")
+            sent = [self._node(n) for step, n in upgrade_walk(upgrade_from, self.length)
+                    if step == "sent"]
+            upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
+        values = tuple(self.get(index) for index in range(start, end))
+        wanted = range_uncles(start, end, self.length)
+        found = self.storage.get_nodes(self._id, wanted)
+        if len(found) != len(wanted):
+            missing = next(i for i in wanted if i not in found)
+            raise BlockNotAvailableError(f"tree node {missing} is not stored; cannot prove")
+        manifest = None
+        if upgrade_from == 0 and self.manifest is not None:
+            manifest = self.manifest.encode()
+        return RangeProof(
+            fork=self.fork,
+            start=start,
+            values=values,
+            length=self.length,
+            nodes=tuple(found[i] for i in wanted),
+            upgrade=upgrade,
+            manifest=manifest,
+        )
+
+    def apply_range(self, proof: RangeProof, *, trusted_tree_hash: bytes | None = None) -> None:
+        """Verify a :class:`RangeProof` completely, then store its blocks, every node it proves
+        and the upgraded header in one transaction (errors as :meth:`apply_proof`; on any
+        error nothing is stored). The blocks are hashed bottom-up once, up to the roots of the
+        replica's length (after the upgrade, if any), which must be ``proof.length``
+        (ProofMismatchError otherwise), so that every node of the proof is used and checked."""
+        if self.frozen:
+            raise LogFrozenError(f"log {self.key.hex()[:16]} is frozen after equivocation")
+        if proof.upgrade is not None and proof.upgrade.length != proof.length:
+            raise InvalidProofError("range proof length differs from its upgrade's length")
+        end = proof.start + len(proof.values)
+        if not proof.values or end > proof.length:
+            raise InvalidProofError(
+                f"range [{proof.start}, {end}) is not inside the proof's length {proof.length}"
+            )
+        wanted = range_uncles(proof.start, end, proof.length)
+        if len(wanted) != len(proof.nodes):
+            raise InvalidProofError(
+                f"range proof carries {len(proof.nodes)} nodes; {len(wanted)} expected"
+            )
+        self._apply_range(
+            proof.fork,
+            proof.start,
+            proof.values,
+            dict(zip(wanted, proof.nodes, strict=True)),
+            upgrade=proof.upgrade,
+            manifest=proof.manifest,
+            trusted_tree_hash=trusted_tree_hash,
+            length=proof.length,
+        )
+
+    def apply_blocks(
+        self, fork: int, start: int, values: Sequence[bytes], nodes: Mapping[int, ProofNode]
+    ) -> None:
+        """Verify blocks ``[start, start + len(values))`` against this replica's roots with
+        the tree ``nodes`` given by flat index (those outside the range are used to hash it up
+        to the roots; those it recomputes must match; those above the roots are ignored), then
+        store them in one transaction (errors as :meth:`apply_proof`, nothing stored)."""
+        self._apply_range(fork, start, values, nodes)
+
+    def _apply_range(
+        self,
+        fork: int,
+        start: int,
+        values: Sequence[bytes],
+        nodes: Mapping[int, ProofNode],
+        *,
+        upgrade: UpgradeProof | None = None,
+        manifest: bytes | None = None,
+        trusted_tree_hash: bytes | None = None,
+        length: int | None = None,
+    ) -> None:
+        """Verify and store a range; ``length`` (when given) is the length whose roots the
+        nodes were chosen for, which must be the one the replica trusts: then every node is
+        used, so every byte of the proof is checked."""
+        if self.frozen:
+            raise LogFrozenError(f"log {self.key.hex()[:16]} is frozen after equivocation")
+        # the same checks, in the same order, as apply_proof
+        known, new_manifest = self._proof_manifest(Proof(fork, None, upgrade, manifest))
+        if fork < self.fork:
+            raise ProofMismatchError(f"proof is for fork {fork}; the log is at {self.fork}")
+        fork_change = fork > self.fork
+        kept: list[tuple[int, int]] = []
+        learned: list[Node] = []
+        header: tuple[int, int, bytes | None] | None = None
+        anchors = self._roots
+        if upgrade is not None:
+            header = self._verify_upgrade(
+                upgrade,
+                fork=fork,
+                fork_change=fork_change,
+                manifest=known,
+                trusted_tree_hash=trusted_tree_hash,
+                learned=learned,
+            )
+            proven = {n.index: n for n in learned}
+            if not fork_change:
+                proven.update((r.index, r) for r in self._roots if r.index not in proven)
+            anchors = [proven[i] for i in flat_tree.full_roots(header[0])]
+            if fork_change:
+                kept = self._unchanged_subtrees(
+                    header[0], {n.index: (n.size, n.hash) for n in learned}
+                )
+        elif fork_change:
+            raise ProofMismatchError("a proof from a newer fork must carry an upgrade from 0")
+        elif length is not None and length != self.length:
+            raise ProofMismatchError(
+                f"range proof is for length {length}; the replica trusts {self.length}"
+            )
+        rows = verify_range(start, values, anchors, nodes)
+        # Everything is verified: store it.
+        base = self.storage.node_rowid(self._id, 0)
+        node_rows = [(base + n.index, n.size, n.hash) for n in learned]
+        node_rows.extend((base + index, size, digest) for index, size, digest in rows)
+        storage = self.storage
+        with storage.transaction():
+            storage.enlist(self)
+            if fork_change:
+                storage.retain_spans(self._id, kept)
+            if new_manifest is not None:
+                storage.set_manifest(self._id, new_manifest)
+            storage.put_node_rows(node_rows)
+            storage.put_blocks(self._id, start, values)
+            if header is not None:
+                storage.write_header(self._id, header[0], fork, header[1], header[2])
                 self.reload()
 
     def _unchanged_subtrees(

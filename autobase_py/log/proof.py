@@ -35,7 +35,8 @@ Wire form (canonical CBOR): ``{"fork": u, "block": [index, value, [[size, hash].
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,21 @@ class UpgradeProof:
 class Proof:
     fork: int
     block: BlockProof | None = None
+    upgrade: UpgradeProof | None = None
+    manifest: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeProof:
+    """Blocks ``[start, start + len(values))`` and the uncles that hash them up to the roots of
+    ``length`` (``range_uncles(start, end, length)`` order), optionally with an upgrade to
+    ``length`` (then ``upgrade.length == length``) and the manifest."""
+
+    fork: int
+    start: int
+    values: tuple[bytes, ...]
+    length: int
+    nodes: tuple[ProofNode, ...]
     upgrade: UpgradeProof | None = None
     manifest: bytes | None = None
 
@@ -248,15 +264,146 @@ def verify_block_path(block: BlockProof, trusted: Lookup) -> list[Node]:
             raise InvalidProofError("proof path climbs past any possible root")
 
 
+# --- ranges ---------------------------------------------------------------------------------
+
+
+def range_uncles(start: int, end: int, length: int) -> list[int]:
+    """The flat indices of the nodes outside blocks ``[start, end)`` that hash the range up to
+    the roots of ``length`` (the largest subtrees lying wholly outside it, under each root that
+    overlaps it), depth-first, left to right."""
+    if not 0 <= start < end <= length:
+        raise InvalidProofError(f"range [{start}, {end}) is not inside length {length}")
+    lo, hi = 2 * start, 2 * (end - 1)
+    out: list[int] = []
+    stack: list[int] = []
+    for root in flat_tree.full_roots(length):
+        if flat_tree.right_span(root) < lo or flat_tree.left_span(root) > hi:
+            continue
+        stack.append(root)
+        while stack:
+            node = stack.pop()
+            left, right = flat_tree.left_span(node), flat_tree.right_span(node)
+            if right < lo or left > hi:
+                out.append(node)
+            elif not (left >= lo and right <= hi):
+                kids = flat_tree.children(node)
+                assert kids is not None  # a leaf is inside or outside
+                stack.append(kids[1])
+                stack.append(kids[0])
+    return out
+
+
+NodeRow = tuple[int, int, bytes]  # (flat index, size, hash)
+
+
+def verify_range(
+    start: int,
+    values: Sequence[bytes],
+    anchors: Sequence[Node],
+    given: Mapping[int, ProofNode],
+) -> list[NodeRow]:
+    """Hash blocks ``[start, start + len(values))`` bottom-up once and on up to the trusted
+    ``anchors`` (the roots of a length covering the range), taking the nodes outside the range
+    from ``given`` (by flat index). Every anchor over the range must come out equal; every node
+    of ``given`` that the range recomputes must equal it too. Returns every node learned (the
+    range's subtrees, the nodes above them up to the anchors, the outside nodes used);
+    InvalidProofError otherwise. Nodes of ``given`` above the anchors are ignored."""
+    end = start + len(values)
+    if not values:
+        raise InvalidProofError("a range proof carries at least one block")
+    covered = sum(flat_tree.leaf_count(a.index) for a in anchors)
+    if end > covered:
+        raise InvalidProofError(f"range [{start}, {end}) is past the proven length {covered}")
+    blake2b = hashlib.blake2b
+    # levels[d] = (offset of its first node, [(size, hash)]): the aligned subtrees of depth d
+    # lying wholly inside the range.
+    level: list[ProofNode] = []
+    for value in values:
+        size = len(value)
+        level.append(
+            (size, blake2b(b"\x00" + size.to_bytes(8, "little") + value, digest_size=32).digest())
+        )
+    base = start
+    levels: list[tuple[int, list[ProofNode]]] = [(base, level)]
+    while len(level) > 1:
+        first = base + (base & 1)
+        upper: list[ProofNode] = []
+        add = upper.append
+        for k in range(first - base, len(level) - 1, 2):
+            left, right = level[k], level[k + 1]
+            size = left[0] + right[0]
+            add((size, blake2b(b"\x01" + size.to_bytes(8, "little") + left[1] + right[1],
+                               digest_size=32).digest()))
+        if not upper:
+            break
+        base, level = first >> 1, upper
+        levels.append((base, level))
+    lo, hi = 2 * start, 2 * (end - 1)
+    above: dict[int, ProofNode] = {}  # computed nodes straddling the range's edges
+    used: list[NodeRow] = []
+
+    def resolve(node: int) -> ProofNode:
+        left, right = flat_tree.left_span(node), flat_tree.right_span(node)
+        if left >= lo and right <= hi:
+            first, nodes = levels[flat_tree.depth(node)]
+            return nodes[flat_tree.offset(node) - first]
+        if right < lo or left > hi:
+            found = given.get(node)
+            if found is None:
+                raise InvalidProofError(f"range proof lacks node {node}")
+            used.append((node, found[0], found[1]))
+            return found
+        kids = flat_tree.children(node)
+        assert kids is not None
+        a, b = resolve(kids[0]), resolve(kids[1])
+        size = a[0] + b[0]
+        out = (size, blake2b(b"\x01" + size.to_bytes(8, "little") + a[1] + b[1],
+                             digest_size=32).digest())
+        above[node] = out
+        return out
+
+    for anchor in anchors:
+        if flat_tree.right_span(anchor.index) < lo or flat_tree.left_span(anchor.index) > hi:
+            continue
+        if resolve(anchor.index) != (anchor.size, anchor.hash):
+            raise InvalidProofError(
+                f"blocks [{start}, {end}) do not match the trusted node {anchor.index}"
+            )
+    for index, node in given.items():
+        first_leaf, last_leaf = flat_tree.left_span(index), flat_tree.right_span(index)
+        if last_leaf < lo or first_leaf > hi:
+            continue
+        if first_leaf >= lo and last_leaf <= hi:
+            first, nodes = levels[flat_tree.depth(index)]
+            computed: ProofNode | None = nodes[flat_tree.offset(index) - first]
+        else:
+            computed = above.get(index)
+        if computed is not None and computed != node:
+            raise InvalidProofError(f"node {index} does not match blocks [{start}, {end})")
+    rows = used
+    rows.extend((index, size, digest) for index, (size, digest) in above.items())
+    for depth, (first, nodes) in enumerate(levels):
+        span = (1 << depth) - 1
+        shift = depth + 1
+        rows.extend(
+            (((first + k) << shift) | span, size, digest) for k, (size, digest) in enumerate(nodes)
+        )
+    return rows
+
+
 __all__ = [
     "BlockProof",
+    "NodeRow",
     "Proof",
     "ProofNode",
+    "RangeProof",
     "UpgradeProof",
     "decode_proof",
     "derive_roots",
     "encode_proof",
+    "range_uncles",
     "upgrade_walk",
     "verify_block_path",
+    "verify_range",
     "verify_roots_against",
 ]

@@ -32,7 +32,7 @@ peer again until its next sync.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -45,13 +45,12 @@ from ..errors import (
     OutOfRangeError,
     VerificationError,
 )
-from ..log import BlockProof, Log, Proof, ProofMismatchError, decode_proof, encode_proof
+from ..log import Log, Proof, ProofMismatchError, decode_proof, encode_proof
 from .replication_wire import (
     MAX_RANGE,
     WIRE_VERSION,
     InvalidPeerDataError,
     RangeTree,
-    UncleCompletion,
     decode_message,
     encode_blocks,
     encode_data,
@@ -165,7 +164,6 @@ class LogSession:
         self.remote_synced = False
         self.blocks_received = 0
         self.upgrades_received = 0
-        self.uncles_completed = 0  # blocks whose sent uncles were not enough on their own
         self._wanted: list[tuple[int, int]] = []  # half-open ranges, sparse mode
         self._scan = 0  # eager mode: blocks below this are stored or claimed
         self._scan_fork = log.fork
@@ -467,34 +465,19 @@ class LogSession:
             if log.fork == request.fork:
                 self._refused.update(range(request.index, request.end))
             return False
-        completion = UncleCompletion()
+        # Every uncle sent, by flat index: block ``start + k``'s uncle at depth ``d`` is the
+        # sibling of its leaf's ancestor at that depth (shared uncles overlap only where the
+        # paths do, so an honest sender never sends two values for one node).
+        nodes: dict[int, tuple[int, bytes]] = {}
+        for index, packed in enumerate(msg["uncles"], start):
+            for depth, uncle in enumerate(unpack_uncles(packed)):
+                node = (((index >> depth) ^ 1) << (depth + 1)) | ((1 << depth) - 1)
+                if nodes.setdefault(node, uncle) != uncle:
+                    raise InvalidPeerDataError(f"two different uncles for tree node {node}")
         stored = 0
-        with log.storage.transaction():
-            for index, value, packed in zip(
-                range(start, stop), values, msg["uncles"], strict=True
-            ):
-                sent = unpack_uncles(packed)
-                completion.record(index, sent)
-                proof = Proof(fork, BlockProof(index, value, tuple(sent)))
-                try:
-                    log.apply_proof(proof)
-                except ProofMismatchError:
-                    pass  # _store below tells a race from a lie
-                except InvalidProofError:
-                    # Perhaps we never stored the node the sent uncles lead to: try again with
-                    # the path shared with the earlier blocks (the sender's fault if that fails).
-                    more = completion.complete(index, sent)
-                    if not more:
-                        self._store(proof, request)  # raises the peer's fault
-                    self.uncles_completed += 1
-                    proof = Proof(fork, BlockProof(index, value, (*sent, *more)))
-                else:
-                    self.blocks_received += 1
-                    stored += 1
-                    continue
-                if not self._store(proof, request):
-                    break  # our state moved: ask again for the rest
-                stored += 1
+        if self._verified(lambda: log.apply_blocks(fork, start, values, nodes), request):
+            stored = len(values)
+            self.blocks_received += stored
         self.claims.blocks.difference_update(range(start, start + stored))
         self._release(request, start + stored)
         if stored:
@@ -502,11 +485,22 @@ class LogSession:
         return stored > 0
 
     def _store(self, proof: Proof, request: _Request) -> bool:
-        """``Log.apply_proof``, with the peer's faults as InvalidPeerDataError; False when the
-        proof no longer fits because our own state moved since we asked."""
+        """``Log.apply_proof`` through :meth:`_verified`, counting what it stored."""
+        if not self._verified(lambda: self.log.apply_proof(proof), request):
+            return False
+        if proof.block is not None:
+            self.blocks_received += 1
+        if proof.upgrade is not None:
+            self.upgrades_received += 1
+        return True
+
+    def _verified(self, apply: Callable[[], None], request: _Request) -> bool:
+        """Run ``apply`` (a ``Log.apply_*`` call), with the peer's faults as
+        InvalidPeerDataError; False when the proof no longer fits because our own state moved
+        since we asked."""
         log = self.log
         try:
-            log.apply_proof(proof)
+            apply()
         except ProofMismatchError as exc:
             if (log.fork, log.length) == (request.fork, request.length):
                 raise InvalidPeerDataError(f"proof does not fit the request: {exc}") from exc
@@ -517,12 +511,7 @@ class LogSession:
             raise InvalidPeerDataError(f"equivocation detected: {exc.message}") from exc
         except (InvalidProofError, VerificationError) as exc:
             raise InvalidPeerDataError(f"invalid proof: {exc.message}") from exc
-        if proof.block is not None:
-            self.blocks_received += 1
-        if proof.upgrade is not None:
-            self.upgrades_received += 1
         return True
-
     @property
     def inflight(self) -> int:
         return len(self._inflight)

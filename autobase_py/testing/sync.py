@@ -2,10 +2,11 @@
 
 The boundary is the same one network replication uses: a *store* knows some logs (its own and
 the replicas its base opened); syncing two stores copies, for every log both know, whatever
-one has beyond the other, as proofs that the receiver verifies before storing
-(``Log.apply_proof``). Bases then pick the new blocks up in ``update()``. Nothing here touches
-a base's internals, so a test that passes through this helper exercises the same paths as a
-networked node.
+one has beyond the other, as proofs that the receiver verifies before storing: one range
+proof per run of consecutive blocks (``Log.range_proof`` / ``Log.apply_range``), the first
+carrying the upgrade to the sender's length. Bases then pick the new blocks up in
+``update()``. Nothing here touches a base's internals, so a test that passes through this
+helper exercises the same paths as a networked node.
 """
 
 from __future__ import annotations
@@ -32,13 +33,22 @@ def sync_log(src: Log, dst: Log) -> int:
     if dst.length and src.fork != dst.fork:
         return 0  # oplogs never truncate; views are not synced this way
     start = dst.length
+    if src.writable:  # a writer holds every block
+        runs: list[tuple[int, int]] = [(start, src.length)]
+    else:
+        runs = []
+        for index in range(start, src.length):
+            if not src.has(index):
+                continue
+            if runs and runs[-1][1] == index:
+                runs[-1] = (runs[-1][0], index + 1)
+            else:
+                runs.append((index, index + 1))
     copied = 0
-    for index in range(start, src.length):
-        if not src.has(index):
-            continue
+    for first, end in runs:
         upgrade = dst.length if dst.length < src.length else None
-        dst.apply_proof(src.proof(index, upgrade_from=upgrade))
-        copied += 1
+        dst.apply_range(src.range_proof(first, end, upgrade_from=upgrade))
+        copied += end - first
     if dst.length < src.length:  # src lacks the last blocks: still take the new length
         dst.apply_proof(src.proof(None, upgrade_from=dst.length))
     return copied

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -16,8 +17,24 @@ from hypothesis.stateful import (
 )
 
 from autobase_py import crypto
-from autobase_py.errors import AutobaseError, DecodeError, VerificationError
-from autobase_py.log import Log, Proof, decode_proof, encode_proof
+from autobase_py.errors import (
+    AutobaseError,
+    DecodeError,
+    EquivocationError,
+    InvalidProofError,
+    InvalidSignatureError,
+    LogFrozenError,
+    VerificationError,
+)
+from autobase_py.log import (
+    Log,
+    Proof,
+    ProofMismatchError,
+    RangeProof,
+    decode_proof,
+    encode_proof,
+    range_uncles,
+)
 from autobase_py.storage import Storage
 
 SEED = bytes([3]) * 32
@@ -300,3 +317,289 @@ def test_replica_rolls_back_with_the_outer_transaction() -> None:
     assert snapshot(replica) == before
     replica.apply_proof(writer.proof(1, upgrade_from=0))
     assert replica.get(1) == b"b"
+
+
+# --- range proofs ---------------------------------------------------------------------------
+
+
+def stored(log: Log) -> tuple[Any, ...]:
+    """Everything the storage holds (header row, blocks, nodes), for "nothing changed"."""
+    db = log.storage.db
+    return (
+        snapshot(log),
+        db.execute("SELECT * FROM logs ORDER BY id").fetchall(),
+        db.execute("SELECT * FROM blocks ORDER BY id").fetchall(),
+        db.execute("SELECT * FROM nodes ORDER BY id").fetchall(),
+    )
+
+
+def serves_every_block(replica: Log, indices: range) -> None:
+    """The replica stored enough nodes to prove each block it took, to yet another replica."""
+    for index in indices:
+        other = fresh_replica(replica.key)
+        other.apply_proof(replica.proof(index, upgrade_from=0))
+        assert other.get(index) == replica.get(index)
+
+
+blocks_strategy = st.lists(st.binary(max_size=6), min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(blocks=blocks_strategy, data=st.data())
+def test_range_proofs_verify_at_every_alignment(blocks: list[bytes], data: st.DataObject) -> None:
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    writer.append(blocks)
+    n = len(blocks)
+    pairs = [(s, e) for s in range(n) for e in range(s + 1, n + 1)]
+    for start, end in data.draw(st.lists(st.sampled_from(pairs), min_size=1, max_size=8)):
+        replica = fresh_replica(writer.key)
+        replica.apply_range(writer.range_proof(start, end, upgrade_from=0))
+        assert (replica.length, replica.fork) == (writer.length, writer.fork)
+        assert replica.tree_hash() == writer.tree_hash()
+        assert [replica.has(i) for i in range(n)] == [start <= i < end for i in range(n)]
+        assert [replica.get(i) for i in range(start, end)] == blocks[start:end]
+        serves_every_block(replica, range(start, end))
+        # the (sparse) replica proves the same range in turn, and with one as well
+        other = fresh_replica(writer.key)
+        other.apply_range(replica.range_proof(start, end, upgrade_from=0))
+        assert [other.get(i) for i in range(start, end)] == blocks[start:end]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    blocks=blocks_strategy,
+    prefix=st.integers(min_value=0, max_value=40),
+    held=st.sets(st.integers(min_value=0, max_value=39), max_size=20),
+    data=st.data(),
+)
+def test_range_onto_a_replica_holding_part_of_it(
+    blocks: list[bytes], prefix: int, held: set[int], data: st.DataObject
+) -> None:
+    """A replica at a shorter length (or at the writer's) holding random blocks, some inside
+    the range, takes a range (with an upgrade when behind) and ends as if per-block proofs had
+    brought the same blocks."""
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    n = len(blocks)
+    short = min(prefix, n)
+    if short:
+        writer.append(blocks[:short])
+    replica = fresh_replica(writer.key)
+    mirror = fresh_replica(writer.key)  # the same blocks, one proof each
+    if short:
+        for log in (replica, mirror):
+            log.apply_proof(writer.proof(None, upgrade_from=0))
+            for index in sorted(i for i in held if i < short):
+                log.apply_proof(writer.proof(index))
+    if short < n:
+        writer.append(blocks[short:])
+    start = data.draw(st.integers(min_value=0, max_value=n - 1))
+    end = data.draw(st.integers(min_value=start + 1, max_value=n))
+    upgrade = replica.length if replica.length < writer.length else None
+    replica.apply_range(writer.range_proof(start, end, upgrade_from=upgrade))
+    if upgrade is not None:
+        mirror.apply_proof(writer.proof(None, upgrade_from=upgrade))
+    for index in range(start, end):
+        mirror.apply_proof(writer.proof(index))
+    assert replica.tree_hash() == writer.tree_hash() == mirror.tree_hash()
+    assert [replica.has(i) for i in range(n)] == [mirror.has(i) for i in range(n)]
+    assert [replica.get(i) for i in range(n) if replica.has(i)] == [
+        blocks[i] for i in range(n) if replica.has(i)
+    ]
+    serves_every_block(replica, range(start, end))
+
+
+RANGE_TARGETS = ["value", "uncle_hash", "uncle_size", "root_hash", "root_size", "length",
+                 "proof_length", "fork", "signature", "drop_uncle", "extra_uncle", "drop_value"]
+
+
+def tamper_range(proof: RangeProof, target: str, bit: int) -> RangeProof | None:
+    """``proof`` with one part changed; None when the proof has no such part."""
+    upgrade = proof.upgrade
+    if target == "value":
+        nonempty = [k for k, v in enumerate(proof.values) if v]
+        if not nonempty:
+            return None
+        k = nonempty[bit % len(nonempty)]
+        values = list(proof.values)
+        values[k] = flip(values[k], bit // len(nonempty))
+        return dataclasses.replace(proof, values=tuple(values))
+    if target in ("uncle_hash", "uncle_size", "drop_uncle"):
+        if not proof.nodes:
+            return None
+        nodes = list(proof.nodes)
+        k = bit % len(nodes)
+        size, h = nodes[k]
+        if target == "drop_uncle":
+            del nodes[k]
+        else:
+            nodes[k] = (size, flip(h, bit // len(nodes))) if target == "uncle_hash" else (
+                size ^ (1 << (bit % 16)), h)
+        return dataclasses.replace(proof, nodes=tuple(nodes))
+    if target == "extra_uncle":
+        return dataclasses.replace(proof, nodes=(*proof.nodes, (bit, bytes(32))))
+    if target == "drop_value":
+        if len(proof.values) < 2:
+            return None
+        k = bit % len(proof.values)
+        return dataclasses.replace(proof, values=proof.values[:k] + proof.values[k + 1:])
+    if target == "proof_length":
+        return dataclasses.replace(proof, length=proof.length ^ (1 << (bit % 6)))
+    if target == "fork":
+        return dataclasses.replace(proof, fork=proof.fork ^ (1 << (bit % 20)))
+    if upgrade is None:
+        return None
+    if target in ("root_hash", "root_size"):
+        if not upgrade.nodes:
+            return None
+        nodes = list(upgrade.nodes)
+        k = bit % len(nodes)
+        size, h = nodes[k]
+        nodes[k] = (size, flip(h, bit // len(nodes))) if target == "root_hash" else (
+            size ^ (1 << (bit % 16)), h)
+        return dataclasses.replace(proof, upgrade=dataclasses.replace(upgrade, nodes=tuple(nodes)))
+    if target == "length":
+        return dataclasses.replace(
+            proof, upgrade=dataclasses.replace(upgrade, length=upgrade.length ^ (1 << (bit % 20))))
+    if target == "signature":
+        return dataclasses.replace(
+            proof, upgrade=dataclasses.replace(upgrade, signature=flip(upgrade.signature, bit)))
+    raise AssertionError(target)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=st.lists(operation, min_size=1, max_size=8).filter(
+        lambda h: any(k == "append" for k, _ in h)),
+    picks=st.tuples(st.integers(min_value=0, max_value=10_000),
+                    st.integers(min_value=0, max_value=10_000)),
+    target=st.sampled_from(RANGE_TARGETS),
+    bit=st.integers(min_value=0, max_value=1 << 16),
+    warm=st.sampled_from(["fresh", "prefix", "same_length"]),
+)
+def test_any_change_to_a_range_proof_is_refused_and_stores_nothing(
+    history: list[tuple[str, Any]], picks: tuple[int, int], target: str, bit: int, warm: str
+) -> None:
+    writer, _ = build(history)
+    if writer.length == 0:
+        return
+    start = picks[0] % writer.length
+    end = start + 1 + picks[1] % (writer.length - start)
+    replica = fresh_replica(writer.key)
+    upgrade_from: int | None = 0
+    if warm == "prefix" and writer.length > 1 and writer.fork == 0:
+        prefix = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+        short = 1 + picks[1] % (writer.length - 1)
+        prefix.append([writer.get(i) for i in range(short)])
+        replica.apply_proof(prefix.proof(None, upgrade_from=0))
+        upgrade_from = short
+    elif warm == "same_length":  # the replica already trusts the writer's length
+        replica.apply_proof(writer.proof(None, upgrade_from=0))
+        upgrade_from = None
+    proof = writer.range_proof(start, end, upgrade_from=upgrade_from)
+    bad = tamper_range(proof, target, bit)
+    if bad is None or bad == proof:
+        return
+    before = stored(replica)
+    try:
+        replica.apply_range(bad)
+    except VerificationError:
+        pass
+    else:
+        raise AssertionError(f"changed {target} was accepted")
+    assert stored(replica) == before
+    replica.apply_range(proof)  # the untampered proof still works afterwards
+    assert [replica.get(i) for i in range(start, end)] == [
+        writer.get(i) for i in range(start, end)
+    ]
+
+
+def test_a_range_never_stores_a_bad_block_anywhere_in_it() -> None:
+    """Every block of a long range is checked: flipping any one byte of any one block is
+    refused, the replica unchanged."""
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    writer.append([b"block %d" % i for i in range(70)])
+    replica = fresh_replica(writer.key)
+    replica.apply_proof(writer.proof(None, upgrade_from=0))
+    proof = writer.range_proof(3, 67)
+    before = stored(replica)
+    for k in range(len(proof.values)):
+        values = list(proof.values)
+        values[k] = flip(values[k], k)
+        with pytest.raises(InvalidProofError):
+            replica.apply_range(dataclasses.replace(proof, values=tuple(values)))
+        assert stored(replica) == before
+    replica.apply_range(proof)
+    assert all(replica.has(i) == (3 <= i < 67) for i in range(70))
+
+
+def test_a_range_across_a_fork_keeps_untouched_subtrees_like_apply_proof() -> None:
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    writer.append([b"%d" % i for i in range(12)])
+    replica, mirror = fresh_replica(writer.key), fresh_replica(writer.key)
+    for log in (replica, mirror):
+        log.apply_range(writer.range_proof(0, 12, upgrade_from=0))
+    writer.truncate(9)
+    writer.append([b"new %d" % i for i in range(5)])
+    with pytest.raises(ProofMismatchError):  # a newer fork needs an upgrade from 0
+        replica.apply_range(writer.range_proof(9, 14, upgrade_from=None))
+    replica.apply_range(writer.range_proof(9, 14, upgrade_from=0))
+    mirror.apply_proof(writer.proof(None, upgrade_from=0))
+    for index in range(9, 14):
+        mirror.apply_proof(writer.proof(index))
+    assert (replica.fork, replica.length, replica.tree_hash()) == (
+        writer.fork, writer.length, writer.tree_hash())
+    assert stored(replica)[2:] == stored(mirror)[2:]  # same blocks and nodes kept/learned
+
+
+def test_an_equivocating_range_upgrade_freezes_the_replica() -> None:
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    writer.append([b"a", b"b", b"c"])
+    replica = fresh_replica(writer.key)
+    replica.apply_range(writer.range_proof(0, 1, upgrade_from=0))
+    twin = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    twin.append([b"a", b"B", b"c"])
+    with pytest.raises(EquivocationError):
+        replica.apply_range(twin.range_proof(1, 2, upgrade_from=0))
+    assert replica.frozen and not replica.has(1)
+    with pytest.raises(LogFrozenError):
+        replica.apply_range(writer.range_proof(1, 2))
+
+
+def test_a_range_checked_against_a_trusted_tree_hash() -> None:
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    writer.append([b"%d" % i for i in range(9)])
+    proof = writer.range_proof(2, 7, upgrade_from=0)
+    assert proof.upgrade is not None
+    unsigned = dataclasses.replace(
+        proof, upgrade=dataclasses.replace(proof.upgrade, signature=bytes(64)))
+    replica = fresh_replica(writer.key)
+    with pytest.raises(InvalidSignatureError):
+        replica.apply_range(unsigned)
+    with pytest.raises(InvalidProofError):
+        replica.apply_range(unsigned, trusted_tree_hash=bytes(32))
+    replica.apply_range(unsigned, trusted_tree_hash=writer.tree_hash())
+    assert replica.get(6) == b"6" and replica.signature is None and replica.length == 9
+
+
+def test_apply_blocks_checks_every_node_it_recomputes() -> None:
+    """The per-index form (what replication uses): extra nodes inside the range must match
+    what the values hash to; nodes above the replica's roots are ignored."""
+    writer = Log.create(Storage.open_memory(), crypto.key_pair(SEED))
+    writer.append([b"%d" % i for i in range(16)])
+    replica = fresh_replica(writer.key)
+    replica.apply_proof(writer.proof(None, upgrade_from=0))
+    proof = writer.range_proof(5, 11)
+    nodes = dict(zip(range_uncles(5, 11, 16), proof.nodes, strict=True))
+    inside = {14: writer.storage.get_node(writer.storage.find_log(key=writer.key).id, 14)}
+    assert inside[14] is not None
+    before = stored(replica)
+    bad_inside = {14: (inside[14][0], bytes(32))}
+    with pytest.raises(InvalidProofError):
+        replica.apply_blocks(0, 5, proof.values, {**nodes, **bad_inside})
+    with pytest.raises(InvalidProofError):  # a needed node missing
+        replica.apply_blocks(0, 5, proof.values, dict(list(nodes.items())[1:]))
+    with pytest.raises(InvalidProofError):  # past the trusted length
+        replica.apply_blocks(0, 14, [b"x", b"y", b"z"], {})
+    assert stored(replica) == before
+    replica.apply_blocks(0, 5, proof.values, {**nodes, 1 << 40: (1, bytes(32)), **inside})
+    assert [replica.get(i) for i in range(5, 11)] == [b"%d" % i for i in range(5, 11)]
