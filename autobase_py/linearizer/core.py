@@ -205,34 +205,40 @@ class Linearizer:
                 raise InvalidNodeError("only the first node of a batch may carry heads")
         else:
             prev = None  # the node opens a new unit
-        deps = normalize_deps(node)
         key = node.key
         if prev is not None:
-            entry = Entry(node, deps, prev.unit)
+            # inside a batch: the only dependency is the previous node, whose unit this joins
+            prev_key = (writer, length - 1)
+            entry = Entry(node, (prev_key,), prev.unit)
             unit = self._units[prev.unit]
             unit.members.append(key)
             unit.complete = node.batch == 1
             unit.values += 1
-        else:
-            entry = Entry(node, deps, key)
-            dep_units = {self._entries[d].unit for d in deps if d in self._entries}
-            unit = Unit(key, dep_units, node.batch == 1, 0 if node.value is None else 1)
-            self._units[key] = unit
-            for dep in dep_units:
-                self._units[dep].children.append(key)
+            self._entries[key] = entry
+            self._known[writer] = length
+            self._heads.discard(prev_key)
+            self._heads.add(key)
+            self._place_in_batch(entry, prev)
+            self._invalidate_tip()
+            return True
+        deps = normalize_deps(node)
+        entry = Entry(node, deps, key)
+        dep_units = {self._entries[d].unit for d in deps if d in self._entries}
+        unit = Unit(key, dep_units, node.batch == 1, 0 if node.value is None else 1)
+        self._units[key] = unit
+        for dep in dep_units:
+            self._units[dep].children.append(key)
         tip = self._tip_cache
         # fast path: a complete unit that depends on every sink comes after everything, so the
         # sort only grows at its end (the common case: a writer appending on top of its DAG)
         extends = (
-            prev is None
-            and unit.complete
+            unit.complete
             and tip is not None
             and len(tip) == len(self._entries)
             and self._sinks <= dep_units
         )
-        if prev is None:
-            self._sinks -= dep_units
-            self._sinks.add(key)
+        self._sinks -= dep_units
+        self._sinks.add(key)
         self._entries[key] = entry
         self._known[writer] = length
         self._confirmed.setdefault(writer, 0)
@@ -252,6 +258,23 @@ class Linearizer:
         if entry is not None:
             return entry.rv
         return self._steps.lookup(key[0], key[1])
+
+    def _place_in_batch(self, entry: Entry, prev: Entry) -> None:
+        """``_place`` for a batch member: its past is its predecessor's plus itself, and it
+        keeps the predecessor's round (a batch is one vertex)."""
+        clk = list(prev.clk)
+        rv = list(prev.rv)
+        node = entry.node
+        me = self._index.get(node.writer)
+        entry.round = -1
+        if me is not None:
+            rnd = prev.round
+            clk[me] = node.length
+            rv[me] = rnd
+            entry.round = rnd
+        entry.clk = clk
+        entry.rv = rv
+        self._steps.record(node.writer, node.length, rv)
 
     def _place(self, entry: Entry) -> None:
         """Compute the entry's clock, round vector and round; update the round tables."""
