@@ -1,12 +1,15 @@
 """Benchmarks of the bee (the view store) on a real log in a real SQLite store.
 
 Prints one JSON object per line: puts/s (1 and 100 per flush, random and sequential keys),
+the base's apply pattern (1-put flushes into an unsigned, non-durable log, one storage
+transaction per flush, with and without a truncate-and-reapply of every third flush group),
 gets/s on 100,000 keys (hot cache), range scan entries/s, bytes on disk per entry, blocks per
 flush, and blocks touched / blocks and bytes fetched per sparse lookup at 10,000 and 100,000
 entries.
 
 Run from the repository root: ``.venv/bin/python bench/bee_bench.py`` (``--quick`` for a
-smaller run, ``--pack-bytes=N`` to try another pack size). Numbers depend on the machine;
+smaller run, ``--pack-bytes=N`` to try another pack size, ``--apply-only`` for the apply
+figures alone). Numbers depend on the machine;
 compare runs on the same one.
 """
 
@@ -126,6 +129,52 @@ async def bench_puts(root: Path) -> None:
              note="whole SQLite folder incl. Merkle nodes and WAL, 100 puts per flush")
 
 
+def record(i: int) -> bytes:
+    """A base_bench-like 139..157-byte JSON value."""
+    return json.dumps(
+        {"name": f"model-{i:08d}", "driveKey": f"{i:064x}", "type": "text-generation",
+         "description": "a test model"}, separators=(",", ":")).encode()
+
+
+async def bench_apply(root: Path) -> None:
+    """What a base's apply does: every value is one ``batch.put`` + ``flush`` on the view bee
+    (unsigned, non-durable appends) inside an open storage transaction; three writers with
+    their own increasing key ranges interleave. ``undo`` additionally truncates the view back
+    over each round of three flushes and re-applies the round in another order, as a base does
+    when the linearizer reorders (every value is then applied twice)."""
+    n = 1500 if QUICK else 6000
+    per = n // 3
+    names = [[f"model-{w * per + j:08d}".encode() for j in range(per)] for w in range(3)]
+    for undo in (False, True):
+        store = Store.open(root / f"apply-{undo}")
+        log = store.get(name="view")
+        log.durable_appends = False
+        log.signed_appends = False
+        bee = Bee(log, **PACK)
+        storage = store.storage
+        flushes = 0
+        start = time.perf_counter()
+        for j in range(per):
+            round_ = [(names[w][j], record(w * per + j)) for w in range(3)]
+            before = log.length
+            orders = [round_, round_[1:] + round_[:1]] if undo else [round_]
+            for at, order in enumerate(orders):
+                if at:
+                    log.truncate(before)
+                for k, v in order:
+                    with storage.transaction(flat=True):
+                        batch = bee.batch()
+                        batch.put(k, v)
+                        await batch.flush()
+                    flushes += 1
+        took = time.perf_counter() - start
+        figure = "apply_flushes_per_s_unsigned_" + ("with_undo" if undo else "no_undo")
+        emit("bee", figure, flushes / took, "flushes/s", n=n, flushes=flushes,
+             note="1 put per flush, one flat storage transaction per flush (as a base applies)" + (
+                 "; each round of 3 flushes truncated and re-applied once" if undo else ""))
+        store.close()
+
+
 async def bench_reads(root: Path) -> None:
     n = 20_000 if QUICK else 100_000
     store = Store.open(root / "reads")
@@ -212,7 +261,11 @@ async def bench_sparse(root: Path) -> None:
 async def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bee-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
-        await bench_puts(root)
+        if "--apply-only" not in sys.argv:
+            await bench_puts(root)
+        await bench_apply(root)
+        if "--apply-only" in sys.argv:
+            return
         await bench_reads(root)
         await bench_sparse(root)
     finally:

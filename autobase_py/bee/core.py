@@ -18,10 +18,16 @@ its operations in call order, so a flush never writes nodes that point into a st
 Caching and rollback: decoded nodes are cached by address (block and slot); a node is decoded
 only when a walk reaches it, and the last few blocks read are kept so that further nodes of the
 same block need no second read. Blocks below the length never change while the fork id stays
-the same, and a truncate always bumps the fork; so the bee compares ``log.fork`` with the fork
-its caches were filled under at the start of every operation and empties them when it differs.
-No stale node is ever read after a truncate, and reads simply continue from the new last block:
-truncating the log *is* rolling the bee back.
+the same, and a truncate always bumps the fork; so the bee compares ``log.fork`` (and the
+length) with what its caches were filled under at the start of every operation. After a flush
+the bee records the log's tree hash at the new length. When the fork changed (or the log got
+shorter: a rolled-back transaction) and the log now ends at a length whose recorded tree hash
+equals the log's current tree hash, blocks below that length are exactly the ones cached, so
+only what was cached from the blocks at and above it is dropped (the undo path of a base:
+truncate to an earlier flush, then flush again, reads nothing back; for the same reason the
+nodes a flush replaces move to a small side cache instead of being dropped). Otherwise every
+cache is emptied. No stale node is ever read after a truncate, and reads simply continue from
+the new last block: truncating the log *is* rolling the bee back.
 
 Snapshots taken before a truncate: a snapshot records the log's tree hash at its version. After
 a fork change it stays readable exactly when the log still holds that version with the same
@@ -38,7 +44,7 @@ tampered block), and retries the operation. ``bee.blocks_fetched`` counts fetche
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import trio
@@ -60,6 +66,8 @@ DEFAULT_LEAF_MAX = 16
 DEFAULT_INTERNAL_MAX = 64
 DEFAULT_CACHE_NODES = 32768
 BLOCK_CACHE = 64  # checked blocks kept for their remaining nodes
+MAX_HASHES = 4096  # recorded (length -> tree hash) pairs kept for truncate checks
+OLD_NODES = 4096  # nodes replaced by recent flushes, kept for an undo that needs them again
 
 
 class SnapshotExpiredError(OutOfRangeError):
@@ -168,8 +176,16 @@ class Bee:
         self.blocks_fetched = 0
         self._cache_nodes = max(16, cache_nodes)
         self._cache: dict[int, Node] = {}  # by address
+        # Nodes recent flushes replaced (oldest first): an undo (truncating back to the
+        # version they belong to) reads them again; other reads rarely do.
+        self._old: dict[int, Node] = {}
         self._roots: dict[int, Node] = {}  # by block index: the root ending that block
         self._blocks: dict[int, Block] = {}  # by block index, oldest first
+        # Slot counts of every block with a node in _cache or a key in _blocks or _roots, so
+        # a truncate can drop exactly those blocks' entries.
+        self._slots: dict[int, int] = {}
+        # log.tree_hash() at lengths flushes ended at, while the caches were valid.
+        self._hashes: dict[int, bytes] = {}
         self._fork = log.fork
         self._length = log.length  # the longest length seen since the cache was last valid
 
@@ -190,11 +206,44 @@ class Bee:
         if log.fork != self._fork or length < self._length:
             # A truncate (new fork), or appends undone by a rolled-back storage transaction
             # (same fork, shorter log): blocks from here on may come back different.
-            self._cache.clear()
-            self._roots.clear()
-            self._blocks.clear()
+            self._rewind(length)
             self._fork = log.fork
         self._length = length
+
+    def _rewind(self, length: int) -> None:
+        """Keep the cached blocks below ``length`` if the log provably still holds them (its
+        tree hash at ``length`` is the one recorded when a flush ended there); drop the
+        rest, or everything."""
+        recorded = self._hashes.get(length) if length <= self._length else None
+        if recorded is None or recorded != self.log.tree_hash():
+            self._cache.clear()
+            self._old.clear()
+            self._roots.clear()
+            self._blocks.clear()
+            self._slots.clear()
+            self._hashes.clear()
+            return
+        slots = self._slots
+        if self._length - length > len(slots):  # a long cut: scan what is cached instead
+            dropped: Iterable[int] = [seq for seq in slots if seq >= length]
+        else:
+            dropped = range(length, self._length)
+        cache, old, roots, blocks = self._cache, self._old, self._roots, self._blocks
+        for seq in dropped:
+            count = slots.pop(seq, 0)
+            if count:
+                first = seq << SLOT_BITS
+                for address in range(first, first + count):
+                    cache.pop(address, None)
+                    old.pop(address, None)
+                roots.pop(seq, None)
+                blocks.pop(seq, None)
+        hashes = self._hashes  # in increasing length order: flushes only ever extend the log
+        while hashes:
+            last = next(reversed(hashes))
+            if last <= length:
+                break
+            del hashes[last]
 
     def _remember(self, node: Node) -> None:
         cache = self._cache
@@ -203,6 +252,11 @@ class Bee:
             cache.clear()
             cache.update(keep)
             self._roots.clear()
+            slots = self._slots = {seq: len(block) for seq, block in self._blocks.items()}
+            for address in [*cache, *self._old]:
+                seq, count = address >> SLOT_BITS, (address & SLOT_MASK) + 1
+                if slots.get(seq, 0) < count:
+                    slots[seq] = count
         cache[node.seq] = node  # type: ignore[index]
 
     def _block(self, seq: int) -> Block:
@@ -216,6 +270,7 @@ class Bee:
         except BlockNotAvailableError as exc:
             raise BlockMissing(seq) from exc
         block = Block(data, seq)
+        self._slots[seq] = len(block)
         blocks = self._blocks
         if len(blocks) >= BLOCK_CACHE:
             del blocks[next(iter(blocks))]
@@ -226,7 +281,9 @@ class Bee:
         node = self._cache.get(address)
         if node is not None:
             return node
-        node = self._block(address >> SLOT_BITS).node(address & SLOT_MASK)
+        node = self._old.pop(address, None)
+        if node is None:
+            node = self._block(address >> SLOT_BITS).node(address & SLOT_MASK)
         self._remember(node)
         return node
 
@@ -496,13 +553,27 @@ class Batch(_TreeReader):
                 except BaseException:
                     self._writer = None  # its nodes were numbered for an append that failed
                     raise
-                cache = bee._cache
-                for seq in writer.superseded:  # older versions only: rarely read again
-                    cache.pop(seq, None)
+                cache, old = bee._cache, bee._old
+                for seq in writer.superseded:  # older versions: read again only by an undo
+                    replaced = cache.pop(seq, None)
+                    if replaced is not None:
+                        old[seq] = replaced
+                if len(old) > OLD_NODES:
+                    for address in list(old)[: len(old) - OLD_NODES // 2]:
+                        del old[address]
                 for node in nodes:
                     bee._remember(node)
-                bee._roots[log.length - 1] = nodes[-1]
-                bee._length = log.length
+                slots = bee._slots
+                for node in nodes:  # after _remember: a cache trim rebuilds the slot counts
+                    slots[node.seq >> SLOT_BITS] = (node.seq & SLOT_MASK) + 1  # type: ignore[operator]
+                length = log.length
+                bee._roots[length - 1] = nodes[-1]
+                bee._length = length
+                hashes = bee._hashes
+                if len(hashes) >= MAX_HASHES:
+                    for oldest in list(hashes)[: MAX_HASHES // 2]:
+                        del hashes[oldest]
+                hashes[length] = log.tree_hash()
         self.discard()
         return log.length
 

@@ -1,0 +1,200 @@
+"""The undo path of a base's view: truncate the log back to an earlier flush and flush again.
+
+The bee keeps the nodes it cached from blocks below the truncation point when the log's tree
+hash there is the one it recorded at that flush; these tests check that what it then writes
+and reads is exactly what a bee without any cache (a fresh replay) writes and reads, and that
+a rewrite it did not make is never served from its cache.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autobase_py.bee import Bee
+from autobase_py.log import Log
+from autobase_py.store import Store
+
+SEED = bytes(range(32))
+
+
+class CountingLog:
+    """A real log that counts block reads."""
+
+    def __init__(self, log: Log) -> None:
+        self.inner = log
+        self.reads = 0
+
+    @property
+    def writable(self) -> bool:
+        return self.inner.writable
+
+    @property
+    def length(self) -> int:
+        return self.inner.length
+
+    @property
+    def fork(self) -> int:
+        return self.inner.fork
+
+    def append(self, blocks: Sequence[bytes]) -> int:
+        return self.inner.append(blocks)
+
+    def get(self, index: int) -> bytes:
+        self.reads += 1
+        return self.inner.get(index)
+
+    def has(self, index: int) -> bool:
+        return self.inner.has(index)
+
+    def tree_hash(self, length: int | None = None) -> bytes:
+        return self.inner.tree_hash(length)
+
+    def apply_proof(self, proof: Any) -> None:
+        self.inner.apply_proof(proof)
+
+
+def view_log(path: Path) -> tuple[Store, Log]:
+    store = Store.open(path, primary_seed=SEED)
+    log = store.get(name="view")
+    log.durable_appends = False
+    log.signed_appends = False
+    return store, log
+
+
+def blocks(log: Log) -> list[bytes]:
+    return [log.get(i) for i in range(log.length)]
+
+
+Flush = list[tuple[bytes, bytes | None]]
+
+
+async def apply(bee: Bee, ops: Flush) -> int:
+    batch = bee.batch()
+    for key, value in ops:
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    return await batch.flush()
+
+
+@pytest.mark.parametrize(
+    ("pack_bytes", "cache_nodes"),
+    [(8192, 32768), (1, 32768), (200, 16)],  # packed / a node per block / constant trimming
+)
+async def test_undo_and_reapply_writes_the_blocks_of_a_fresh_replay(
+    tmp_path: Path, pack_bytes: int, cache_nodes: int
+) -> None:
+    rng = random.Random(pack_bytes + cache_nodes)
+    store, log = view_log(tmp_path / "undo")
+    bee = Bee(log, leaf_max=4, internal_max=4, pack_bytes=pack_bytes, cache_nodes=cache_nodes)
+    applied: list[tuple[int, Flush]] = []  # (version before, ops) of the flushes kept
+    counters = [0, 0, 0]
+    try:
+        for step in range(120):
+            if applied and rng.random() < 0.3:
+                # Undo the last few flushes (as a base does when the order changes) and
+                # re-apply them in another order, sometimes with a new one in between.
+                back = rng.randint(1, min(4, len(applied)))
+                undone = [ops for _, ops in applied[-back:]]
+                log.truncate(applied[-back][0])
+                del applied[-back:]
+                rng.shuffle(undone)
+                if rng.random() < 0.5:
+                    undone.insert(rng.randrange(len(undone) + 1), [(b"extra-%03d" % step, b"x")])
+                redo = undone
+            else:
+                writer = rng.randrange(3)
+                counters[writer] += 1
+                name = b"model-%d%05d" % (writer, counters[writer])
+                ops: Flush = [(name, b"v%d" % step * rng.randint(1, 20))]
+                if rng.random() < 0.2:
+                    ops = [(b"model-%d%05d" % (writer, rng.randint(1, counters[writer])), None)]
+                elif rng.random() < 0.2:
+                    ops += [(b"model-%d%05d" % (rng.randrange(3), rng.randint(1, 40)), b"w")
+                            for _ in range(rng.randint(1, 30))]
+                redo = [ops]
+            for ops in redo:
+                before = log.length
+                await apply(bee, ops)
+                applied.append((before, ops))
+        got_blocks = blocks(log)
+        got_entries = [item async for item in bee.range()]
+    finally:
+        store.close()
+
+    store, log = view_log(tmp_path / "fresh")
+    try:
+        fresh = Bee(log, leaf_max=4, internal_max=4, pack_bytes=pack_bytes)
+        for _, ops in applied:
+            await apply(fresh, ops)
+        assert blocks(log) == got_blocks
+        assert [item async for item in Bee(log).range()] == got_entries
+    finally:
+        store.close()
+
+
+async def test_flush_after_truncating_to_a_flushed_version_reads_no_block(
+    tmp_path: Path,
+) -> None:
+    store, inner = view_log(tmp_path / "s")
+    try:
+        log = CountingLog(inner)
+        bee = Bee(log, leaf_max=4, internal_max=4)
+        for i in range(200):
+            await bee.put(b"k%04d" % i, b"v")
+        version = bee.version
+        await bee.put(b"k0100", b"undone")
+        await bee.put(b"k9999", b"undone")
+        inner.truncate(version)
+        reads = log.reads
+        await bee.put(b"k0150", b"redone")
+        assert await bee.get(b"k0100") == b"v"
+        assert await bee.get(b"k9999") is None
+        assert await bee.get(b"k0150") == b"redone"
+        assert log.reads == reads, "the nodes below the truncation point were read again"
+        # A truncate that only bumps the fork keeps everything too.
+        inner.truncate(inner.length)
+        assert await bee.get(b"k0150") == b"redone"
+        await bee.put(b"k0151", b"after")
+        assert log.reads == reads
+    finally:
+        store.close()
+
+
+async def test_rewrite_by_another_bee_is_never_served_from_the_cache(tmp_path: Path) -> None:
+    """Truncate below the bee's flushes, let another bee write other blocks up to a length
+    the first one had recorded: the tree hashes differ, so it drops its cache."""
+    store, log = view_log(tmp_path / "s")
+    try:
+        bee = Bee(log)
+        lengths = []
+        for i in range(10):
+            lengths.append(await apply(bee, [(b"k%02d" % i, b"first")]))
+        assert lengths == list(range(1, 11))  # one block per flush
+        log.truncate(5)
+        other = Bee(log)
+        for i in range(5, 10):
+            await apply(other, [(b"k%02d" % i, b"second")])
+        assert log.length == 10  # a length the first bee recorded, other content
+        got = {key: value async for key, value in bee.range()}
+        assert got == {b"k%02d" % i: b"first" if i < 5 else b"second" for i in range(10)}
+        assert await bee.get(b"k07") == b"second"
+        # And through a length the first bee never saw: truncate, rewrite, truncate again.
+        log.truncate(3)
+        await apply(other, [(b"k01", b"third"), (b"k08", b"third")])
+        log.truncate(log.length)
+        assert await bee.get(b"k01") == b"third"
+        assert await bee.get(b"k08") == b"third"
+        assert await bee.get(b"k05") is None
+        await apply(bee, [(b"k02", b"fourth")])
+        assert {key: value async for key, value in Bee(log).range()} == {
+            b"k00": b"first", b"k01": b"third", b"k02": b"fourth", b"k08": b"third"
+        }
+    finally:
+        store.close()
