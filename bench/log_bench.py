@@ -1,6 +1,7 @@
-"""Benchmark the signed log: durable appends, proof generation and verification, and the
-machine's own limits (ed25519 sign/verify, BLAKE2b-256 on 100 bytes, fsync) measured by the
-same script so the log's figures can be read against them.
+"""Benchmark the signed log: durable appends, proof generation and verification, a replica
+storing ranges (``apply_range``) against one proof per block, and the machine's own limits
+(ed25519 sign/verify, BLAKE2b-256 on 100 bytes, fsync) measured by the same script so the
+log's figures can be read against them.
 
 Run from the repo root: ``.venv/bin/python bench/log_bench.py [--quick]``. Prints one JSON
 object per line. Storage folders are created next to the repo (same disk), then removed.
@@ -23,7 +24,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 from autobase_py import crypto  # noqa: E402
-from autobase_py.log import Log  # noqa: E402
+from autobase_py.log import Log, Proof, RangeProof  # noqa: E402
 from autobase_py.storage import Storage  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -139,12 +140,88 @@ def proofs(folder: Path) -> None:
     storage.close()
 
 
+def ranges(folder: Path) -> None:
+    """A replica storing a contiguous stretch it was sent: one block-only proof per block
+    (``apply_proof``) against range proofs of ``size`` blocks (``apply_range``), proofs built
+    beforehand, everything in one commit; and as ``sync_log`` moves 100 appended blocks: one
+    upgrade plus 100 block proofs against one range proof carrying the upgrade."""
+    length = 10_000 if QUICK else 100_000
+    storage = Storage.open(folder / "ranges")
+    writer = Log.create(storage, crypto.key_pair(bytes([11]) * 32))
+    with storage.transaction():
+        for _ in range(length // 100):
+            writer.append([BLOCK] * 100)
+    per_block = [writer.proof(i) for i in range(length)]
+    rstorage = Storage.open(folder / "ranges-blocks")
+    replica = Log.replica(rstorage, writer.key)
+    replica.apply_proof(writer.proof(None, upgrade_from=0))
+
+    def blocks() -> None:
+        with rstorage.transaction():
+            for p in per_block:
+                replica.apply_proof(p)
+
+    emit("log", "replica_apply", rate(length, blocks), "blocks/s",
+         kind="one block-only proof per block (apply_proof), one commit", length=length)
+    rstorage.close()
+    for size in (128, 1024):
+        proofs = [writer.range_proof(i, min(i + size, length)) for i in range(0, length, size)]
+        rstorage = Storage.open(folder / f"ranges-{size}")
+        replica = Log.replica(rstorage, writer.key)
+        replica.apply_proof(writer.proof(None, upgrade_from=0))
+
+        def ranged(replica: Log = replica, proofs: list[RangeProof] = proofs,
+                   rstorage: Storage = rstorage) -> None:
+            with rstorage.transaction():
+                for p in proofs:
+                    replica.apply_range(p)
+
+        emit("log", "replica_apply", rate(length, ranged), "blocks/s",
+             kind=f"range proofs of {size} blocks (apply_range), one commit", length=length)
+        rstorage.close()
+    storage.close()
+    # sync_log's shape: the writer appends 100 blocks, the replica catches up, repeat
+    rounds = 50 if QUICK else 300
+    for kind in ("per-block", "range"):
+        storage = Storage.open(folder / f"sync-{kind}")
+        writer = Log.create(storage, crypto.key_pair(bytes([12]) * 32))
+        writer.durable_appends = False
+        rstorage = Storage.open(folder / f"sync-{kind}-replica")
+        replica = Log.replica(rstorage, writer.key)
+        moves: list[list[Proof] | RangeProof] = []
+        for _ in range(rounds):
+            start = writer.length
+            writer.append([BLOCK] * 100)
+            if kind == "range":
+                moves.append(writer.range_proof(start, writer.length, upgrade_from=start))
+            else:
+                moves.append([writer.proof(start, upgrade_from=start)]
+                             + [writer.proof(i) for i in range(start + 1, writer.length)])
+
+        def catch_up(replica: Log = replica, moves: list[list[Proof] | RangeProof] = moves,
+                     rstorage: Storage = rstorage) -> None:
+            for move in moves:
+                with rstorage.transaction():
+                    if isinstance(move, RangeProof):
+                        replica.apply_range(move)
+                    else:
+                        for p in move:
+                            replica.apply_proof(p)
+
+        emit("log", "replica_catch_up", rate(rounds * 100, catch_up), "blocks/s",
+             kind=f"{kind}: 100 new blocks with the upgrade (signature checked), one commit each",
+             rounds=rounds)
+        rstorage.close()
+        storage.close()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT, prefix=".bench-") as tmp:
         folder = Path(tmp)
         machine_limits(folder)
         appends(folder)
         proofs(folder)
+        ranges(folder)
 
 
 if __name__ == "__main__":

@@ -343,19 +343,19 @@ def verify_range(
     used: list[NodeRow] = []
 
     def resolve(node: int) -> ProofNode:
-        left, right = flat_tree.left_span(node), flat_tree.right_span(node)
-        if left >= lo and right <= hi:
-            first, nodes = levels[flat_tree.depth(node)]
-            return nodes[flat_tree.offset(node) - first]
-        if right < lo or left > hi:
+        depth = ((node + 1) & -(node + 1)).bit_length() - 1
+        half = (1 << depth) - 1
+        if node - half >= lo and node + half <= hi:  # wholly inside
+            first, nodes = levels[depth]
+            return nodes[(node >> (depth + 1)) - first]
+        if node + half < lo or node - half > hi:  # wholly outside
             found = given.get(node)
             if found is None:
                 raise InvalidProofError(f"range proof lacks node {node}")
             used.append((node, found[0], found[1]))
             return found
-        kids = flat_tree.children(node)
-        assert kids is not None
-        a, b = resolve(kids[0]), resolve(kids[1])
+        step = (half + 1) >> 1  # the children sit half a span either side
+        a, b = resolve(node - step), resolve(node + step)
         size = a[0] + b[0]
         out = (size, blake2b(b"\x01" + size.to_bytes(8, "little") + a[1] + b[1],
                              digest_size=32).digest())
@@ -370,12 +370,13 @@ def verify_range(
                 f"blocks [{start}, {end}) do not match the trusted node {anchor.index}"
             )
     for index, node in given.items():
-        first_leaf, last_leaf = flat_tree.left_span(index), flat_tree.right_span(index)
-        if last_leaf < lo or first_leaf > hi:
+        depth = ((index + 1) & -(index + 1)).bit_length() - 1
+        half = (1 << depth) - 1
+        if index + half < lo or index - half > hi:
             continue
-        if first_leaf >= lo and last_leaf <= hi:
-            first, nodes = levels[flat_tree.depth(index)]
-            computed: ProofNode | None = nodes[flat_tree.offset(index) - first]
+        if index - half >= lo and index + half <= hi:
+            first, nodes = levels[depth]
+            computed: ProofNode | None = nodes[(index >> (depth + 1)) - first]
         else:
             computed = above.get(index)
         if computed is not None and computed != node:

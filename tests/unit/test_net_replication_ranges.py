@@ -216,3 +216,88 @@ def test_a_well_formed_blocks_message_decodes() -> None:
     decoded = rep.decode_message(message)
     assert (decoded["start"], decoded["values"]) == (7, [b"a", b"b"])
     assert unpack_uncles(decoded["uncles"][0]) == [(5, HASH)]
+
+
+def _stored(log: Log) -> tuple[object, ...]:
+    db = log.storage.db
+    return (
+        log.length,
+        log.fork,
+        db.execute("SELECT * FROM blocks ORDER BY id").fetchall(),
+        db.execute("SELECT * FROM nodes ORDER BY id").fetchall(),
+    )
+
+
+def _asking(replica: Log, source: Log, start: int, end: int) -> tuple[LogSession, bytes]:
+    """A session of ``replica`` that asked for ``[start, end)``, and the source's answer."""
+    mine = LogSession(replica, eager=False, range_size=rep.MAX_RANGE)
+    mine.receive(rep.encode_sync(source.length, source.fork))
+    (request,) = mine.want(start, end)
+    (answer,), _ = LogSession(source).receive(request)
+    return mine, answer
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 128), (5, 77), (63, 65), (100, 101), (1, 150)])
+def test_any_flipped_bit_in_a_blocks_answer_is_refused_and_stores_nothing(
+    start: int, end: int
+) -> None:
+    source = writer_log(150)
+    replica = replica_of(source)
+    replica.apply_proof(source.proof(None, upgrade_from=0))
+    before = _stored(replica)
+    _, answer = _asking(replica, source, start, end)
+    good = rep.decode_message(answer)
+    assert (good["start"], len(good["values"])) == (start, end - start)
+
+    def refused(values: list[bytes], uncles: list[bytes]) -> None:
+        mine, _ = _asking(replica, source, start, end)
+        bad = rep.encode_blocks(good["id"], good["fork"], start, values, uncles)
+        with pytest.raises(rep.InvalidPeerDataError):
+            mine.receive(bad)
+        assert _stored(replica) == before
+
+    def flip(data: bytes, bit: int) -> bytes:
+        out = bytearray(data)
+        out[bit // 8 % len(out)] ^= 1 << (bit % 8)
+        return bytes(out)
+
+    flips = 0
+    for k, value in enumerate(good["values"]):
+        values = list(good["values"])
+        values[k] = flip(value, 3 * k)
+        refused(values, good["uncles"])
+        flips += 1
+    for k, packed in enumerate(good["uncles"]):
+        for entry in range(len(packed) // 40):
+            # one bit of the size (low bytes, so it still decodes) or of the hash, alternately
+            bit = (entry * 40 + (entry + k) % 3) * 8 + k % 8 if (entry + k) % 2 else (
+                (entry * 40 + 8 + (7 * k + entry) % 32) * 8 + entry % 8)
+            uncles = list(good["uncles"])
+            uncles[k] = flip(packed, bit)
+            refused(good["values"], uncles)
+            flips += 1
+    assert flips > end - start
+    mine, answer = _asking(replica, source, start, end)
+    mine.receive(answer)
+    assert [replica.get(i) for i in range(start, end)] == [
+        source.get(i) for i in range(start, end)
+    ]
+    assert mine.blocks_received == end - start
+
+
+def test_two_different_uncles_for_one_node_are_refused() -> None:
+    source = writer_log(40)
+    replica = replica_of(source)
+    replica.apply_proof(source.proof(None, upgrade_from=0))
+    mine, answer = _asking(replica, source, 8, 12)
+    good = rep.decode_message(answer)
+    uncles = list(good["uncles"])
+    # block 10 carries one uncle more than it shares: the node over blocks 12-15, which block
+    # 8's full list already holds, with another hash
+    entries = [unpack_uncles(u) for u in uncles]
+    entries[2] = [*entries[2], (entries[0][2][0], bytes(32))]
+    bad = rep.encode_blocks(good["id"], good["fork"], 8, good["values"],
+                            [pack_uncles(e) for e in entries])
+    with pytest.raises(rep.InvalidPeerDataError, match="two different uncles"):
+        mine.receive(bad)
+    assert not any(replica.has(i) for i in range(40))
