@@ -19,8 +19,11 @@ blocks, nodes and header in one storage transaction (joining the caller's if one
 ``truncate`` cuts blocks and the nodes whose span reaches past the cut, bumps the fork and
 re-signs. ``apply_proof`` verifies everything (manifest, fork, upgrade nodes, signature, block
 path) with pure functions from :mod:`.proof` before it touches storage, then stores the result
-in one transaction. In-memory state changes only inside those transactions and the log enlists
-in them, so a rollback anywhere reloads it from disk.
+in one transaction. ``apply_range`` / ``apply_blocks`` do the same for a contiguous range: the
+same checks, then the blocks hashed bottom-up once up to the trusted roots (every node of the
+proof used), then blocks and nodes stored with one ``executemany`` each. In-memory state
+changes only inside those transactions and the log enlists in them, so a rollback anywhere
+reloads it from disk.
 
 Forks. A replica follows a newer fork only through an upgrade from 0 (all roots); it keeps
 the subtrees under new roots it already stores with equal hashes and drops the rest.

@@ -22,6 +22,15 @@ the first node it trusts (a stored node, or one the upgrade in the same proof ma
 computed node must equal the trusted one (size and hash). Uncles past that point are unused and
 ignored; a path that runs out of uncles before reaching trust is invalid.
 
+**Range** ``(start, values, length, nodes)``: blocks ``[start, start + n)`` and the nodes
+outside the range that hash it up to the roots of ``length`` (:func:`range_uncles`: under each
+root over the range, the largest subtrees wholly outside it, depth-first, left to right). The
+verifier recomputes every subtree inside the range from the values, combines it with those
+nodes up to the roots it trusts, and compares (:func:`verify_range`). It climbs to the roots
+rather than stopping at the first trusted node, so every node sent is used and checked. Range
+proofs are passed in-process only (no wire form); replication sends its own ``blocks`` answer
+and verifies it with the same function.
+
 A proof carries the manifest when ``start == 0`` so that a replica that knows only the log key
 can check ``hash(manifest) == key`` and learn the public key.
 

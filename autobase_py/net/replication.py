@@ -18,9 +18,11 @@ to ``range_size`` of them, go into one ``range`` request, answered by one ``bloc
 again). At most ``window`` requests are in flight per session, and ``claims`` (shared by all
 sessions of one log) keeps two peers from being asked for the same block at once.
 
-Every block is verified by ``Log.apply_proof`` before it is stored; the blocks of one answer
-are applied inside one storage transaction (a savepoint inside the adapter's transaction), so
-an answer is stored whole or not at all. A proof that fails verification, a malformed message,
+Every block is verified before it is stored: the blocks of one answer go to
+``Log.apply_blocks`` as one range (its uncles filed by flat index), which hashes them bottom-up
+once up to the replica's roots and stores them in one storage transaction (a savepoint inside
+the adapter's transaction), so an answer is stored whole or not at all. Upgrades go through
+``Log.apply_proof``. A proof that fails verification, a malformed message,
 an answer to a request never made (or not answering what was asked), or an equivocating
 signature raises :class:`InvalidPeerDataError` (a ProtocolError: the connection closes and the
 reason is logged). ``ProofMismatchError`` is not the peer's fault when our state moved since
