@@ -480,6 +480,8 @@ class LogSession:
         if self._verified(lambda: log.apply_blocks(fork, start, values, nodes), request):
             stored = len(values)
             self.blocks_received += stored
+            if self._scan_fork == fork and start <= self._scan < stop:
+                self._scan = stop  # the eager scan need not look these up one by one
         self.claims.blocks.difference_update(range(start, start + stored))
         self._release(request, start + stored)
         if stored:
