@@ -34,6 +34,7 @@ peer again until its next sync.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -64,7 +65,6 @@ from .replication_wire import (
     pack_uncles,
     ranges,
     shared_uncles,
-    unpack_uncles,
 )
 
 PROTOCOL: Final = "log"
@@ -76,6 +76,7 @@ _MAX_OWED: Final = 1 << 16  # blocks we said "none" for and will announce with "
 _SCAN_OWED: Final = 256  # up to this many owed blocks are looked up one by one
 _MAX_ARRIVALS: Final = 1024  # stored ranges remembered for sessions that owe blocks
 _ranges = ranges  # the old private name
+_UNCLE: Final = struct.Struct("<Q32s")  # one packed uncle: size (u64 LE), hash
 
 
 def capability(log_key: bytes, handshake_hash: bytes, *, initiator: bool) -> bytes:
@@ -472,7 +473,7 @@ class LogSession:
         # paths do, so an honest sender never sends two values for one node).
         nodes: dict[int, tuple[int, bytes]] = {}
         for index, packed in enumerate(msg["uncles"], start):
-            for depth, uncle in enumerate(unpack_uncles(packed)):
+            for depth, uncle in enumerate(_UNCLE.iter_unpack(packed)):
                 node = (((index >> depth) ^ 1) << (depth + 1)) | ((1 << depth) - 1)
                 if nodes.setdefault(node, uncle) != uncle:
                     raise InvalidPeerDataError(f"two different uncles for tree node {node}")
