@@ -533,11 +533,10 @@ class Log:
             raise ProofMismatchError(
                 f"range proof is for length {length}; the replica trusts {self.length}"
             )
-        rows = verify_range(start, values, anchors, nodes)
-        # Everything is verified: store it.
         base = self.storage.node_rowid(self._id, 0)
-        node_rows = [(base + n.index, n.size, n.hash) for n in learned]
-        node_rows.extend((base + index, size, digest) for index, size, digest in rows)
+        node_rows = verify_range(start, values, anchors, nodes, base)
+        # Everything is verified: store it.
+        node_rows.extend((base + n.index, n.size, n.hash) for n in learned)
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)

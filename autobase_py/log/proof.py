@@ -310,13 +310,15 @@ def verify_range(
     values: Sequence[bytes],
     anchors: Sequence[Node],
     given: Mapping[int, ProofNode],
+    rowid_base: int = 0,
 ) -> list[NodeRow]:
     """Hash blocks ``[start, start + len(values))`` bottom-up once and on up to the trusted
     ``anchors`` (the roots of a length covering the range), taking the nodes outside the range
     from ``given`` (by flat index). Every anchor over the range must come out equal; every node
     of ``given`` that the range recomputes must equal it too. Returns every node learned (the
     range's subtrees, the nodes above them up to the anchors, the outside nodes used);
-    InvalidProofError otherwise. Nodes of ``given`` above the anchors are ignored."""
+    InvalidProofError otherwise. Nodes of ``given`` above the anchors are ignored.
+    ``rowid_base`` is added to every index returned (a storage rowid base)."""
     end = start + len(values)
     if not values:
         raise InvalidProofError("a range proof carries at least one block")
@@ -390,13 +392,14 @@ def verify_range(
             computed = above.get(index)
         if computed is not None and computed != node:
             raise InvalidProofError(f"node {index} does not match blocks [{start}, {end})")
-    rows = used
-    rows.extend((index, size, digest) for index, (size, digest) in above.items())
+    rows = [(rowid_base + index, size, digest) for index, size, digest in used]
+    rows.extend((rowid_base + index, size, digest) for index, (size, digest) in above.items())
     for depth, (first, nodes) in enumerate(levels):
-        span = (1 << depth) - 1
-        shift = depth + 1
+        step = 1 << (depth + 1)  # consecutive nodes of one depth
+        at = rowid_base + first * step + (1 << depth) - 1
+        indices = range(at, at + len(nodes) * step, step)
         rows.extend(
-            (((first + k) << shift) | span, size, digest) for k, (size, digest) in enumerate(nodes)
+            (index, size, digest) for index, (size, digest) in zip(indices, nodes, strict=True)
         )
     return rows
 
