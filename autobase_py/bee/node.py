@@ -61,6 +61,10 @@ In memory a :class:`Node` is either *stored* (``seq`` holds its address, never m
 sit in the shared cache) or *dirty* (``seq`` is None, owned by one batch, mutated in place until
 the batch flushes). A dirty node's children are addresses or other dirty nodes; ``origin``
 remembers the stored node it was copied from so a flush can reuse it when nothing changed.
+A stored *internal* node also keeps its encoded ``body``: the common rewrite of an internal
+node changes only child addresses (a 1-put flush rewrites the path to one leaf), and
+:func:`patch_children` then splices the new addresses into the old body instead of encoding
+the keys again (byte-identical to :func:`encode_body`).
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ MAX_SLOTS = SLOT_MASK + 1
 class Node:
     """One B+ tree node; ``children is None`` for a leaf, ``values is None`` for an internal."""
 
-    __slots__ = ("children", "keys", "origin", "root", "seq", "values")
+    __slots__ = ("body", "children", "keys", "origin", "root", "seq", "values")
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class Node:
         self.children = children
         self.seq = seq
         self.origin = origin
+        self.body: bytes | None = None  # a stored internal node's encoded body, if known
 
     @property
     def leaf(self) -> bool:
@@ -120,6 +125,7 @@ class Node:
         copy.seq = None
         copy.origin = self if self.seq is not None else self.origin
         copy.root = False
+        copy.body = None
         return copy
 
     def __repr__(self) -> str:
@@ -231,8 +237,13 @@ def _internal_head(n: int) -> struct.Struct:
     return struct.Struct(f"<BH{n}H{n + 1}Q")
 
 
+def _addresses(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n + 1}Q")
+
+
 _LEAF_HEADS = [_leaf_head(n) for n in range(257)]
 _INTERNAL_HEADS = [_internal_head(n) for n in range(257)]
+_ADDRESSES = [_addresses(n) for n in range(257)]
 
 
 def encode_body(node: Node) -> bytes:
@@ -258,6 +269,19 @@ def encode_body(node: Node) -> bytes:
             raise EncodeError(f"a bee node holds at most {MAX_KEYS} keys") from exc
         raise EncodeError(f"bee node out of format limits (or an unstored child): {exc}") from exc
     return b"".join([head, *keys])
+
+
+def patch_children(body: bytes, children: list[int]) -> bytes:
+    """The body of an internal node with the same keys as the one encoded in ``body`` (and so
+    as many children) but these child addresses: what :func:`encode_body` returns for it."""
+    n = len(children) - 1
+    start = 3 + 2 * n
+    end = start + 8 * (n + 1)
+    try:
+        addresses = (_ADDRESSES[n] if n < 257 else _addresses(n)).pack(*children)
+    except struct.error as exc:
+        raise EncodeError(f"bee node out of format limits (or an unstored child): {exc}") from exc
+    return b"".join([body[:start], addresses, body[end:]])
 
 
 def encode_pack(bodies: list[bytes], *, root: bool) -> bytes:
@@ -302,7 +326,9 @@ def _decode_body(data: bytes, start: int, end: int, seq: int, slot: int) -> Node
     if kind == KIND_INTERNAL:
         if max(refs) >= address:
             raise DecodeError("bee node: child must come before its parent")
-        return Node(keys, None, list(refs), address)
+        node = Node(keys, None, list(refs), address)
+        node.body = data[start:end]
+        return node
     return Node(keys, _slices(data, pos + key_bytes, value_lengths), None, address)
 
 
@@ -395,4 +421,5 @@ __all__ = [
     "encode_body",
     "encode_node",
     "encode_pack",
+    "patch_children",
 ]

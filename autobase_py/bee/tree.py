@@ -46,7 +46,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 from ..errors import BlockNotAvailableError
-from .node import MAX_SLOTS, SLOT_BITS, Node, encode_body, encode_pack
+from .node import MAX_SLOTS, SLOT_BITS, Node, encode_body, encode_pack, patch_children
 
 Load = Callable[[int], Node]
 DEFAULT_PACK_BYTES = 8192
@@ -418,9 +418,8 @@ class TreeWriter:
         size = 0
         superseded = self.superseded = []
 
-        def place(node: Node) -> None:
+        def place(node: Node, body: bytes) -> None:
             nonlocal size
-            body = encode_body(node)
             if bodies and (size + len(body) > pack_bytes or len(bodies) >= MAX_SLOTS - 1):
                 blocks.append(encode_pack(bodies, root=False))
                 bodies.clear()
@@ -445,16 +444,22 @@ class TreeWriter:
                     children[i] = store(children[i]).seq  # type: ignore[arg-type,assignment]
             origin = node.origin
             node.origin = None
-            if (
-                origin is not None
-                and origin.keys == node.keys
-                and origin.values == node.values
-                and origin.children == children
-            ):
-                return origin
-            if origin is not None:
+            if origin is None:
+                body = encode_body(node)
+            else:
+                same_keys = origin.keys == node.keys
+                if same_keys and origin.values == node.values and origin.children == children:
+                    return origin
                 superseded.append(origin.seq)  # type: ignore[arg-type]
-            place(node)
+                old_body = origin.body
+                if same_keys and old_body is not None:
+                    # Same keys, so as many children: only addresses changed.
+                    body = patch_children(old_body, children)  # type: ignore[arg-type]
+                else:
+                    body = encode_body(node)
+            if children is not None:
+                node.body = body
+            place(node, body)
             return node
 
         top = store(root)
@@ -464,7 +469,10 @@ class TreeWriter:
             # The tree collapsed back onto an older, unchanged subtree: the root must end the
             # last block and carry the root mark, so store a copy of that subtree's root.
             top = Node(top.keys, top.values, top.children)
-            place(top)
+            body = encode_body(top)
+            if top.children is not None:
+                top.body = body
+            place(top, body)
         top.root = True
         blocks.append(encode_pack(bodies, root=True))
         return blocks, nodes

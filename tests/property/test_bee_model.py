@@ -133,6 +133,21 @@ class BeeModel(RuleBasedStateMachine):
         self.history[after] = dict(new)
         assert self.bee.version == after == self.log.length
 
+    @rule(key=keys, value=values)
+    def flush_through_another_bee(self, key: bytes, value: bytes) -> None:
+        """Another writer's flush: after a truncate it rewrites block indexes this bee cached
+        (possibly up to a length at which this bee recorded the old content's tree hash)."""
+        other = Bee(self.log, leaf_max=self.leaf_max, internal_max=self.internal_max)
+
+        async def write() -> int:
+            await other.put(key, value)
+            return other.version
+
+        after = run(write)
+        self.committed = {**self.committed, key: value}
+        self.history[after] = dict(self.committed)
+        assert self.bee.version == after
+
     @rule(key=keys)
     def get(self, key: bytes) -> None:
         assert run(lambda: self.bee.get(key)) == self.committed.get(key)

@@ -23,6 +23,7 @@ from autobase_py.bee.node import (
     encode_body,
     encode_node,
     encode_pack,
+    patch_children,
 )
 from autobase_py.errors import DecodeError, EncodeError, LocalError
 
@@ -68,6 +69,20 @@ def test_packs_round_trip_with_addresses(pack: tuple[list[Node], bool]) -> None:
         assert (got.keys, got.values, got.children) == (want.keys, want.values, want.children)
         assert got.seq == addr(SEQ, slot)
         assert got.root == (root and slot == len(nodes) - 1)
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=300, unique=True),
+    st.data(),
+)
+def test_patched_children_equal_a_fresh_encoding(keys: list[bytes], data: st.DataObject) -> None:
+    keys.sort()
+    ref = st.integers(0, 2**64 - 1)
+    old = Node(keys, None, data.draw(st.lists(ref, min_size=len(keys) + 1, max_size=len(keys) + 1)))
+    new = Node(keys, None, data.draw(st.lists(ref, min_size=len(keys) + 1, max_size=len(keys) + 1)))
+    assert patch_children(encode_body(old), new.children) == encode_body(new)  # type: ignore[arg-type]
+    with pytest.raises(EncodeError):
+        patch_children(encode_body(old), [*new.children[:-1], new])  # type: ignore[index,list-item]
 
 
 @settings(max_examples=300)

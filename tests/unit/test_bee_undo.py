@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from autobase_py.bee import Bee
+from autobase_py.bee.node import decode_block, encode_body, encode_pack
 from autobase_py.log import Log
 from autobase_py.store import Store
 
@@ -67,7 +68,15 @@ def view_log(path: Path) -> tuple[Store, Log]:
 
 
 def blocks(log: Log) -> list[bytes]:
-    return [log.get(i) for i in range(log.length)]
+    """The log's blocks, each checked to be exactly the canonical encoding of its nodes
+    (flushes splice new child addresses into old bodies; that must change nothing)."""
+    out = []
+    for index in range(log.length):
+        data = log.get(index)
+        nodes = decode_block(data, index)
+        assert encode_pack([encode_body(node) for node in nodes], root=nodes[-1].root) == data
+        out.append(data)
+    return out
 
 
 Flush = list[tuple[bytes, bytes | None]]
