@@ -344,3 +344,48 @@ def test_replica_keeps_untouched_subtrees_across_a_fork(writer: Log, replica: Lo
     second = Log.replica(Storage.open_memory(), writer.key)
     second.apply_proof(replica.proof(5, upgrade_from=0))  # kept blocks can still be proven
     assert second.get(5) == b"5"
+
+
+def test_range_proof_arguments_are_checked(writer: Log, replica: Log, folder: Path) -> None:
+    with pytest.raises(OutOfRangeError):
+        writer.range_proof(0, 1)  # empty log
+    writer.append([b"a", b"b", b"c"])
+    for start, end in ((1, 1), (2, 1), (0, 4), (-1, 2)):
+        with pytest.raises(OutOfRangeError):
+            writer.range_proof(start, end)
+    with pytest.raises(OutOfRangeError):
+        writer.range_proof(0, 2, upgrade_from=4)
+    unsigned = Log.create(open_storage(folder, "unsigned"), crypto.key_pair(bytes([5]) * 32))
+    unsigned.signed_appends = False
+    unsigned.append([b"x"])
+    with pytest.raises(BlockNotAvailableError):
+        unsigned.range_proof(0, 1, upgrade_from=0)
+    # a sparse replica cannot prove blocks it lacks
+    replica.apply_range(writer.range_proof(1, 2, upgrade_from=0))
+    with pytest.raises(BlockNotAvailableError):
+        replica.range_proof(0, 2)
+    assert replica.range_proof(1, 2).values == (b"b",)
+    # a range proof without an upgrade fits only a replica at the prover's length
+    writer.append([b"d"])
+    with pytest.raises(ProofMismatchError):
+        replica.apply_range(writer.range_proof(2, 4))
+    replica.apply_range(writer.range_proof(2, 4, upgrade_from=3))
+    assert [replica.has(i) for i in range(4)] == [False, True, True, True]
+
+
+def test_sync_log_moves_runs_of_a_sparse_source_as_ranges(writer: Log, folder: Path) -> None:
+    from autobase_py.testing.sync import sync_log
+
+    writer.append([b"%d" % i for i in range(40)])
+    sparse = Log.replica(open_storage(folder, "sparse"), writer.key)
+    sparse.apply_proof(writer.proof(None, upgrade_from=0))
+    held = [*range(3, 9), 12, *range(20, 33)]
+    for index in held:
+        sparse.apply_proof(writer.proof(index))
+    dst = Log.replica(open_storage(folder, "dst"), writer.key)
+    assert sync_log(sparse, dst) == len(held)
+    assert (dst.length, dst.tree_hash()) == (40, writer.tree_hash())
+    assert [i for i in range(40) if dst.has(i)] == held
+    assert sync_log(sparse, dst) == 0  # nothing beyond dst's length
+    writer.append([b"more"] * 5)
+    assert sync_log(writer, dst) == 5 and dst.length == 45 and dst.get(44) == b"more"
