@@ -91,7 +91,7 @@ MAX_SLOTS = SLOT_MASK + 1
 class Node:
     """One B+ tree node; ``children is None`` for a leaf, ``values is None`` for an internal."""
 
-    __slots__ = ("body", "children", "keys", "origin", "root", "seq", "values")
+    __slots__ = ("body", "children", "keys", "marks", "origin", "root", "seq", "values")
 
     def __init__(
         self,
@@ -110,6 +110,9 @@ class Node:
         self.seq = seq
         self.origin = origin
         self.body: bytes | None = None  # a stored internal node's encoded body, if known
+        # A dirty internal node's child indexes that were made dirty in place, while every
+        # other child is still the address copied from its origin (None: unknown, scan).
+        self.marks: list[int] | None = None
 
     @property
     def leaf(self) -> bool:
@@ -126,6 +129,7 @@ class Node:
         copy.origin = self if self.seq is not None else self.origin
         copy.root = False
         copy.body = None
+        copy.marks = None if children is None else []
         return copy
 
     def __repr__(self) -> str:

@@ -245,6 +245,8 @@ class TreeWriter:
             if child.seq is not None:
                 child = child.dirty_copy()
                 parent.children[i] = child  # type: ignore[index]
+                if parent.marks is not None:
+                    parent.marks.append(i)
             out.append(child)
             parent = child
         return out
@@ -254,6 +256,8 @@ class TreeWriter:
             return node
         copy = node.dirty_copy()
         parent.children[index] = copy  # type: ignore[index]
+        if parent.marks is not None:
+            parent.marks.append(index)
         return copy
 
     def put(self, key: bytes, value: bytes) -> tuple[bool, bytes | None]:
@@ -297,6 +301,7 @@ class TreeWriter:
                 right = Node(node.keys[mid + 1 :], None, node.children[mid + 1 :])
                 del node.keys[mid:]
                 del node.children[mid + 1 :]
+                node.marks = None  # children moved: seal scans them
             if level == 0:
                 self.root = Node([sep], None, [node, right])
                 return
@@ -305,6 +310,7 @@ class TreeWriter:
             assert parent.children is not None
             parent.keys.insert(i, sep)
             parent.children.insert(i + 1, right)
+            parent.marks = None
             at_end = at_end and i == len(parent.keys) - 1
             if len(parent.keys) <= self.internal_max:
                 return
@@ -366,6 +372,7 @@ class TreeWriter:
             left = node
             right = self._dirty_child(parent, i + 1, sibling)
         sep = parent.keys[li]
+        parent.marks = left.marks = right.marks = None  # children move: seal scans them
         if left.children is None:
             assert left.values is not None and right.values is not None
             if len(left.keys) + len(right.keys) <= self.leaf_max:
@@ -433,7 +440,17 @@ class TreeWriter:
             if node.seq is not None:
                 return node
             children = node.children
-            if children is not None:
+            marks = node.marks
+            if marks is not None:
+                # Only copy-on-write replaced children in place: they are the dirty ones.
+                # Sorted: post-order, left to right, exactly as the scan below.
+                node.marks = None
+                assert children is not None
+                for i in sorted(marks):
+                    child = children[i]
+                    if child.__class__ is Node:
+                        children[i] = store(child).seq  # type: ignore[assignment]
+            elif children is not None:
                 # Typically one or two of an internal node's dozens of children are dirty:
                 # find them with C-level scans rather than a Python loop over all.
                 kinds = list(map(type, children))

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from autobase_py.bee import Bee
-from autobase_py.bee.node import decode_block, encode_body, encode_pack
+from autobase_py.bee.node import Node, decode_block, encode_body, encode_pack
+from autobase_py.bee.tree import TreeWriter
 from autobase_py.log import Log
 from autobase_py.store import Store
 
@@ -207,3 +208,55 @@ async def test_rewrite_by_another_bee_is_never_served_from_the_cache(tmp_path: P
         }
     finally:
         store.close()
+
+
+def _forget_marks(node: Node) -> None:
+    """Make seal find this dirty tree's dirty children by scanning (the general path)."""
+    if node.seq is not None or node.children is None:
+        return
+    node.marks = None
+    for child in node.children:
+        if isinstance(child, Node):
+            _forget_marks(child)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_marked_dirty_children_seal_like_a_scan(seed: int) -> None:
+    """Seal stores the children copy-on-write marked without scanning; the blocks must be
+    those of the scan (post-order, left to right) for puts, splits, deletes and merges."""
+    rng = random.Random(seed)
+    stored: dict[int, Node] = {}
+    blocks: list[bytes] = []
+
+    def load(address: int) -> Node:
+        return stored[address]
+
+    def append(data: list[bytes]) -> None:
+        for block in data:
+            for node in decode_block(block, len(blocks)):
+                stored[node.seq] = node  # type: ignore[index]
+            blocks.append(block)
+
+    root: Node | None = None
+    for _ in range(60):
+        ops = [
+            (b"%04d" % rng.randrange(400), None if rng.random() < 0.3 else b"v" * rng.randrange(9))
+            for _ in range(rng.choice([1, 1, 3, 40]))
+        ]
+        pack_bytes = rng.choice([1, 300, 8192])
+        sealed = []
+        for scan in (False, True):
+            writer = TreeWriter(root, load, leaf_max=4, internal_max=4)
+            for key, value in ops:
+                if value is None:
+                    writer.delete(key)
+                else:
+                    writer.put(key, value)
+            if scan and writer.root is not None:
+                _forget_marks(writer.root)
+            sealed.append(writer.seal(len(blocks), pack_bytes))
+        (marked, _), (scanned, _) = sealed
+        assert marked == scanned
+        append(marked)
+        if marked:
+            root = stored[max(stored)]
