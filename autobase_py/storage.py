@@ -456,6 +456,17 @@ class Storage:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def get_blocks(self, log_id: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(index, block) of every stored block with ``start <= index < end``, in order."""
+        base = log_id << BLOCK_SHIFT
+        return [
+            (rowid - base, bytes(data))
+            for rowid, data in self.db.execute(
+                "SELECT id, data FROM blocks WHERE id >= ? AND id < ? ORDER BY id",
+                (base + start, base + end),
+            )
+        ]
+
     def has_block(self, log_id: int, index: int) -> bool:
         row = self.db.execute(
             "SELECT 1 FROM blocks WHERE id = ?", ((log_id << BLOCK_SHIFT) + index,)

@@ -56,7 +56,6 @@ from .. import encoding, ids
 from ..crypto import discovery_key
 from ..errors import (
     ApplyError,
-    BlockNotAvailableError,
     ClosedError,
     DecodeError,
     InvalidNodeError,
@@ -85,6 +84,7 @@ _MEMBERSHIP = b"base/membership/"  # + u64be(order length): membership after tha
 ROUND_WINDOW = round_steps.WINDOW  # round steps per writer the linearizer keeps in memory
 _BE64 = struct.Struct(">Q")
 FORMAT = 1
+INGEST_RUN = 256  # oplog blocks read per query while ingesting
 MAX_ACKS_PER_CYCLE = 4  # should_ack turns false after our ack; this only guards against bugs
 
 
@@ -495,15 +495,17 @@ class Autobase(Generic[V]):
         added = False
         n = lin.known_length(key)
         own = self._own_blocks if key == self.local_key else None
+        run: list[bytes] = []  # blocks read ahead in one query, from run_start on
+        run_start = n
         while n < log.length:
             block = None if own is None else own.pop(n, None)
             if block is None:
+                if not run_start <= n < run_start + len(run):
+                    run, run_start = log.get_run(n, n + INGEST_RUN), n
+                    if not run:
+                        break  # a sparse gap: wait for replication to fill it
                 try:
-                    raw = log.get(n)
-                except BlockNotAvailableError:
-                    break  # a sparse gap: wait for replication to fill it
-                try:
-                    block = decode_block(raw)
+                    block = decode_block(run[n - run_start])
                 except DecodeError as exc:
                     self._report_bad(key, n, exc.message)
                     break

@@ -174,6 +174,19 @@ class Log:
             raise BlockNotAvailableError(f"block {index} is not stored locally")
         return block
 
+    def get_run(self, start: int, end: int) -> list[bytes]:
+        """The stored blocks from ``start`` on, up to ``end`` (clamped to the length) or the
+        first one not stored locally, whichever comes first; one query."""
+        end = min(end, self.length)
+        if not 0 <= start < end:
+            return []
+        run: list[bytes] = []
+        for index, block in self.storage.get_blocks(self._id, start, end):
+            if index != start + len(run):
+                break
+            run.append(block)
+        return run
+
     def has(self, index: int) -> bool:
         return 0 <= index < self.length and self.storage.has_block(self._id, index)
 
@@ -425,7 +438,9 @@ class Log:
             sent = [self._node(n) for step, n in upgrade_walk(upgrade_from, self.length)
                     if step == "sent"]
             upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
-        values = tuple(self.get(index) for index in range(start, end))
+        values = tuple(self.get_run(start, end))
+        if len(values) != end - start:
+            self.get(start + len(values))  # raises BlockNotAvailableError naming the block
         wanted = range_uncles(start, end, self.length)
         found = self.storage.get_nodes(self._id, wanted)
         if len(found) != len(wanted):

@@ -406,11 +406,7 @@ class LogSession:
         log = self.log
         values: list[bytes] = []
         size = 0
-        for index in range(start, min(end, log.length)):
-            try:
-                value = log.get(index)
-            except BlockNotAvailableError:
-                break
+        for value in log.get_run(start, end):  # stops at the first block we lack
             values.append(value)
             size += len(value) + 80
             if size >= MAX_ANSWER_BYTES:

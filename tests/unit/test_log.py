@@ -156,6 +156,11 @@ def test_fresh_replica_gets_blocks_with_upgrade(writer: Log, replica: Log) -> No
     for i in (0, 4, 1):
         replica.apply_proof(writer.proof(i))
     assert [replica.has(i) for i in range(5)] == [True, True, True, False, True]
+    # runs stop at the first block not stored, and at the length
+    assert replica.get_run(0, 99) == [b"a", b"b", b"c"]
+    assert replica.get_run(3, 5) == [] and replica.get_run(4, 99) == [b"e"]
+    assert replica.get_run(5, 9) == [] and replica.get_run(-1, 3) == []
+    assert writer.get_run(1, 4) == [b"b", b"c", b"d"]
 
 
 def test_upgrade_extends_replica_and_block_only_proofs_reach_older_roots(
