@@ -27,14 +27,12 @@ block ``i`` carries only the uncles below the lowest common ancestor of leaves `
 uncles (80 bytes) instead of ``log2(n)``. The sender computes most of those from the values it
 sends (:class:`RangeTree`: the subtrees lying inside the answer) and reads the rest from its log.
 
-The receiver applies each block with the uncles it was sent; it normally trusts a node within
-them (one it stored while verifying the blocks before). If not (it trusted a lower node on an
-earlier path, so it never stored the one needed), it completes the list: above the point where
-the sent uncles run out, block ``i``'s path *is* the path of the earlier blocks, whose uncles
-it has seen (:class:`UncleCompletion`: index arithmetic and dictionary lookups), and tries
-again. Both are only ways of building a proof: every proof still goes through
-``Log.apply_proof``, which hashes up to a trusted node, so a lying sender cannot get anything
-stored; a proof that fails with the completed list is the sender's fault.
+The receiver files every uncle of an answer under its flat-tree index and checks the answer as
+one range (``Log.apply_blocks``): it hashes the values bottom-up, taking a sent uncle wherever
+the range needs a node from outside it, up to the roots of the length it trusts. Nothing is
+stored unless the whole range verifies, so a lying sender cannot get anything stored; two
+different values sent for one node, or a sent node the range does not hash to, is the sender's
+fault.
 """
 
 from __future__ import annotations
@@ -244,42 +242,11 @@ class RangeTree:
         return out
 
 
-class UncleCompletion:
-    """Completes the shared uncle lists of one ``blocks`` answer.
-
-    ``record(index, sent)`` must see every block of the answer in order; ``complete(index,
-    sent)`` then returns the uncles of block ``index`` above ``sent``: those of the earlier
-    blocks' path from the point where ``sent`` runs out, up to the sender's root.
-    """
-
-    __slots__ = ("_above",)
-
-    def __init__(self) -> None:
-        self._above: dict[int, tuple[int, bytes]] = {}  # path node -> its sibling (uncle)
-
-    def record(self, index: int, sent: list[tuple[int, bytes]]) -> None:
-        above = self._above
-        for depth, uncle in enumerate(sent):  # the node at ``depth`` on the leaf's path
-            above[((index >> depth) << (depth + 1)) | ((1 << depth) - 1)] = uncle
-
-    def complete(self, index: int, sent: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        above = self._above
-        out: list[tuple[int, bytes]] = []
-        depth = len(sent)
-        while True:
-            shared = above.get(((index >> depth) << (depth + 1)) | ((1 << depth) - 1))
-            if shared is None:
-                return out
-            out.append(shared)
-            depth += 1
-
-
 __all__ = [
     "MAX_RANGE",
     "WIRE_VERSION",
     "InvalidPeerDataError",
     "RangeTree",
-    "UncleCompletion",
     "decode_message",
     "encode_blocks",
     "encode_data",

@@ -1,5 +1,5 @@
-"""Range answers: the uncles a server computes from the values, the trimmed lists, their
-completion, the size cap, and relays that owe many blocks."""
+"""Range answers: the uncles a server computes from the values, the trimmed lists, the size
+cap, and relays that owe many blocks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from autobase_py.net import replication as rep
 from autobase_py.net.replication import Claims, LogSession
 from autobase_py.net.replication_wire import (
     RangeTree,
-    UncleCompletion,
     pack_uncles,
     shared_uncles,
     unpack_uncles,
@@ -67,27 +66,6 @@ def test_range_tree_uncles_are_the_logs(length: int) -> None:
                     and index + (1 << (keep - 1)) <= stop
                 ):
                     assert tree.uncles(index, keep) == full[:keep]
-
-
-@pytest.mark.parametrize("start,stop", [(0, 8), (0, 100), (3, 61), (64, 100), (99, 100)])
-def test_trimmed_uncles_complete_to_the_full_lists(start: int, stop: int) -> None:
-    log = writer_log(100)
-    completion = UncleCompletion()
-    for index in range(start, stop):
-        full = list(log.proof(index).block.nodes)  # type: ignore[union-attr]
-        keep = shared_uncles(index, start)
-        sent = unpack_uncles(pack_uncles(full if keep is None else full[:keep]))
-        completion.record(index, sent)
-        assert sent + completion.complete(index, sent) == full
-
-
-def test_a_trimmed_list_too_short_to_complete_stays_short() -> None:
-    log = writer_log(8)
-    completion = UncleCompletion()
-    full = list(log.proof(0).block.nodes)  # type: ignore[union-attr]
-    completion.record(0, full)
-    # Block 4 with one uncle stops at node 9, which is on no earlier path: nothing to add.
-    assert completion.complete(4, list(log.proof(4).block.nodes[:1])) == []  # type: ignore[union-attr]
 
 
 def test_a_range_answer_is_one_message_and_the_uncles_are_few() -> None:
