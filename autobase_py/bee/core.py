@@ -67,7 +67,7 @@ DEFAULT_INTERNAL_MAX = 64
 DEFAULT_CACHE_NODES = 32768
 BLOCK_CACHE = 64  # checked blocks kept for their remaining nodes
 MAX_HASHES = 4096  # recorded (length -> tree hash) pairs kept for truncate checks
-OLD_NODES = 4096  # nodes replaced by recent flushes, kept for an undo that needs them again
+OLD_NODES = 256  # nodes replaced by recent flushes, kept for an undo that reads them again
 
 
 class SnapshotExpiredError(OutOfRangeError):
