@@ -563,7 +563,11 @@ class Log:
             storage.put_blocks(self._id, start, values)
             if header is not None:
                 storage.write_header(self._id, header[0], fork, header[1], header[2])
-                self.reload()
+                # the new header and roots were just verified: take them without re-reading
+                self.length, self.byte_length, self.signature = header
+                self.fork = fork
+                self.manifest = known
+                self._roots = list(anchors)
 
     def _unchanged_subtrees(
         self, length: int, proven: dict[int, ProofNode]

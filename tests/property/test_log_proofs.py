@@ -344,6 +344,16 @@ def serves_every_block(replica: Log, indices: range) -> None:
 blocks_strategy = st.lists(st.binary(max_size=6), min_size=1, max_size=40)
 
 
+def assert_memory_matches_disk(log: Log) -> None:
+    """The header and roots a log keeps in memory equal what reopening it reads back."""
+    def header(x: Log) -> tuple[object, ...]:
+        return (x.length, x.fork, x.byte_length, x.signature, x.manifest, x.roots(), x.frozen)
+
+    before = header(log)
+    log.reload()
+    assert header(log) == before
+
+
 @settings(max_examples=40, deadline=None)
 @given(blocks=blocks_strategy, data=st.data())
 def test_range_proofs_verify_at_every_alignment(blocks: list[bytes], data: st.DataObject) -> None:
@@ -396,6 +406,7 @@ def test_range_onto_a_replica_holding_part_of_it(
     end = data.draw(st.integers(min_value=start + 1, max_value=n))
     upgrade = replica.length if replica.length < writer.length else None
     replica.apply_range(writer.range_proof(start, end, upgrade_from=upgrade))
+    assert_memory_matches_disk(replica)
     if upgrade is not None:
         mirror.apply_proof(writer.proof(None, upgrade_from=upgrade))
     for index in range(start, end):
@@ -543,6 +554,7 @@ def test_a_range_across_a_fork_keeps_untouched_subtrees_like_apply_proof() -> No
     with pytest.raises(ProofMismatchError):  # a newer fork needs an upgrade from 0
         replica.apply_range(writer.range_proof(9, 14, upgrade_from=None))
     replica.apply_range(writer.range_proof(9, 14, upgrade_from=0))
+    assert_memory_matches_disk(replica)
     mirror.apply_proof(writer.proof(None, upgrade_from=0))
     for index in range(9, 14):
         mirror.apply_proof(writer.proof(index))
