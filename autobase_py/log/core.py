@@ -435,8 +435,10 @@ class Log:
                 )
             if self.signature is None:
                 raise BlockNotAvailableError("this log has no signed length to prove")
-            sent = [self._node(n) for step, n in upgrade_walk(upgrade_from, self.length)
-                    if step == "sent"]
+            wanted_sent = [n for step, n in upgrade_walk(upgrade_from, self.length)
+                           if step == "sent"]
+            got = self.storage.get_nodes(self._id, wanted_sent)
+            sent = [got[n] if n in got else self._node(n) for n in wanted_sent]  # _node raises
             upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
         values = tuple(self.get_run(start, end))
         if len(values) != end - start:
