@@ -20,9 +20,10 @@ only when a walk reaches it, and the last few blocks read are kept so that furth
 same block need no second read. Blocks below the length never change while the fork id stays
 the same, and a truncate always bumps the fork; so the bee compares ``log.fork`` (and the
 length) with what its caches were filled under at the start of every operation. After a flush
-the bee records the log's tree hash at the new length. When the fork changed (or the log got
-shorter: a rolled-back transaction) and the log now ends at a length whose recorded tree hash
-equals the log's current tree hash, blocks below that length are exactly the ones cached, so
+the bee records the log's tree fingerprint at the new length (its Merkle roots, or its tree
+hash for a log without ``roots()``). When the fork changed (or the log got shorter: a
+rolled-back transaction) and the log now ends at a length whose recorded fingerprint equals
+the log's current one, blocks below that length are exactly the ones cached, so
 only what was cached from the blocks at and above it is dropped (the undo path of a base:
 truncate to an earlier flush, then flush again, reads nothing back; for the same reason the
 nodes a flush replaces move to a small side cache instead of being dropped). Otherwise every
@@ -66,7 +67,7 @@ DEFAULT_LEAF_MAX = 16
 DEFAULT_INTERNAL_MAX = 64
 DEFAULT_CACHE_NODES = 32768
 BLOCK_CACHE = 64  # checked blocks kept for their remaining nodes
-MAX_HASHES = 4096  # recorded (length -> tree hash) pairs kept for truncate checks
+MAX_HASHES = 1024  # recorded (length -> tree fingerprint) pairs kept for truncate checks
 OLD_NODES = 256  # nodes replaced by recent flushes, kept for an undo that reads them again
 
 
@@ -184,8 +185,8 @@ class Bee:
         # Slot counts of every block with a node in _cache or a key in _blocks or _roots, so
         # a truncate can drop exactly those blocks' entries.
         self._slots: dict[int, int] = {}
-        # log.tree_hash() at lengths flushes ended at, while the caches were valid.
-        self._hashes: dict[int, bytes] = {}
+        # The log's tree fingerprint at lengths flushes ended at, while the caches were valid.
+        self._hashes: dict[int, object] = {}
         self._fork = log.fork
         self._length = log.length  # the longest length seen since the cache was last valid
 
@@ -210,12 +211,22 @@ class Bee:
             self._fork = log.fork
         self._length = length
 
+    def _fingerprint(self) -> object:
+        """What identifies the log's blocks at its current length: its Merkle roots when the
+        log exposes them (``roots()``: what the tree hash hashes, without hashing), else its
+        tree hash."""
+        log = self.log
+        roots = getattr(log, "roots", None)
+        if roots is not None:
+            return tuple(roots())
+        return log.tree_hash()
+
     def _rewind(self, length: int) -> None:
         """Keep the cached blocks below ``length`` if the log provably still holds them (its
         tree hash at ``length`` is the one recorded when a flush ended there); drop the
         rest, or everything."""
         recorded = self._hashes.get(length) if length <= self._length else None
-        if recorded is None or recorded != self.log.tree_hash():
+        if recorded is None or recorded != self._fingerprint():
             self._cache.clear()
             self._old.clear()
             self._roots.clear()
@@ -573,7 +584,7 @@ class Batch(_TreeReader):
                 if len(hashes) >= MAX_HASHES:
                     for oldest in list(hashes)[: MAX_HASHES // 2]:
                         del hashes[oldest]
-                hashes[length] = log.tree_hash()
+                hashes[length] = bee._fingerprint()
         self.discard()
         return log.length
 
