@@ -2,7 +2,7 @@
 
 Prints one JSON object per line: puts/s (1 and 100 per flush, random and sequential keys),
 the base's apply pattern (1-put flushes into an unsigned, non-durable log, one storage
-transaction per flush, with and without a truncate-and-reapply of every third flush group),
+transaction per flush, without and with every round of three flushes truncated and re-applied),
 gets/s on 100,000 keys (hot cache), range scan entries/s, bytes on disk per entry, blocks per
 flush, and blocks touched / blocks and bytes fetched per sparse lookup at 10,000 and 100,000
 entries.
