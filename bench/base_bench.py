@@ -11,13 +11,19 @@ Figures (JSON lines):
   after every round the three stores are synced pairwise with real proofs and updated (acks
   happen inside update). Timed until all three applied everything, confirmed it and hold a
   certificate covering it, with equal view tree hashes.
+- ``b_three_indexers_live``: the JS anchor's shape: three bases in one process, each with
+  its own endpoint on 127.0.0.1 (Noise + secretstream over real TCP sockets), connected
+  pairwise, replication running (``BaseReplication``: updates on arrival, jittered acks,
+  checkpoint publishing when quiet); the three writers append their N/3 ops concurrently, then
+  the figure waits until all three applied, confirmed and certified everything with equal
+  views.
 - ``reopen``: time to reopen the single-writer base from disk (no replay), at this N.
 - ``peak_rss_mib``: ru_maxrss of the process.
 
 ``--no-fsync`` opens the stores with ``fsync=False`` (commits atomic and ``kill -9``-safe, not
 power-loss durable: RocksDB's default, which the JS stack uses); every figure says which.
 
-Usage: ``.venv/bin/python bench/base_bench.py [--n 20000] [--chunk 1|100] [--scenario a|b|all]
+Usage: ``.venv/bin/python bench/base_bench.py [--n 20000] [--chunk 1|100] [--scenario a|b|live|all]
 [--no-fsync]``
 """
 
@@ -39,10 +45,14 @@ from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 
+from autobase_py import crypto  # noqa: E402
 from autobase_py.base.core import Autobase  # noqa: E402
 from autobase_py.base.host import ApplyHost, ApplyNode  # noqa: E402
 from autobase_py.bee import Bee  # noqa: E402
 from autobase_py.log import Log  # noqa: E402
+from autobase_py.net.base_trio import BaseReplication  # noqa: E402
+from autobase_py.net.endpoint_trio import open_endpoint  # noqa: E402
+from autobase_py.net.replication_trio import Replicator  # noqa: E402
 from autobase_py.store import Store  # noqa: E402
 from autobase_py.testing.sync import publish_all, sync  # noqa: E402
 
@@ -163,6 +173,86 @@ async def three_indexers(root: Path, n: int, chunk: int) -> None:
         store.close()
 
 
+async def three_indexers_live(root: Path, n: int, chunk: int) -> None:
+    opened = [await open_base(root / "l1")]
+    key = opened[0][1].key
+    opened += [await open_base(root / f"l{i}", key) for i in (2, 3)]
+    bases = [b for _, b in opened]
+    replications = [BaseReplication(b, Replicator(b.store)) for b in bases]
+
+    async def done(expect_values: int) -> bool:
+        views = {b.view_log.tree_hash() for b in bases}
+        return len(views) == 1 and all(
+            b.unconfirmed_values == 0
+            and b.checkpoint is not None
+            and b.checkpoint.confirmed_length >= expect_values
+            and b.signed_length >= b.checkpoint.confirmed_length
+            for b in bases
+        )
+
+    async with trio.open_nursery() as nursery:
+        endpoints = []
+        for replication in replications:
+            endpoint = await nursery.start(_endpoint, replication)
+            endpoints.append(endpoint)
+        ports = [await e.listen("127.0.0.1") for e in endpoints]
+        for i, endpoint in enumerate(endpoints):
+            for j in range(i + 1, len(endpoints)):
+                await endpoint.connect("127.0.0.1", ports[j])
+        await replications[0].append(
+            [json.dumps({"addWriter": b.local_key.hex()}).encode() for b in bases[1:]]
+        )
+        await _poll(lambda: _all_indexers(bases))
+        setup_values = bases[0].applied_length
+        per = n // 3
+        t0, c0 = time.perf_counter(), cpu()
+
+        async def writer(w: int) -> None:
+            for start in range(0, per, chunk):
+                values = [record(w * per + j) for j in range(start, min(per, start + chunk))]
+                await replications[w].append(values if chunk > 1 else values[0])
+
+        async with trio.open_nursery() as writers:
+            for w in range(3):
+                writers.start_soon(writer, w)
+        appended = time.perf_counter() - t0
+        expect = setup_values + per * 3  # order positions of every value (acks add more)
+        await _poll(lambda: done(expect))
+        elapsed, used = time.perf_counter() - t0, cpu() - c0
+        emit("b_three_indexers_live", n=per * 3, chunk=chunk, ops_per_s=round(per * 3 / elapsed),
+             seconds=round(elapsed, 2), append_phase_s=round(appended, 2), cpu_s=round(used, 2),
+             oplog_lengths=[b.local_log.length for b in bases],
+             updates=[r.updates for r in replications])
+        nursery.cancel_scope.cancel()
+    for store, base in opened:
+        await base.close()
+        store.close()
+
+
+async def _poll(predicate: Any) -> None:
+    """Wait until ``await predicate()`` holds (checked every 2 ms: the replication loops run
+    meanwhile; a figure can be at most that much late). Polling on purpose: the predicate spans
+    three bases, and no single event says when any of them changed."""
+    while not await predicate():  # noqa: ASYNC110
+        await trio.sleep(0.002)
+
+
+async def _all_indexers(bases: list[Autobase[Bee]]) -> bool:
+    return all(b.is_indexer and len(b.indexers) == 3 for b in bases)
+
+
+async def _endpoint(
+    replication: BaseReplication, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    replicator = replication.replicator
+    async with open_endpoint(
+        crypto.key_pair(), protocols=replicator.protocols, on_connection=replicator.replicate
+    ) as endpoint, trio.open_nursery() as nursery:
+        await nursery.start(replication.run)
+        task_status.started(endpoint)
+        await trio.sleep_forever()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20000)
@@ -177,6 +267,8 @@ async def main() -> None:
             await single_writer(root, args.n, args.chunk)
         if args.scenario in ("b", "all"):
             await three_indexers(root, args.n, args.chunk)
+        if args.scenario in ("live", "all"):
+            await three_indexers_live(root, args.n, args.chunk)
         emit("peak_rss_mib", value=round(rss_mib()))
     finally:
         shutil.rmtree(root, ignore_errors=True)
