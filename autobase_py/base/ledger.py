@@ -3,11 +3,13 @@
 When the base confirms a boundary (the confirmed prefix up to its last value node) it hands the
 ledger the checkpoint, the indexer set that confirmed it and the membership after it. The
 ledger signs it when this node is in that set (the signature waits in ``pending`` until an
-oplog node carries it), pools every verified signature that arrives in other writers' nodes,
-and assembles a certificate once a majority of the confirming set signed the very checkpoint
-this peer computed. A boundary whose membership changed the indexer set is a *link*: its
-certificate joins ``chain``, which lets a reader verify any later certificate from the
-registry key alone (``checkpoint.verify_chain``).
+oplog node carries it), pools the signatures that arrive in other writers' nodes, and
+assembles a certificate once a majority of the confirming set signed the very checkpoint this
+peer computed. Pooled signatures are verified only when they would complete a certificate (an
+invalid one is dropped and the boundary waits for another), so a certified boundary costs one
+verification per vote it needed, not one per signature that arrived. A boundary whose
+membership changed the indexer set is a *link*: its certificate joins ``chain``, which lets a
+reader verify any later certificate from the registry key alone (``checkpoint.verify_chain``).
 
 Storage: certificates and links are records of their own (``base/certificate``, written once
 per cycle by ``write_records``, and ``base/link/<boundary>``); the rest (pending signatures,
@@ -26,7 +28,7 @@ from .. import crypto, encoding
 from ..storage import Storage
 from .checkpoint import Certificate, Checkpoint, CheckpointSignature, assemble
 from .events import EventHub
-from .system import Membership
+from .system import Membership, majority
 
 _LINK = b"base/link/"  # + u64be(boundary): certificate of an indexer-set change
 _CERT = b"base/certificate"
@@ -57,7 +59,8 @@ class CheckpointLedger:
         self._local_key = local_key
         self._events = events
         self._boundaries: dict[int, _Boundary] = {}
-        self._pool: dict[int, dict[bytes, CheckpointSignature]] = {}
+        # boundary -> signer writer key -> (signature, verified yet)
+        self._pool: dict[int, dict[bytes, tuple[CheckpointSignature, bool]]] = {}
         self.pending: list[CheckpointSignature] = []
         self.checkpoint: Checkpoint | None = None  # the newest confirmed checkpoint computed
         self.certificate: Certificate | None = None
@@ -83,11 +86,13 @@ class CheckpointLedger:
         if self._local_key in signing:
             signature = CheckpointSignature.create(checkpoint, self._key_pair)
             self.pending.append(signature)
-            self._pool.setdefault(boundary, {})[self._local_key] = signature
+            self._pool.setdefault(boundary, {})[self._local_key] = (signature, True)
         self._certify()
 
     def collect(self, signatures: Sequence[CheckpointSignature]) -> None:
-        """Signatures found in an oplog node; only valid, still useful ones are kept."""
+        """Signatures found in an oplog node; still useful ones are pooled. A signature is
+        verified only when it would complete a certificate (``_certify``), so a boundary costs
+        one verification per missing vote, not one per signature that arrives."""
         newest = self.signed_length
         own = self._key_pair.public_key
         for sig in signatures:
@@ -96,11 +101,13 @@ class CheckpointLedger:
             if boundary <= newest and not open_link:
                 continue
             if sig.public_key == own:  # from our own oplog: we made it, no need to verify
-                self._pool.setdefault(boundary, {})[self._local_key] = sig
+                self._pool.setdefault(boundary, {})[self._local_key] = (sig, True)
                 continue
-            if not sig.verify(self._key):
-                continue
-            self._pool.setdefault(boundary, {})[sig.signer] = sig
+            pool = self._pool.setdefault(boundary, {})
+            signer = sig.signer
+            if pool.get(signer, (None, False))[1]:
+                continue  # a verified one from this signer is already here
+            pool[signer] = (sig, False)
         self._certify()
 
     def take_pending(self) -> tuple[CheckpointSignature, ...]:
@@ -109,15 +116,41 @@ class CheckpointLedger:
         self.pending.clear()
         return carried
 
+    def _votes(self, boundary: int, info: _Boundary) -> list[CheckpointSignature]:
+        """Verified signatures of the confirming set over exactly this boundary's checkpoint,
+        verifying pooled ones only while a majority is still possible and not yet reached."""
+        pool = self._pool.get(boundary)
+        if not pool:
+            return []
+        allowed = set(info.signing)
+        need = majority(info.signing)
+        matching = {
+            signer: entry
+            for signer, entry in pool.items()
+            if signer in allowed and entry[0].checkpoint(self._key) == info.checkpoint
+        }
+        if len(matching) < need:
+            return []
+        votes: list[CheckpointSignature] = []
+        for signer, (sig, verified) in sorted(matching.items(), key=lambda kv: not kv[1][1]):
+            if len(votes) >= need:
+                break
+            if not verified:
+                if not sig.verify(self._key):
+                    del pool[signer]  # an invalid signature: drop it, wait for a good one
+                    continue
+                pool[signer] = (sig, True)
+            votes.append(sig)
+        return votes if len(votes) >= need else []
+
     def _certify(self) -> None:
         changed = False
         for boundary in sorted(self._boundaries):
             info = self._boundaries[boundary]
-            sigs = self._pool.get(boundary)
-            if not sigs:
+            votes = self._votes(boundary, info)
+            if not votes:
                 continue
-            # signatures in the pool were verified on arrival (or made here)
-            cert = assemble(self._key, sigs.values(), info.membership, info.signing, verified=True)
+            cert = assemble(self._key, votes, info.membership, info.signing, verified=True)
             if cert is None or cert.checkpoint != info.checkpoint:
                 continue
             if info.link:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -134,3 +136,56 @@ def test_tampered_certificates_fail() -> None:
         verify_chain(ka, [], Certificate(cert.checkpoint, other, cert.signatures))
     with pytest.raises(VerificationError, match="another registry"):
         verify_chain(kb, [], cert)
+
+
+def test_ledger_verifies_only_the_votes_a_certificate_needs_and_drops_forged_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autobase_py.base import checkpoint as checkpoint_module
+    from autobase_py.base.events import EventHub
+    from autobase_py.base.ledger import CheckpointLedger
+    from autobase_py.storage import Storage
+
+    (a, ka), (b, kb), (c, kc) = writer(1), writer(2), writer(3)
+    members = Membership(writers={ka: True, kb: True, kc: True}, epoch=2)
+    signing = (ka, kb, kc)
+    storage = Storage.open_memory()
+    ledger = CheckpointLedger(ka, storage, a, ka, EventHub())
+    verified: list[bytes] = []
+    real_verify = checkpoint_module.crypto.verify
+
+    def counting_verify(message: bytes, signature: bytes, public_key: bytes) -> bool:
+        verified.append(public_key)
+        return real_verify(message, signature, public_key)
+
+    monkeypatch.setattr(checkpoint_module.crypto, "verify", counting_verify)
+
+    def boundary(length: int) -> Checkpoint:
+        cp = Checkpoint(ka, members.epoch, length, length, bytes([length]) * 32, members.hash())
+        with storage.transaction():
+            ledger.confirmed(cp, signing, members, link=False)
+        return cp
+
+    cp = boundary(10)
+    assert ledger.certificate is None  # our own vote alone is a minority
+    forged = dataclasses.replace(CheckpointSignature.create(cp, b), signature=b"\x00" * 64)
+    with storage.transaction():
+        ledger.collect([forged])
+    assert ledger.certificate is None and verified == [b.public_key]  # checked, dropped
+    with storage.transaction():
+        ledger.collect([CheckpointSignature.create(cp, c)])
+    assert ledger.certificate is not None and ledger.signed_length == 10
+    assert {pk for pk, _ in ledger.certificate.signatures} == {a.public_key, c.public_key}
+    # next boundary: both others arrive in one node; one verification completes a majority
+    cp2 = boundary(20)
+    verified.clear()
+    with storage.transaction():
+        ledger.collect([CheckpointSignature.create(cp2, b), CheckpointSignature.create(cp2, c)])
+    assert ledger.signed_length == 20 and len(verified) == 1
+    # a signature over another checkpoint at the same length never counts
+    cp3 = boundary(30)
+    other = Checkpoint(ka, members.epoch, 30, 30, b"\x09" * 32, members.hash())
+    with storage.transaction():
+        ledger.collect([CheckpointSignature.create(other, b)])
+    assert ledger.signed_length == 20
+    assert cp3 != other
