@@ -6,8 +6,11 @@ a base is replicating its store, plus three duties this loop takes on:
 * logs the base opens later (a writer added by ``apply``) start replicating on every live
   connection (``Replicator.add``);
 * whenever a peer's data was stored, the base runs ``update()`` (and ``wakeup()`` for
-  ``flush`` waiters), which may append acks;
-* the base's own writable logs are announced after each update, so peers learn of acks;
+  ``flush`` waiters), which may append acks; before it the loop lets arrivals already under
+  way land (a few scheduler passes, ``_settle``), so one update takes in a burst of blocks
+  rather than running once per block;
+* the base's own writable logs are announced after each update (only those whose length or
+  fork moved: ``Replicator.announce_if_changed``), so peers learn of acks;
   appends go through ``BaseReplication.append`` (or call ``track`` after ``base.append``) so
   they, and writers they add, reach the peers at once.
 
@@ -26,6 +29,8 @@ from ..errors import ClosedError
 from ..log import Log
 from ..store import Store
 from .replication_trio import Replicator
+
+SETTLE_PASSES = 8  # scheduler passes an update may wait for arrivals already under way
 
 
 class ReplicatedBase(Protocol):
@@ -55,10 +60,11 @@ def track(base: ReplicatedBase, replicator: Replicator) -> None:
     base has not read it yet) is replicated, and announce the local ones."""
     store = base.store
     for key in {*store.log_keys(), *base.writer_keys()}:
-        replicator.add(store.get(key=key))
+        if not replicator.has_key(key):
+            replicator.add(store.get(key=key))
     for item in replicator.logs:
         if item.writable:
-            replicator.announce(item)
+            replicator.announce_if_changed(item)
 
 
 class BaseReplication:
@@ -107,9 +113,9 @@ class BaseReplication:
         base, replicator = self.base, self.replicator
         seen = -1
         while True:
-            changes = replicator.remote_changes
-            if changes != seen:
-                seen = changes
+            if replicator.remote_changes != seen:
+                await self._settle()
+                seen = replicator.remote_changes
                 await base.update()
                 base.wakeup()
                 track(base, replicator)
@@ -130,6 +136,20 @@ class BaseReplication:
                     await base.publish_checkpoints()
                 continue
             await replicator.wait_remote_change(seen)
+
+    async def _settle(self) -> None:
+        """Let arrivals already on their way land before an update, so one update takes in
+        a burst (a block from each peer, say) instead of running once per block: a few
+        scheduler passes, until two in a row stored nothing new (at most ``SETTLE_PASSES``).
+        Only tasks that are ready run meanwhile; nothing waits on the network."""
+        replicator = self.replicator
+        quiet = 0
+        for _ in range(SETTLE_PASSES):
+            before = replicator.remote_changes
+            await trio.lowlevel.checkpoint()
+            quiet = quiet + 1 if replicator.remote_changes == before else 0
+            if quiet >= 2:
+                return
 
     async def append(self, value: bytes | Sequence[bytes]) -> int:
         """``base.append`` and send it to the peers at once (new writers included)."""

@@ -103,6 +103,18 @@ class Channel:
         self.connection._mux_send(self.key, data)
         await self.connection._flush()
 
+    async def send_many(self, messages: list[bytes]) -> None:
+        """``send`` each message in order, with one backpressure wait (and one scheduler
+        checkpoint) for the lot rather than one per message; nothing for an empty list."""
+        if not messages:
+            return
+        if self.closed.is_set():
+            raise ChannelClosedError(f"channel {self.key!r} is closed")
+        connection = self.connection
+        for data in messages:
+            connection._mux_send(self.key, data)
+        await connection._flush()
+
     async def receive(self) -> bytes:
         """The next message; ChannelClosedError once the channel closed and is drained."""
         try:

@@ -66,6 +66,8 @@ class Replicator:
         self.window = window
         self.range_size = range_size
         self._logs: dict[bytes, Log] = {}
+        self._keys: set[bytes] = set()  # the keys of ``_logs``' logs
+        self._announced: dict[bytes, tuple[int, int]] = {}  # see ``announce_if_changed``
         self._claims: dict[bytes, Claims] = {}
         self._sessions: dict[bytes, set[_Live]] = {}
         self._updated: dict[bytes, trio.Event] = {}
@@ -91,6 +93,7 @@ class Replicator:
             return False
         dk = item.discovery_key
         self._logs[dk] = item
+        self._keys.add(item.key)
         self._claims[dk] = Claims()
         self._sessions[dk] = set()
         self._updated[dk] = trio.Event()
@@ -135,6 +138,18 @@ class Replicator:
         if event is not None:
             event.set()
             self._updated[dk] = trio.Event()
+
+    def announce_if_changed(self, item: Log) -> None:
+        """``announce`` unless ``item``'s (length, fork) is what this method last announced
+        for it (a no-op announcement would only wake every session to find nothing new)."""
+        state = (item.length, item.fork)
+        if self._announced.get(item.discovery_key) != state:
+            self._announced[item.discovery_key] = state
+            self.announce(item)
+
+    def has_key(self, key: bytes) -> bool:
+        """The log with this key is replicated here."""
+        return key in self._keys
 
     # -- channel protocol --------------------------------------------------------------------
 
@@ -242,8 +257,7 @@ class Replicator:
 
     @staticmethod
     async def _send(channel: Channel, messages: list[bytes]) -> None:
-        for message in messages:
-            await channel.send(message)
+        await channel.send_many(messages)
 
     # -- waiting -----------------------------------------------------------------------------
 

@@ -151,3 +151,31 @@ async def test_a_peer_lying_in_a_range_answer_is_disconnected(
     claims = right._claims[replica.discovery_key]
     assert claims.blocks == set() and claims.contiguous == 0
     assert not right.complete(replica) or replica.length == 0
+
+
+async def test_announce_if_changed_announces_only_when_the_log_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = writer(b"n", 3)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    assert left.has_key(source.key) and not left.has_key(replica.key + b"x")
+    announced: list[int] = []
+    real = left.announce
+
+    def counting(item: Log) -> None:
+        announced.append(item.length)
+        real(item)
+
+    monkeypatch.setattr(left, "announce", counting)
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 3 and right.complete(lg))
+            left.announce_if_changed(source)  # the first call for a log always announces
+            left.announce_if_changed(source)  # unchanged: not again
+            source.append([b"more"])
+            left.announce_if_changed(source)
+            left.announce_if_changed(source)
+            assert announced == [3, 4]
+            await right.wait_for(replica, lambda lg: lg.length == 4 and right.complete(lg))
+    assert replica.get(3) == b"more"

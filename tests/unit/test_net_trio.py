@@ -126,6 +126,19 @@ async def test_channels_over_memory_streams(make_pair: StreamPair) -> None:
         assert await two.receive() == b"llits"
 
 
+async def test_send_many_keeps_order_and_fails_on_a_closed_channel() -> None:
+    async with connected(server_protocols={"echo": echo}) as (client, _):
+        channel = await client.open_channel(("echo", b"m"))
+        await channel.send_many([])
+        await channel.send_many([b"%d" % i for i in range(50)])
+        assert [await channel.receive() for _ in range(50)] == [
+            (b"%d" % i)[::-1] for i in range(50)
+        ]
+        await channel.aclose()
+        with pytest.raises(ChannelClosedError):
+            await channel.send_many([b"late"])
+
+
 async def test_unknown_protocol_is_refused_and_connection_survives() -> None:
     async with connected(server_protocols={"echo": echo}) as (client, _):
         with pytest.raises(ChannelClosedError):
