@@ -10,9 +10,14 @@ capability cannot be replayed on another connection or reflected back at its sen
 capability is a protocol violation. The messages are in :mod:`.replication_wire`.
 
 A session that sees the peer ahead (a newer fork, or the same fork and a greater length) asks
-for an upgrade from its own length (0 across forks, which also carries the manifest). Once the
+for an upgrade from its own length (0 across forks, which also carries the manifest). An eager
+session following a live log (same fork, length > 0) asks for the first new block in the same
+request (unless another session claimed it), so a block appended at the writer reaches a
+replica in one round trip; a server lacking that block answers with the upgrade alone. Once the
 length is known it asks for the blocks it wants: every missing block when ``eager``, otherwise
-only ranges passed to ``want``. Blocks are asked for in *ranges*: consecutive wanted blocks, up
+only ranges passed to ``want``. A range answer's uncles reach the *server's* roots, so a peer
+shorter than us is asked only for blocks under our roots that end within its length
+(``provable_limit``). Blocks are asked for in *ranges*: consecutive wanted blocks, up
 to ``range_size`` of them, go into one ``range`` request, answered by one ``blocks`` message
 (the server may answer a prefix only: a size cap, or it lacks a block; the rest is asked for
 again). At most ``window`` requests are in flight per session, and ``claims`` (shared by all
@@ -27,6 +32,8 @@ an answer to a request never made (or not answering what was asked), or an equiv
 signature raises :class:`InvalidPeerDataError` (a ProtocolError: the connection closes and the
 reason is logged). ``ProofMismatchError`` is not the peer's fault when our state moved since
 we asked (another peer moved us first): the request is simply made again from the new state.
+Nor is a range answer that fails to verify after our length moved (we may have outgrown the
+server's roots meanwhile); from an unchanged state it is.
 An answer built for another fork is dropped without blame; its blocks are not asked of that
 peer again until its next sync.
 """
@@ -89,6 +96,23 @@ def capability(log_key: bytes, handshake_hash: bytes, *, initiator: bool) -> byt
 
 def channel_key(log: Log) -> tuple[str, bytes]:
     return (PROTOCOL, log.discovery_key)
+
+
+def provable_limit(length: int, peer_length: int) -> int:
+    """Blocks below this can be asked of a peer at ``peer_length`` by a replica at ``length``
+    (same fork): a range answer carries uncles up to the *peer's* roots, so every root of ours
+    over the blocks asked for must end within the peer's length. Our roots split ``length``
+    by its binary digits, high to low; the limit is the last of their ends not past the peer."""
+    if peer_length >= length:
+        return length
+    limit = 0
+    for shift in range(length.bit_length() - 1, -1, -1):
+        size = 1 << shift
+        if length & size:
+            if limit + size > peer_length:
+                break
+            limit += size
+    return limit
 
 
 # -- the session -----------------------------------------------------------------------------
@@ -252,7 +276,8 @@ class LogSession:
 
     def _wanted_blocks(self) -> Iterator[int]:
         log = self.log
-        limit = min(log.length, self.remote_length) if self.remote_fork == log.fork else 0
+        same_fork = self.remote_fork == log.fork
+        limit = provable_limit(log.length, self.remote_length) if same_fork else 0
         if self.eager:
             if self._scan_fork != log.fork:
                 self._scan, self._scan_fork = 0, log.fork
@@ -283,10 +308,20 @@ class LogSession:
         if not self.remote_synced or self.log.writable:
             return out
         log = self.log
+        claimed, refused, has = self.claims.blocks, self._refused, log.has
         if self._remote_ahead() and not self._upgrading and not self._upgrade_refused:
             start = log.length if self.remote_fork == log.fork else 0
-            out.append(self._ask_upgrade(start))
-        claimed, refused, has = self.claims.blocks, self._refused, log.has
+            # Following a live log (eager, same fork, past the first upgrade, which carries
+            # the manifest and precedes a bulk download in ranges): the upgrade also asks for
+            # the first new block, so one appended block costs one round trip, not two; not
+            # if another session claimed it or this peer refused it.
+            block = (
+                start
+                if self.eager and start > 0 and self.remote_fork == log.fork
+                and start not in claimed and start not in refused and not has(start)
+                else None
+            )
+            out.append(self._ask_upgrade(start, block))
         run_start = run_end = -1  # the range being gathered (claimed, not yet asked for)
         for index in self._wanted_blocks():
             if index in claimed or index in refused or has(index):
@@ -313,12 +348,16 @@ class LogSession:
             end <= self.log.length
         )
 
-    def _ask_upgrade(self, start: int) -> bytes:
+    def _ask_upgrade(self, start: int, block: int | None = None) -> bytes:
+        """An upgrade from ``start``; with ``block``, that block too (claimed here)."""
         request_id = self._next_id
         self._next_id += 1
-        self._inflight[request_id] = _Request(None, start, self.log.fork, self.log.length)
+        end = None if block is None else block + 1
+        self._inflight[request_id] = _Request(block, start, self.log.fork, self.log.length, end)
         self._upgrading += 1
-        return encode_request(request_id, None, start)
+        if block is not None:
+            self.claims.blocks.add(block)
+        return encode_request(request_id, block, start)
 
     def _ask_range(self, start: int, end: int) -> bytes:
         request_id = self._next_id
@@ -398,7 +437,13 @@ class LogSession:
         except (BlockNotAvailableError, OutOfRangeError):
             if index is not None and upgrade is None:
                 self._owe(index, index + 1)  # we will say "have" once it arrives
-            return encode_none(request_id)
+                return encode_none(request_id)
+            if index is None:
+                return encode_none(request_id)
+            try:  # an upgrade with a block we lack: the upgrade alone still helps
+                proof = log.proof(None, upgrade)
+            except (BlockNotAvailableError, OutOfRangeError):
+                return encode_none(request_id)
         return encode_data(request_id, encode_proof(proof))
 
     def _serve_range(self, request_id: int, start: int, end: int) -> bytes:
@@ -432,26 +477,34 @@ class LogSession:
     # -- applying ----------------------------------------------------------------------------
 
     def _apply_data(self, raw: bytes, request: _Request) -> bool:
-        """The answer to an upgrade request (the only ``request`` a session makes)."""
+        """The answer to an upgrade request (the only ``request`` a session makes), which
+        may also carry the one block asked for with it (or not: the peer may lack it)."""
         if request.upgrade is None:
             raise InvalidPeerDataError("a single proof does not answer the range asked for")
         try:
             proof = decode_proof(raw)
         except DecodeError as exc:
             raise InvalidPeerDataError(f"undecodable proof: {exc.message}") from exc
-        if proof.block is not None:
+        if proof.block is not None and proof.block.index != request.index:
             raise InvalidPeerDataError("proof carries a block that was not asked for")
         if proof.upgrade is None:
             raise InvalidPeerDataError("no upgrade in the answer to an upgrade request")
         if proof.upgrade.start != request.upgrade:
             raise InvalidPeerDataError("upgrade does not start where it was asked to")
-        return self._store(proof, request)
+        stored = self._store(proof, request)
+        block = proof.block
+        if stored and block is not None:
+            self.claims.blocks.discard(block.index)
+            self.claims.arrived(block.index, block.index + 1)
+        else:
+            self._release(request)  # the block (if asked for) goes back to every session
+        return stored
 
     def _apply_blocks(self, msg: dict[str, Any], request: _Request) -> bool:
         """Verify and store the blocks of one answer in one transaction; give back the claims
         of the part of the range it did not cover."""
         start, values, fork = msg["start"], msg["values"], msg["fork"]
-        if request.end is None or request.index is None:
+        if request.end is None or request.index is None or request.upgrade is not None:
             raise InvalidPeerDataError("blocks do not answer the request that was asked for")
         stop = start + len(values)
         if start != request.index or stop > request.end:
@@ -474,7 +527,8 @@ class LogSession:
                 if nodes.setdefault(node, uncle) != uncle:
                     raise InvalidPeerDataError(f"two different uncles for tree node {node}")
         stored = 0
-        if self._verified(lambda: log.apply_blocks(fork, start, values, nodes), request):
+        apply = lambda: log.apply_blocks(fork, start, values, nodes)  # noqa: E731
+        if self._verified(apply, request, moved_is_race=True):
             stored = len(values)
             self.blocks_received += stored
             if self._scan_fork == fork and start <= self._scan < stop:
@@ -495,10 +549,16 @@ class LogSession:
             self.upgrades_received += 1
         return True
 
-    def _verified(self, apply: Callable[[], None], request: _Request) -> bool:
+    def _verified(
+        self, apply: Callable[[], None], request: _Request, *, moved_is_race: bool = False
+    ) -> bool:
         """Run ``apply`` (a ``Log.apply_*`` call), with the peer's faults as
         InvalidPeerDataError; False when the proof no longer fits because our own state moved
-        since we asked."""
+        since we asked. With ``moved_is_race`` (range answers) a proof that fails to verify
+        after our length moved is such a race too: its uncles reach the peer's roots, which
+        may no longer cover ours (we grew past the peer's length meanwhile); asked again, the
+        range stays within what this peer can prove (``provable_limit``), and an answer that
+        fails from an unchanged state is the peer's fault."""
         log = self.log
         try:
             apply()
@@ -511,6 +571,8 @@ class LogSession:
         except EquivocationError as exc:
             raise InvalidPeerDataError(f"equivocation detected: {exc.message}") from exc
         except (InvalidProofError, VerificationError) as exc:
+            if moved_is_race and (log.fork, log.length) != (request.fork, request.length):
+                return False
             raise InvalidPeerDataError(f"invalid proof: {exc.message}") from exc
         return True
     @property

@@ -7,7 +7,7 @@ import pytest
 
 from autobase_py import crypto, encoding
 from autobase_py.errors import LocalError
-from autobase_py.log import Log, encode_proof
+from autobase_py.log import Log, decode_proof, encode_proof
 from autobase_py.net import replication as rep
 from autobase_py.net.replication import Claims, InvalidPeerDataError, LogSession, capability
 from autobase_py.storage import Storage
@@ -381,3 +381,138 @@ def test_a_peer_that_refuses_its_own_claimed_length_is_not_asked_in_a_loop() -> 
     assert block_requests(session.local_changed()) == []
     retry = session.receive(rep.encode_sync(3, 0))[0]
     assert [rep.decode_message(m)["upgrade"] for m in retry] == [0]
+
+
+# -- live following: the upgrade carries the first new block ---------------------------------
+
+
+def live_pair(blocks: int) -> tuple[Log, Log, LogSession, LogSession]:
+    """A writer and a replica that holds its first ``blocks`` blocks, with their sessions."""
+    source = writer_log(blocks)
+    replica = replica_of(source)
+    theirs, mine = LogSession(source), LogSession(replica)
+    run(theirs, mine)
+    assert replica.length == blocks and all(replica.has(i) for i in range(blocks))
+    return source, replica, theirs, mine
+
+
+def kinds(messages: list[bytes]) -> list[str]:
+    return [rep.decode_message(m)["t"] for m in messages]
+
+
+def test_a_live_append_arrives_with_its_upgrade_in_one_round_trip() -> None:
+    source, replica, theirs, mine = live_pair(20)
+    source.append([b"next"])
+    (sync,) = theirs.local_changed()
+    (ask,) = mine.receive(sync)[0]
+    request = rep.decode_message(ask)
+    assert (request["t"], request["index"], request["upgrade"]) == ("request", 20, 20)
+    assert mine.claims.blocks == {20}
+    (answer,) = theirs.receive(ask)[0]
+    out, stored = mine.receive(answer)
+    assert stored and replica.length == 21 and replica.get(20) == b"next"
+    assert kinds(out) == ["sync"]  # nothing left to ask for
+    assert mine.claims.blocks == set() and mine.blocks_received == 21
+    assert mine.claims.arrivals[-1] == (20, 21)
+
+
+def test_an_upgrade_answer_proving_another_block_is_rejected() -> None:
+    source, replica, theirs, mine = live_pair(20)
+    source.append([b"a", b"b"])
+    (ask,) = mine.receive(theirs.local_changed()[0])[0]
+    request = rep.decode_message(ask)
+    wrong = encode_proof(source.proof(21, 20))
+    with pytest.raises(InvalidPeerDataError, match="not asked for"):
+        mine.receive(rep.encode_data(request["id"], wrong))
+    assert replica.length == 20 and not replica.has(21)
+    assert mine.claims.blocks == set()
+
+
+def test_an_upgrade_answer_without_the_block_is_fine_and_the_block_asked_again() -> None:
+    source, replica, theirs, mine = live_pair(20)
+    source.append([b"a"])
+    (ask,) = mine.receive(theirs.local_changed()[0])[0]
+    request = rep.decode_message(ask)
+    upgrade_only = encode_proof(source.proof(None, 20))
+    out, _ = mine.receive(rep.encode_data(request["id"], upgrade_only))
+    assert replica.length == 21 and not replica.has(20)
+    assert asked_blocks(out) == [20]
+
+
+def test_a_replica_lacking_the_block_still_serves_the_upgrade() -> None:
+    source = writer_log(20)
+    sparse = replica_of(source)
+    sparse_session = LogSession(sparse, eager=False)
+    run(LogSession(source), sparse_session)  # the length, no blocks
+    (answer,) = sparse_session.receive(rep.encode_request(3, 19, 0))[0]
+    msg = rep.decode_message(answer)
+    assert msg["t"] == "data"
+    proof = decode_proof(msg["proof"])
+    assert proof.block is None and proof.upgrade is not None and proof.upgrade.start == 0
+
+
+# -- asking a peer shorter than us -----------------------------------------------------------
+
+
+def test_provable_limit_stops_at_the_last_root_of_ours_within_the_peer() -> None:
+    assert rep.provable_limit(10, 10) == rep.provable_limit(10, 12) == 10
+    assert rep.provable_limit(492, 491) == 488  # roots 256+128+64+32+8 | 4
+    assert rep.provable_limit(492, 488) == 488
+    assert rep.provable_limit(492, 487) == 480
+    assert rep.provable_limit(8, 7) == 0
+    assert rep.provable_limit(0, 0) == 0
+
+
+def test_a_peer_shorter_than_us_is_asked_only_what_it_can_prove() -> None:
+    # The writer at 492; peer B holds 491 blocks (it has not caught up yet); replica C knows
+    # the length 492 (upgrade only). B's answers carry uncles up to B's roots, so C must not
+    # ask B for blocks under its root [488, 492): no honest answer could verify.
+    source = writer_log(491)
+    peer = replica_of(source)
+    run(LogSession(source), LogSession(peer))
+    source.append([b"block 491"])
+    replica = replica_of(source)
+    run(LogSession(source), LogSession(replica, eager=False))
+    assert (replica.length, peer.length) == (492, 491)
+    serving, fetching = LogSession(peer), LogSession(replica)
+    run(serving, fetching)  # raised InvalidPeerDataError (an honest peer blamed) before
+    assert [i for i in range(492) if replica.has(i)] == list(range(488))
+    # Once B caught up and says so, the rest comes from it.
+    run(LogSession(source), LogSession(peer))
+    run(serving, fetching)
+    assert all(replica.has(i) for i in range(492))
+
+
+def test_an_answer_outgrown_while_in_flight_is_asked_again_without_blame() -> None:
+    # C asks B (at 491, like C then) for ranges; before B's answers arrive, C learns 492 from
+    # the writer, so its root over [488, 492) is no longer under B's roots: the answer for
+    # [384, 491) cannot verify, by no fault of B. It is dropped, and asked again within what
+    # B can prove.
+    source = writer_log(491)
+    peer = replica_of(source)
+    run(LogSession(source), LogSession(peer))
+    source.append([b"block 491"])
+    replica = replica_of(source)
+    serving, fetching = LogSession(peer), LogSession(replica)
+    (ask_upgrade,) = fetching.receive(serving.start()[0])[0]
+    (upgrade,) = serving.receive(ask_upgrade)[0]
+    asks = block_requests(fetching.receive(upgrade)[0])
+    assert asked_blocks(asks) == list(range(491))
+    run(LogSession(source), LogSession(replica, eager=False))  # the writer's length: 492
+    assert replica.length == 492
+    again: list[bytes] = []
+    for ask in asks:
+        for answer in serving.receive(ask)[0]:
+            again += block_requests(fetching.receive(answer)[0])
+    assert [i for i in range(492) if replica.has(i)] == list(range(384))
+    assert asked_blocks(again) == list(range(384, 488))
+    # The same failure from an unchanged state is B's fault.
+    ask = rep.decode_message(again[0])
+    bad = serving.receive(rep.encode_range(ask["id"], 384, 488))[0][0]
+    data = rep.decode_message(bad)
+    values = list(data["values"])
+    values[-1] = b"forged"
+    with pytest.raises(InvalidPeerDataError, match="invalid proof"):
+        fetching.receive(
+            rep.encode_blocks(data["id"], data["fork"], data["start"], values, data["uncles"])
+        )
