@@ -67,6 +67,7 @@ DEFAULT_LEAF_MAX = 16
 DEFAULT_INTERNAL_MAX = 64
 DEFAULT_CACHE_NODES = 32768
 BLOCK_CACHE = 64  # checked blocks kept for their remaining nodes
+MAX_ROOTS = 512  # root nodes of recent versions kept by version (older ones are re-read)
 MAX_HASHES = 1024  # recorded (length -> tree fingerprint) pairs kept for truncate checks
 OLD_NODES = 256  # nodes replaced by recent flushes, kept for an undo that reads them again
 
@@ -269,6 +270,28 @@ class Bee:
                 if slots.get(seq, 0) < count:
                     slots[seq] = count
         cache[node.seq] = node  # type: ignore[index]
+
+    def _trim(self) -> None:
+        """Keep the per-version bookkeeping bounded: the newest ``MAX_ROOTS`` roots, and
+        slot counts only for blocks something is still cached from (recounted when stale
+        entries dominate). Every flush adds a root and a slot count, so without this a
+        long-lived writer's bee would keep one root node per version forever."""
+        roots = self._roots
+        if len(roots) > MAX_ROOTS:
+            for seq in list(roots)[: len(roots) - MAX_ROOTS // 2]:
+                del roots[seq]
+        live = len(self._cache) + len(self._old) + len(roots) + len(self._blocks)
+        if len(self._slots) > 2 * live + 1024:
+            slots = {seq: len(block) for seq, block in self._blocks.items()}
+            for node in roots.values():
+                seq, count = node.seq >> SLOT_BITS, (node.seq & SLOT_MASK) + 1  # type: ignore[operator]
+                if slots.get(seq, 0) < count:
+                    slots[seq] = count
+            for address in [*self._cache, *self._old]:
+                seq, count = address >> SLOT_BITS, (address & SLOT_MASK) + 1
+                if slots.get(seq, 0) < count:
+                    slots[seq] = count
+            self._slots = slots
 
     def _block(self, seq: int) -> Block:
         """Block ``seq`` with its header checked (kept in a small cache: a range or a cold
@@ -579,6 +602,7 @@ class Batch(_TreeReader):
                     slots[node.seq >> SLOT_BITS] = (node.seq & SLOT_MASK) + 1  # type: ignore[operator]
                 length = log.length
                 bee._roots[length - 1] = nodes[-1]
+                bee._trim()
                 bee._length = length
                 hashes = bee._hashes
                 if len(hashes) >= MAX_HASHES:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from autobase_py.bee import Bee
+from autobase_py.bee import Bee, core
 from autobase_py.bee.node import Node, decode_block, encode_body, encode_pack
 from autobase_py.bee.tree import TreeWriter
 from autobase_py.log import Log
@@ -173,6 +173,30 @@ async def test_flush_after_truncating_to_a_flushed_version_reads_no_block(
         assert await bee.get(b"k0150") == b"redone"
         await bee.put(b"k0151", b"after")
         assert log.reads == reads
+    finally:
+        store.close()
+
+
+async def test_per_version_bookkeeping_stays_bounded_over_many_flushes(tmp_path: Path) -> None:
+    """Every flush adds a root and a slot count; a long-lived bee must not keep them all (it
+    did: one root node per version, the base bench's memory grew by ~5 MiB per 1,000 values
+    per peer). Old versions stay readable by re-reading their root block."""
+    store, log = view_log(tmp_path / "s")
+    try:
+        bee = Bee(log, leaf_max=4, internal_max=4)
+        versions = []
+        for i in range(3 * core.MAX_ROOTS):
+            await bee.put(b"k%05d" % (i % 97), b"v%d" % i)
+            versions.append(bee.version)
+            if i % 50 == 49:  # an undo now and then, as a base does
+                log.truncate(versions[-2])
+                versions.pop()
+        assert len(bee._roots) <= core.MAX_ROOTS
+        live = len(bee._cache) + len(bee._old) + len(bee._roots) + len(bee._blocks)
+        assert len(bee._slots) <= 2 * live + 1024 + 1
+        old = bee.snapshot(versions[10])  # a version whose root was trimmed long ago
+        assert await old.get(b"k00005") == b"v5"
+        assert await bee.get(b"k00005") is not None
     finally:
         store.close()
 
