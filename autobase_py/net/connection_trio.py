@@ -115,6 +115,19 @@ class Channel:
             connection._mux_send(self.key, data)
         await connection._flush()
 
+    @property
+    def can_send_now(self) -> bool:
+        """Open, and not so much queued for the socket that a sender should wait first."""
+        return not self.closed.is_set() and not self.connection._backlogged
+
+    def send_now(self, messages: list[bytes]) -> None:
+        """Queue ``messages`` for the peer without waiting: for callers that checked
+        ``can_send_now`` (no backpressure here). ChannelClosedError once closed."""
+        if self.closed.is_set():
+            raise ChannelClosedError(f"channel {self.key!r} is closed")
+        for data in messages:
+            self.connection._mux_send(self.key, data)
+
     async def receive(self) -> bytes:
         """The next message; ChannelClosedError once the channel closed and is drained."""
         try:
@@ -274,6 +287,10 @@ class Connection:
                 self.core.send(frame)
         if self.core.pending_bytes:
             self._wake_writer.set()
+
+    @property
+    def _backlogged(self) -> bool:
+        return self.core.pending_bytes > HIGH_WATER
 
     async def _flush(self) -> None:
         """Backpressure for senders: wait while too much is queued for the socket."""

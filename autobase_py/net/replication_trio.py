@@ -4,10 +4,12 @@
 logs it holds (after checking the peer's capability) and opens channels for its own logs on
 every connection it is attached to (``attach``/``replicate``), including logs ``add``-ed
 later. Each session runs in the connection's task group: a reader (peer messages into the
-core) and a pusher (our log changed: sync and new requests). ``announce(log)`` tells every
-session of a log that it changed locally (after an append). Waiting is by events:
-``wait_for(log, predicate)`` and ``fetch(log, index)`` (a sparse read: asks the peers that
-have the block, then waits until it is verified and stored).
+core) and a pusher. ``announce(log)`` tells every session of a log that it changed locally
+(after an append, or after a peer's blocks were stored): the session's news (sync, "have",
+new requests) is queued on its channel right in the announcing task; only a connection with
+too much queued for its socket leaves it to the pusher, which waits for the socket first.
+Waiting is by events: ``wait_for(log, predicate)`` and ``fetch(log, index)`` (a sparse read:
+asks the peers that have the block, then waits until it is verified and stored).
 
 A peer whose data fails verification makes the core raise ``InvalidPeerDataError``; it reaches
 the connection's single error boundary, which logs the reason and closes that connection only.
@@ -130,10 +132,20 @@ class Replicator:
                     connection.spawn(self._open, connection, item)
 
     def announce(self, item: Log) -> None:
-        """``item`` changed locally (an append): tell the peers, wake the waiters."""
+        """``item`` changed locally (an append): tell the peers, wake the waiters.
+
+        Each session's news (``local_changed``) is queued on its channel right here, in the
+        caller's task, rather than by waking the session's pusher task: a task switch per
+        session per change saved. Only when a connection has too much queued already does
+        the pusher send it, after waiting for the socket (backpressure)."""
         dk = item.discovery_key
         for live in self._sessions.get(dk, ()):
-            live.wake.set()
+            if live.wake.is_set():
+                continue  # the pusher is due anyway and will look
+            if live.channel.can_send_now:
+                live.channel.send_now(live.session.local_changed())
+            elif not live.channel.closed.is_set():
+                live.wake.set()
         event = self._updated.get(dk)
         if event is not None:
             event.set()

@@ -13,7 +13,7 @@ import trio.testing
 from autobase_py import crypto
 from autobase_py.log import Log
 from autobase_py.net import replication
-from autobase_py.net.connection_trio import Connection, open_connection
+from autobase_py.net.connection_trio import Channel, Connection, open_connection
 from autobase_py.net.replication_trio import Replicator
 from autobase_py.storage import Storage
 
@@ -179,3 +179,38 @@ async def test_announce_if_changed_announces_only_when_the_log_moved(
             assert announced == [3, 4]
             await right.wait_for(replica, lambda lg: lg.length == 4 and right.complete(lg))
     assert replica.get(3) == b"more"
+
+
+@pytest.mark.parametrize("socket_busy", [False, True])
+async def test_announce_sends_at_once_or_through_the_pusher_when_the_socket_is_busy(
+    monkeypatch: pytest.MonkeyPatch, socket_busy: bool
+) -> None:
+    # Not busy: ``announce`` queues the news itself, so a live append reaches the peer even
+    # with the pushers stopped. Busy (the connection over its high-water mark): it leaves the
+    # news to the pusher, which waits for the socket.
+    pushed: list[bool] = []
+    real_push = Replicator._push
+
+    async def push(self: Replicator, live: object) -> None:
+        pushed.append(True)
+        if socket_busy:
+            await real_push(self, live)  # type: ignore[arg-type]
+        else:
+            await trio.sleep_forever()
+
+    monkeypatch.setattr(Replicator, "_push", push)
+    if socket_busy:
+        monkeypatch.setattr(Channel, "can_send_now", property(lambda self: False))
+    source = writer(b"p", 5)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 5 and right.complete(lg))
+            for length in (6, 7, 8):
+                source.append([b"live %d" % (length - 6)])
+                left.announce(source)
+                await right.wait_for(
+                    replica, lambda lg, n=length: right.complete(lg) and lg.length == n
+                )
+    assert pushed and [replica.get(i) for i in (5, 6, 7)] == [b"live 0", b"live 1", b"live 2"]
