@@ -214,7 +214,14 @@ class Replicator:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._push, live)
                 await self._send(channel, session.start())
+                storage = item.storage
                 async for data in channel:
+                    while storage.in_transaction:
+                        # Another task (a base's apply cycle) holds a transaction open across
+                        # an await: wait for it to end rather than write into it, where a
+                        # peer's garbage would doom the other task's whole transaction and our
+                        # batch could not roll back on its own.
+                        await trio.lowlevel.checkpoint()
                     out, kick = self._receive_batch(session, channel, data)
                     await self._send(channel, out)
                     if kick:

@@ -214,3 +214,41 @@ async def test_announce_sends_at_once_or_through_the_pusher_when_the_socket_is_b
                     replica, lambda lg, n=length: right.complete(lg) and lg.length == n
                 )
     assert pushed and [replica.get(i) for i in (5, 6, 7)] == [b"live 0", b"live 1", b"live 2"]
+
+
+@pytest.mark.parametrize("lying", [False, True])
+async def test_peer_data_waits_for_another_tasks_open_transaction(
+    monkeypatch: pytest.MonkeyPatch, lying: bool
+) -> None:
+    # A task (like a base's apply cycle) holds a flat transaction open across awaits. Peer
+    # data is not written into it: an honest answer is stored after it commits; a lying one
+    # drops the peer without dooming the other task's transaction.
+    source = writer(b"t", 20)
+    storage = Storage.open_memory()
+    replica = Log.replica(storage, source.key)
+    if lying:
+        honest = replication.encode_data
+
+        def flip(request_id: int, proof: bytes) -> bytes:
+            data = bytearray(proof)
+            data[-5] ^= 0x01
+            return honest(request_id, bytes(data))
+
+        monkeypatch.setattr(replication, "encode_data", flip)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    async with linked(left, right) as (_, right_conn):
+        with trio.fail_after(30):
+            with storage.transaction(flat=True):
+                for _ in range(300):  # plenty of passes for the whole exchange
+                    await trio.lowlevel.checkpoint()
+                assert replica.length == 0 and not right_conn.is_closed
+            # ... and it committed: peer data did not doom it (StorageError otherwise)
+            if lying:
+                await right_conn.closed.wait()
+            else:
+                await right.wait_for(replica, lambda lg: lg.length == 20 and right.complete(lg))
+    if lying:
+        assert getattr(right_conn.error, "code", None) == "INVALID_PEER_DATA"
+        assert replica.length == 0
+    else:
+        assert replica.get(19) == b"t-19"
