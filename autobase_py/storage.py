@@ -53,7 +53,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -128,6 +128,7 @@ class Storage:
         self._sync_needed = False
         self._flat = False  # the running transaction was opened with flat=True
         self._doomed = False  # an exception escaped an inner level of a flat transaction
+        self._idle_waiters: list[Callable[[], None]] = []  # call_when_idle callbacks
         self.syncs = 0  # fsyncs made at commit (for benchmarks and tests)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -226,6 +227,20 @@ class Storage:
     def in_transaction(self) -> bool:
         return self._depth > 0
 
+    def call_when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no transaction is open (now, or right after the running
+        one commits or rolls back). Lets another task wait for a transaction that spans awaits
+        (a base's apply cycle) instead of writing into it or polling."""
+        if self._depth == 0:
+            callback()
+        else:
+            self._idle_waiters.append(callback)
+
+    def _notify_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for callback in waiters:
+            callback()
+
     def enlist(self, participant: Participant) -> None:
         """Ask to be reloaded from disk if the running transaction (or a level of it) rolls back."""
         self._participants[id(participant)] = participant
@@ -298,7 +313,11 @@ class Storage:
             if level == 0:
                 self._sync_needed = False
                 self._flat = self._doomed = False
-            self._rollback(level)
+            try:
+                self._rollback(level)
+            finally:
+                if level == 0:
+                    self._notify_idle()
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"storage write failed: {exc}") from exc
             raise
@@ -306,14 +325,18 @@ class Storage:
         if level == 0:
             self._flat = False
         try:
-            db.execute("COMMIT" if level == 0 else f"RELEASE s{level}")
-        except sqlite3.Error as exc:
-            self._rollback(level)
-            raise StorageError(f"commit failed: {exc}") from exc
-        if level == 0:
-            self._participants.clear()
-            if self._sync_needed:
-                self._sync()
+            try:
+                db.execute("COMMIT" if level == 0 else f"RELEASE s{level}")
+            except sqlite3.Error as exc:
+                self._rollback(level)
+                raise StorageError(f"commit failed: {exc}") from exc
+            if level == 0:
+                self._participants.clear()
+                if self._sync_needed:
+                    self._sync()
+        finally:
+            if level == 0:
+                self._notify_idle()
 
     def _rollback(self, level: int) -> None:
         db = self._db

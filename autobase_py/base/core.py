@@ -64,6 +64,7 @@ from ..errors import (
 )
 from ..linearizer import Linearizer, Node
 from ..log import Log
+from ..storage_trio import write_lock
 from ..store import Store
 from . import round_steps
 from .checkpoint import Certificate, Checkpoint
@@ -416,7 +417,10 @@ class Autobase(Generic[V]):
         # answered by stopping the base. So it runs shielded; a cancellation of the caller
         # lands right after it, with everything committed.
         with trio.CancelScope(shield=True):
-            await self._cycle_shielded(values, force_ack=force_ack, ack_now=ack_now)
+            # the transaction spans awaits (``apply``): other writers of this storage in this
+            # process (replication sessions) take turns with it through the fair write lock
+            async with write_lock(self.storage):
+                await self._cycle_shielded(values, force_ack=force_ack, ack_now=ack_now)
 
     async def _cycle_shielded(
         self, values: list[bytes] | None, *, force_ack: bool, ack_now: bool

@@ -25,6 +25,7 @@ import trio
 
 from ..errors import ChannelClosedError
 from ..log import Log
+from ..storage_trio import write_lock
 from ..store import Store
 from .connection_trio import Channel, Connection
 from .mux import Key
@@ -216,13 +217,16 @@ class Replicator:
                 await self._send(channel, session.start())
                 storage = item.storage
                 async for data in channel:
-                    while storage.in_transaction:
-                        # Another task (a base's apply cycle) holds a transaction open across
-                        # an await: wait for it to end rather than write into it, where a
-                        # peer's garbage would doom the other task's whole transaction and our
-                        # batch could not roll back on its own.
-                        await trio.lowlevel.checkpoint()
-                    out, kick = self._receive_batch(session, channel, data)
+                    # A base's apply cycle holds its transaction across awaits: take turns with
+                    # it (fairly: a cycle running back to back cannot starve us) rather than
+                    # write into it, where a peer's garbage would doom the cycle's whole
+                    # transaction and our batch could not roll back on its own.
+                    async with write_lock(storage):
+                        while storage.in_transaction:  # someone writing without taking turns
+                            idle = trio.Event()
+                            storage.call_when_idle(idle.set)
+                            await idle.wait()
+                        out, kick = self._receive_batch(session, channel, data)
                     await self._send(channel, out)
                     if kick:
                         self.announce(item)

@@ -182,6 +182,24 @@ def test_flat_transaction_caught_inner_failure_rolls_everything_back(tmp_path: P
     assert log.append([b"next"]) == 2  # storage and log memory are usable afterwards
 
 
+def test_call_when_idle_runs_after_the_outermost_commit_or_rollback(tmp_path: Path) -> None:
+    s = Storage.open(tmp_path)
+    calls: list[str] = []
+    s.call_when_idle(lambda: calls.append("now"))
+    assert calls == ["now"]  # nothing open: at once
+    with s.transaction():
+        s.call_when_idle(lambda: calls.append("after commit"))
+        with s.transaction():
+            s.put(b"k", b"v")
+        assert calls == ["now"]  # an inner level ending is not the end
+    assert calls == ["now", "after commit"]
+    with pytest.raises(BoomError), s.transaction(flat=True):
+        s.call_when_idle(lambda: calls.append("after rollback"))
+        raise BoomError
+    assert calls[-1] == "after rollback" and s.get(b"k") == b"v"
+    s.close()
+
+
 def test_many_logs_commit_together(tmp_path: Path) -> None:
     s = Storage.open(tmp_path)
     logs = [Log.create(s, crypto.key_pair(bytes([i]) * 32)) for i in range(3)]
