@@ -184,30 +184,45 @@ async def test_handshake_times_out_on_a_silent_peer(autojump_clock: trio.testing
     assert trio.current_time() - start == pytest.approx(3.0)
 
 
-async def test_handshake_times_out_on_a_slow_peer(autojump_clock: trio.testing.MockClock) -> None:
+async def test_handshake_times_out_on_a_slow_peer(mock_clock: trio.testing.MockClock) -> None:
+    """A peer that keeps dribbling bytes (one per virtual second) does not keep the handshake
+    alive: the deadline is for the whole handshake, not per read."""
     left, right = trio.testing.memory_stream_pair()
-
     dropped = trio.Event()
+    stopped = trio.Event()  # the peer sent everything or found the socket closed
+    tick = trio.Event()
 
     async def dribble() -> None:
-        # A peer that sends its first message one byte every second (35 s for 35 bytes) of
-        # VIRTUAL time: the test runs on an autojump MockClock, so nothing really waits.
         hello = SecureConnection(CLIENT, initiator=True, now=0.0).data_to_send()
         try:
             for i in range(len(hello)):
                 await left.send_all(hello[i : i + 1])
-                await trio.sleep(1.0)
+                await tick.wait()  # the next virtual second (see clock_driver)
         except trio.BrokenResourceError:
             dropped.set()
+        finally:
+            stopped.set()
+
+    async def clock_driver() -> None:
+        # Once everybody waits, one virtual second passes and the peer sends its next byte,
+        # until the peer finds the socket closed under it.
+        nonlocal tick
+        while not stopped.is_set():
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1.0)
+            tick.set()
+            tick = trio.Event()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(dribble)
+        nursery.start_soon(clock_driver)
         start = trio.current_time()
         with pytest.raises(TimedOutError):
             async with open_connection(right, SERVER, initiator=False, handshake_timeout=10.0):
                 raise AssertionError("unreachable")  # pragma: no cover
         assert trio.current_time() - start == pytest.approx(10.0)
-        await dropped.wait()  # the socket was closed under the slow peer
+        await stopped.wait()
+        assert dropped.is_set()  # the socket was closed under the slow peer
 
 
 async def test_wrong_remote_key_fails_the_handshake() -> None:
