@@ -308,6 +308,22 @@ class Log:
             raise BlockNotAvailableError(f"tree node {index} is not stored; cannot prove")
         return found
 
+    def _upgrade_proof(self, upgrade_from: int) -> tuple[UpgradeProof, list[int]]:
+        """The upgrade from ``upgrade_from`` to our length (its sent nodes read in one query),
+        and every flat index the walk passes (what a verifier will trust afterwards)."""
+        if not 0 <= upgrade_from <= self.length:
+            raise OutOfRangeError(
+                f"cannot upgrade from {upgrade_from}: the length is {self.length}"
+            )
+        if self.signature is None:
+            raise BlockNotAvailableError("this log has no signed length to prove")
+        walk = list(upgrade_walk(upgrade_from, self.length))
+        wanted = [node for step, node in walk if step == "sent"]
+        got = self.storage.get_nodes(self._id, wanted)
+        sent = [got[n] if n in got else self._node(n) for n in wanted]  # _node raises
+        upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
+        return upgrade, [node for _, node in walk]
+
     def proof(self, index: int | None, upgrade_from: int | None = None) -> Proof:
         """A proof for block ``index`` and/or an upgrade from ``upgrade_from`` to our length.
 
@@ -321,19 +337,8 @@ class Log:
         upgrade = None
         target: set[int]
         if upgrade_from is not None:
-            if not 0 <= upgrade_from <= self.length:
-                raise OutOfRangeError(
-                    f"cannot upgrade from {upgrade_from}: the length is {self.length}"
-                )
-            if self.signature is None:
-                raise BlockNotAvailableError("this log has no signed length to prove")
-            sent: list[ProofNode] = []
-            target = set()
-            for step, node in upgrade_walk(upgrade_from, self.length):
-                target.add(node)
-                if step == "sent":
-                    sent.append(self._node(node))
-            upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
+            upgrade, walked = self._upgrade_proof(upgrade_from)
+            target = set(walked)
         else:
             target = {r.index for r in self._roots}
         block = None
@@ -427,19 +432,7 @@ class Log:
         replica whose length is ours (one behind takes the upgrade from its length)."""
         if not 0 <= start < end <= self.length:
             raise OutOfRangeError(f"range [{start}, {end}) is not inside length {self.length}")
-        upgrade = None
-        if upgrade_from is not None:
-            if not 0 <= upgrade_from <= self.length:
-                raise OutOfRangeError(
-                    f"cannot upgrade from {upgrade_from}: the length is {self.length}"
-                )
-            if self.signature is None:
-                raise BlockNotAvailableError("this log has no signed length to prove")
-            wanted_sent = [n for step, n in upgrade_walk(upgrade_from, self.length)
-                           if step == "sent"]
-            got = self.storage.get_nodes(self._id, wanted_sent)
-            sent = [got[n] if n in got else self._node(n) for n in wanted_sent]  # _node raises
-            upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
+        upgrade = None if upgrade_from is None else self._upgrade_proof(upgrade_from)[0]
         values = tuple(self.get_run(start, end))
         if len(values) != end - start:
             self.get(start + len(values))  # raises BlockNotAvailableError naming the block
