@@ -101,6 +101,29 @@ def flip(data: bytes, bit: int) -> bytes:
     return bytes(out)
 
 
+def flip_node(nodes: Any, bit: int, *, in_hash: bool) -> tuple[Any, ...]:
+    """``nodes`` ((size, hash) pairs) with one bit flipped in one node's hash or size."""
+    out = list(nodes)
+    k = bit % len(out)
+    size, h = out[k]
+    out[k] = (size, flip(h, bit // len(out))) if in_hash else (size ^ (1 << (bit % 16)), h)
+    return tuple(out)
+
+
+def tamper_upgrade(upgrade: Any, target: str, bit: int) -> Any:
+    """``upgrade`` with one bit flipped in ``target``; None when it has no such part."""
+    if target in ("root_hash", "root_size"):
+        if not upgrade.nodes:
+            return None
+        nodes = flip_node(upgrade.nodes, bit, in_hash=target == "root_hash")
+        return dataclasses.replace(upgrade, nodes=nodes)
+    if target == "length":
+        return dataclasses.replace(upgrade, length=upgrade.length ^ (1 << (bit % 20)))
+    if target == "signature":
+        return dataclasses.replace(upgrade, signature=flip(upgrade.signature, bit))
+    raise AssertionError(target)
+
+
 def tamper(proof: Proof, target: str, bit: int) -> Proof | None:
     """``proof`` with one bit flipped in ``target``; None when the proof has no such part."""
     block, upgrade = proof.block, proof.upgrade
@@ -113,28 +136,12 @@ def tamper(proof: Proof, target: str, bit: int) -> Proof | None:
     if target in ("uncle_hash", "uncle_size"):
         if not block.nodes:
             return None
-        nodes = list(block.nodes)
-        k = bit % len(nodes)
-        size, h = nodes[k]
-        nodes[k] = (size, flip(h, bit // len(nodes))) if target == "uncle_hash" else (
-            size ^ (1 << (bit % 16)), h)
-        return dataclasses.replace(proof, block=dataclasses.replace(block, nodes=tuple(nodes)))
-    if target in ("root_hash", "root_size"):
-        nodes = list(upgrade.nodes)
-        k = bit % len(nodes)
-        size, h = nodes[k]
-        nodes[k] = (size, flip(h, bit // len(nodes))) if target == "root_hash" else (
-            size ^ (1 << (bit % 16)), h)
-        return dataclasses.replace(proof, upgrade=dataclasses.replace(upgrade, nodes=tuple(nodes)))
-    if target == "length":
-        return dataclasses.replace(
-            proof, upgrade=dataclasses.replace(upgrade, length=upgrade.length ^ (1 << (bit % 20))))
+        nodes = flip_node(block.nodes, bit, in_hash=target == "uncle_hash")
+        return dataclasses.replace(proof, block=dataclasses.replace(block, nodes=nodes))
     if target == "fork":
         return dataclasses.replace(proof, fork=proof.fork ^ (1 << (bit % 20)))
-    if target == "signature":
-        return dataclasses.replace(
-            proof, upgrade=dataclasses.replace(upgrade, signature=flip(upgrade.signature, bit)))
-    raise AssertionError(target)
+    changed = tamper_upgrade(upgrade, target, bit)
+    return None if changed is None else dataclasses.replace(proof, upgrade=changed)
 
 
 TARGETS = ["value", "uncle_hash", "uncle_size", "root_hash", "root_size", "length", "fork",
@@ -438,15 +445,11 @@ def tamper_range(proof: RangeProof, target: str, bit: int) -> RangeProof | None:
     if target in ("uncle_hash", "uncle_size", "drop_uncle"):
         if not proof.nodes:
             return None
-        nodes = list(proof.nodes)
-        k = bit % len(nodes)
-        size, h = nodes[k]
         if target == "drop_uncle":
-            del nodes[k]
-        else:
-            nodes[k] = (size, flip(h, bit // len(nodes))) if target == "uncle_hash" else (
-                size ^ (1 << (bit % 16)), h)
-        return dataclasses.replace(proof, nodes=tuple(nodes))
+            k = bit % len(proof.nodes)
+            return dataclasses.replace(proof, nodes=proof.nodes[:k] + proof.nodes[k + 1:])
+        nodes = flip_node(proof.nodes, bit, in_hash=target == "uncle_hash")
+        return dataclasses.replace(proof, nodes=nodes)
     if target == "extra_uncle":
         return dataclasses.replace(proof, nodes=(*proof.nodes, (bit, bytes(32))))
     if target == "drop_value":
@@ -460,22 +463,8 @@ def tamper_range(proof: RangeProof, target: str, bit: int) -> RangeProof | None:
         return dataclasses.replace(proof, fork=proof.fork ^ (1 << (bit % 20)))
     if upgrade is None:
         return None
-    if target in ("root_hash", "root_size"):
-        if not upgrade.nodes:
-            return None
-        nodes = list(upgrade.nodes)
-        k = bit % len(nodes)
-        size, h = nodes[k]
-        nodes[k] = (size, flip(h, bit // len(nodes))) if target == "root_hash" else (
-            size ^ (1 << (bit % 16)), h)
-        return dataclasses.replace(proof, upgrade=dataclasses.replace(upgrade, nodes=tuple(nodes)))
-    if target == "length":
-        return dataclasses.replace(
-            proof, upgrade=dataclasses.replace(upgrade, length=upgrade.length ^ (1 << (bit % 20))))
-    if target == "signature":
-        return dataclasses.replace(
-            proof, upgrade=dataclasses.replace(upgrade, signature=flip(upgrade.signature, bit)))
-    raise AssertionError(target)
+    changed = tamper_upgrade(upgrade, target, bit)
+    return None if changed is None else dataclasses.replace(proof, upgrade=changed)
 
 
 @settings(max_examples=300, deadline=None)
