@@ -33,6 +33,7 @@ import trio  # noqa: E402
 from autobase_py.bee import Bee  # noqa: E402
 from autobase_py.log import Log, decode_proof, encode_proof  # noqa: E402
 from autobase_py.store import Store  # noqa: E402
+from autobase_py.testing.counting_log import CountingLog  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 # --pack-bytes=N: the block size flushes pack nodes into (default: the bee's default)
@@ -58,34 +59,6 @@ def value(i: int) -> bytes:
 
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-class CountingLog:
-    """Counts block reads of a log (blocks a lookup touches with a cold cache)."""
-
-    def __init__(self, log: Log) -> None:
-        self.inner = log
-        self.reads = 0
-
-    writable = property(lambda self: self.inner.writable)
-    length = property(lambda self: self.inner.length)
-    fork = property(lambda self: self.inner.fork)
-
-    def append(self, blocks: Any) -> int:
-        return self.inner.append(blocks)
-
-    def get(self, index: int) -> bytes:
-        self.reads += 1
-        return self.inner.get(index)
-
-    def has(self, index: int) -> bool:
-        return self.inner.has(index)
-
-    def tree_hash(self, length: int | None = None) -> bytes:
-        return self.inner.tree_hash(length)
-
-    def apply_proof(self, proof: Any) -> None:
-        self.inner.apply_proof(proof)
 
 
 async def fill(bee: Bee, order: list[int], per_flush: int) -> float:

@@ -9,9 +9,7 @@ a rewrite it did not make is never served from its cache.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,44 +18,9 @@ from autobase_py.bee.node import Node, decode_block, encode_body, encode_pack
 from autobase_py.bee.tree import TreeWriter
 from autobase_py.log import Log
 from autobase_py.store import Store
+from autobase_py.testing.counting_log import CountingLog
 
 SEED = bytes(range(32))
-
-
-class CountingLog:
-    """A real log that counts block reads."""
-
-    def __init__(self, log: Log) -> None:
-        self.inner = log
-        self.reads = 0
-
-    @property
-    def writable(self) -> bool:
-        return self.inner.writable
-
-    @property
-    def length(self) -> int:
-        return self.inner.length
-
-    @property
-    def fork(self) -> int:
-        return self.inner.fork
-
-    def append(self, blocks: Sequence[bytes]) -> int:
-        return self.inner.append(blocks)
-
-    def get(self, index: int) -> bytes:
-        self.reads += 1
-        return self.inner.get(index)
-
-    def has(self, index: int) -> bool:
-        return self.inner.has(index)
-
-    def tree_hash(self, length: int | None = None) -> bytes:
-        return self.inner.tree_hash(length)
-
-    def apply_proof(self, proof: Any) -> None:
-        self.inner.apply_proof(proof)
 
 
 def view_log(path: Path) -> tuple[Store, Log]:
