@@ -454,17 +454,16 @@ class Autobase(Generic[V]):
                 if self._fingerprint() != persisted:
                     self._persist()
         except _StopError as stop:
-            self._own_blocks.clear()
             self._failed = stop.reason
             self._events.publish(stop.kind, reason=stop.reason)
             raise ApplyError(f"the base stopped: {stop.reason}") from None
         except BaseException as exc:
-            self._own_blocks.clear()
             # the transaction rolled back but memory did not: stop rather than diverge
             self._failed = f"cycle failed: {type(exc).__name__}: {exc}"
             self._events.publish("error", reason=self._failed)
             raise
-        self._own_blocks.clear()
+        finally:
+            self._own_blocks.clear()  # only ever holds blocks of the running cycle
         self._announce(confirmed_before)
         if self.local_log.length != local_before:
             self._local_grew.set()
