@@ -264,12 +264,18 @@ class Bee:
             cache.clear()
             cache.update(keep)
             self._roots.clear()
-            slots = self._slots = {seq: len(block) for seq, block in self._blocks.items()}
-            for address in [*cache, *self._old]:
-                seq, count = address >> SLOT_BITS, (address & SLOT_MASK) + 1
-                if slots.get(seq, 0) < count:
-                    slots[seq] = count
+            self._recount_slots()
         cache[node.seq] = node  # type: ignore[index]
+
+    def _recount_slots(self) -> None:
+        """Slot counts of exactly the blocks something is cached from (blocks, roots, nodes)."""
+        slots = {seq: len(block) for seq, block in self._blocks.items()}
+        roots = [node.seq for node in self._roots.values()]
+        for address in [*roots, *self._cache, *self._old]:
+            seq, count = address >> SLOT_BITS, (address & SLOT_MASK) + 1  # type: ignore[operator]
+            if slots.get(seq, 0) < count:
+                slots[seq] = count
+        self._slots = slots
 
     def _trim(self) -> None:
         """Keep the per-version bookkeeping bounded: the newest ``MAX_ROOTS`` roots, and
@@ -282,16 +288,7 @@ class Bee:
                 del roots[seq]
         live = len(self._cache) + len(self._old) + len(roots) + len(self._blocks)
         if len(self._slots) > 2 * live + 1024:
-            slots = {seq: len(block) for seq, block in self._blocks.items()}
-            for node in roots.values():
-                seq, count = node.seq >> SLOT_BITS, (node.seq & SLOT_MASK) + 1  # type: ignore[operator]
-                if slots.get(seq, 0) < count:
-                    slots[seq] = count
-            for address in [*self._cache, *self._old]:
-                seq, count = address >> SLOT_BITS, (address & SLOT_MASK) + 1
-                if slots.get(seq, 0) < count:
-                    slots[seq] = count
-            self._slots = slots
+            self._recount_slots()
 
     def _block(self, seq: int) -> Block:
         """Block ``seq`` with its header checked (kept in a small cache: a range or a cold
