@@ -11,8 +11,8 @@ helper exercises the same paths as a networked node.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from ..log import Log
 from ..store import Store
@@ -56,29 +56,29 @@ def sync_log(src: Log, dst: Log) -> int:
 
 def sync_stores(a: Store, b: Store) -> int:
     """Sync every log both stores know, in both directions."""
-    keys = sorted(set(a.log_keys()) & set(b.log_keys()))
+    return sync_group([a, b])
+
+
+def sync_group(stores: Sequence[Store]) -> int:
+    """Bring every store of a connected group up to date with the others.
+
+    Each store receives, in one transaction (as a network session batches what it receives),
+    from every other store in turn; a store that received first then passes on what it got, so
+    one pass spreads every block to every store."""
+    keys = [set(store.log_keys()) for store in stores]
     copied = 0
-    # one transaction per receiving store, as a network session batches what it receives
-    with b.storage.transaction():
-        for key in keys:
-            copied += sync_log(a.get(key=key), b.get(key=key))
-    with a.storage.transaction():
-        for key in keys:
-            copied += sync_log(b.get(key=key), a.get(key=key))
+    for i, dst in enumerate(stores):
+        with dst.storage.transaction():
+            for j, src in enumerate(stores):
+                if i != j:
+                    for key in sorted(keys[i] & keys[j]):
+                        copied += sync_log(src.get(key=key), dst.get(key=key))
     return copied
 
 
-def _pairs(items: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
-    for i, a in enumerate(items):
-        for b in items[i + 1 :]:
-            yield a, b
-
-
 async def sync(*bases: _Base, update: bool = True) -> int:
-    """Sync all stores of ``bases`` pairwise (a connected group), then update each base."""
-    copied = 0
-    for a, b in _pairs(bases):
-        copied += sync_stores(a.store, b.store)
+    """Sync all stores of ``bases`` (a connected group), then update each base."""
+    copied = sync_group([base.store for base in bases])
     if update:
         for base in bases:
             await base.update()
@@ -118,4 +118,4 @@ async def converge(bases: Sequence[_Base], *, max_rounds: int = 200) -> int:
     raise AssertionError(f"bases did not converge within {max_rounds} rounds")
 
 
-__all__ = ["converge", "publish_all", "sync", "sync_log", "sync_stores"]
+__all__ = ["converge", "publish_all", "sync", "sync_group", "sync_log", "sync_stores"]
