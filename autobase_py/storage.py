@@ -38,12 +38,17 @@ primary seed): every commit is then only as durable as RocksDB's default ``sync=
 writes, which is what the JS stack runs with; a power loss may drop the last commits, and a
 writer whose signed blocks already reached a peer would then fork its log.
 
-Layout. Logs live in three tables keyed by one integer each (cheap rowid B-trees):
-``logs`` (one header row per log: key, manifest, name, length, fork, byte length, signature,
-frozen), ``blocks`` (rowid ``log_id << 40 | index``) and ``nodes`` (rowid ``log_id << 42 |
-flat index``, with size and hash). ``records`` is a small ordered key-value table (bytes ->
-bytes) for other modules' state (linearizer, system state); modules prefix their keys with their
-own name (``b"base/..."``). A Storage object is used by one thread at a time (callers may move
+Layout. Logs live in two tables keyed by one integer each (cheap rowid B-trees): ``logs``
+(one header row per log: key, manifest, name, length, fork, byte length, signature, frozen)
+and ``nodes`` (rowid ``log_id << 42 | flat index``: size, hash, and for a leaf whose block is
+stored, the block itself in ``data``). A block shares its row with its leaf node, and an
+append's new parents sort right beside it, so one append dirties one table page per log
+instead of two (a block table and a node table: schema version 1, which ``open`` migrates).
+Every stored block has its leaf node (the log stores a block only after verifying or
+computing that leaf). A ``blocks`` view (rowid ``log_id << 40 | index``, data) shows the
+stored blocks for inspection. ``records`` is a small ordered key-value table (bytes ->
+bytes) for other modules' state (linearizer, system state); modules prefix their keys with
+their own name (``b"base/..."``). A Storage object is used by one thread at a time (callers may move
 calls to a worker thread with ``trio.to_thread.run_sync``, never two at once).
 """
 
@@ -60,8 +65,8 @@ from typing import Protocol
 
 from .errors import StorageClosedError, StorageError, StorageLockedError
 
-SCHEMA_VERSION = 1
-BLOCK_SHIFT = 40  # block index < 2**40
+SCHEMA_VERSION = 2
+BLOCK_SHIFT = 40  # block index < 2**40 (the rowids of the ``blocks`` view)
 NODE_SHIFT = 42  # flat node index < 2**42
 MAX_LOGS = 1 << 21  # log ids fit beside a node index in a signed 64-bit rowid
 
@@ -77,11 +82,33 @@ CREATE TABLE IF NOT EXISTS logs (
     signature BLOB,
     frozen INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,
-                                  hash BLOB NOT NULL);
+                                  hash BLOB NOT NULL, data BLOB);
 CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+# The stored blocks with their schema-1 rowids (``log_id << 40 | index``), for inspection.
+_BLOCKS_VIEW = f"""
+CREATE VIEW IF NOT EXISTS blocks (id, data) AS
+    SELECT ((id >> {NODE_SHIFT}) << {BLOCK_SHIFT}) + ((id & {(1 << NODE_SHIFT) - 1}) >> 1), data
+    FROM nodes WHERE data IS NOT NULL
+"""
+# Schema 1 kept blocks in their own table (rowid ``log_id << 40 | index``); version 2 moves
+# each into its leaf node's row (every stored block has its leaf node: the log stores a block
+# only with, or after, that node).
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE nodes ADD COLUMN data BLOB",
+    f"""UPDATE nodes SET data = (
+        SELECT b.data FROM blocks b
+        WHERE b.id = ((nodes.id >> {NODE_SHIFT}) << {BLOCK_SHIFT})
+                     + ((nodes.id & {(1 << NODE_SHIFT) - 1}) >> 1)
+    ) WHERE (id & 1) = 0""",
+)
+# Store tree rows (rowid, size, hash, block or None): a row without a block never erases the
+# block already stored in that leaf's row.
+_PUT_TREE = (
+    "INSERT INTO nodes VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET size = excluded.size,"
+    " hash = excluded.hash, data = coalesce(excluded.data, data)"
+)
 
 
 class Participant(Protocol):
@@ -111,6 +138,29 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     if not trimmed:
         return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Move schema 1's ``blocks`` table into the leaf rows of ``nodes``, in one transaction
+    (a crash leaves the folder at version 1, and the next open migrates again)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _MIGRATE_1_TO_2:
+            db.execute(statement)
+        blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
+        moved = db.execute("SELECT count(data) FROM nodes").fetchone()[0]
+        if moved != blocks:
+            raise StorageError(
+                f"cannot migrate storage schema 1 to 2: {blocks - moved} stored blocks have no "
+                "leaf node"
+            )
+        db.execute("DROP TABLE blocks")
+        db.execute(_BLOCKS_VIEW)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class Storage:
@@ -156,6 +206,7 @@ class Storage:
             ) from None
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(
                 folder / "db.sqlite", isolation_level=None, check_same_thread=False
@@ -172,11 +223,19 @@ class Storage:
             db.execute("PRAGMA wal_autocheckpoint=8192")
             db.execute(f"PRAGMA journal_size_limit={32 * 1024 * 1024}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise StorageError(f"storage schema version {version} is not supported")
-            db.executescript(_SCHEMA)
+            if version == 1:
+                _migrate_1_to_2(db)
+            elif version not in (0, SCHEMA_VERSION):
+                raise StorageError(
+                    f"storage schema version {version} is not supported (this version of "
+                    f"autobase_py reads versions 1 and {SCHEMA_VERSION}); open the folder "
+                    "with the autobase_py that wrote it"
+                )
+            db.executescript(_SCHEMA + ";" + _BLOCKS_VIEW)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, StorageError) as exc:
+            if db is not None:  # its exclusive lock on the file goes with it
+                db.close()
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
             if isinstance(exc, StorageError):
@@ -188,7 +247,7 @@ class Storage:
     def open_memory(cls) -> Storage:
         """A private in-memory database (no folder, no lock, not durable): for tests."""
         db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + ";" + _BLOCKS_VIEW)
         return cls(Path(":memory:"), db, -1)
 
     def close(self) -> None:
@@ -467,56 +526,49 @@ class Storage:
     def set_manifest(self, log_id: int, manifest: bytes) -> None:
         self.db.execute("UPDATE logs SET manifest = ? WHERE id = ?", (manifest, log_id))
 
-    def put_blocks(self, log_id: int, start: int, blocks: Iterable[bytes]) -> None:
-        base = (log_id << BLOCK_SHIFT) + start
-        self.db.executemany(
-            "INSERT OR REPLACE INTO blocks VALUES (?, ?)",
-            [(base + i, b) for i, b in enumerate(blocks)],
-        )
+    @staticmethod
+    def node_rowid(log_id: int, index: int) -> int:
+        """The ``nodes`` rowid of flat index ``index`` (block ``i`` lives at ``2 * i``)."""
+        return (log_id << NODE_SHIFT) + index
+
+    def put_tree(self, rows: list[tuple[int, int, bytes, bytes | None]]) -> None:
+        """Store (rowid, size, hash, block) rows with rowids from :meth:`node_rowid`: nodes,
+        and the block of each leaf row that has one (None keeps the leaf's stored block, if
+        any). One statement: the hot path of appends and replicated ranges."""
+        self.db.executemany(_PUT_TREE, rows)
 
     def put_block(self, log_id: int, index: int, block: bytes) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO blocks VALUES (?, ?)", ((log_id << BLOCK_SHIFT) + index, block)
+        """Store a block beside its leaf node, which must be stored already."""
+        cursor = self.db.execute(
+            "UPDATE nodes SET data = ? WHERE id = ?", (block, (log_id << NODE_SHIFT) + 2 * index)
         )
+        if cursor.rowcount != 1:
+            raise StorageError(f"block {index} has no stored leaf node")
 
     def get_block(self, log_id: int, index: int) -> bytes | None:
         row = self.db.execute(
-            "SELECT data FROM blocks WHERE id = ?", ((log_id << BLOCK_SHIFT) + index,)
+            "SELECT data FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + 2 * index,)
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def get_blocks(self, log_id: int, start: int, end: int) -> list[tuple[int, bytes]]:
         """(index, block) of every stored block with ``start <= index < end``, in order."""
-        base = log_id << BLOCK_SHIFT
+        base = log_id << NODE_SHIFT
         return [
-            (rowid - base, bytes(data))
+            ((rowid - base) >> 1, bytes(data))
             for rowid, data in self.db.execute(
-                "SELECT id, data FROM blocks WHERE id >= ? AND id < ? ORDER BY id",
-                (base + start, base + end),
+                "SELECT id, data FROM nodes WHERE id >= ? AND id < ? AND data IS NOT NULL"
+                " ORDER BY id",
+                (base + 2 * start, base + 2 * end),
             )
         ]
 
     def has_block(self, log_id: int, index: int) -> bool:
         row = self.db.execute(
-            "SELECT 1 FROM blocks WHERE id = ?", ((log_id << BLOCK_SHIFT) + index,)
+            "SELECT data IS NOT NULL FROM nodes WHERE id = ?",
+            ((log_id << NODE_SHIFT) + 2 * index,),
         ).fetchone()
-        return row is not None
-
-    def put_nodes(self, log_id: int, nodes: Iterable[tuple[int, int, bytes]]) -> None:
-        """Store (flat index, size, hash) triples."""
-        base = log_id << NODE_SHIFT
-        self.db.executemany(
-            "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)",
-            [(base + i, s, h) for i, s, h in nodes],
-        )
-
-    @staticmethod
-    def node_rowid(log_id: int, index: int) -> int:
-        return (log_id << NODE_SHIFT) + index
-
-    def put_node_rows(self, rows: list[tuple[int, int, bytes]]) -> None:
-        """Store (rowid, size, hash) rows with rowids from :meth:`node_rowid` (the hot path)."""
-        self.db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", rows)
+        return row is not None and bool(row[0])
 
     def get_node(self, log_id: int, index: int) -> tuple[int, bytes] | None:
         """(size, hash) of a stored node, or None."""
@@ -537,46 +589,35 @@ class Storage:
         )
         return {rowid - base: (size, bytes(h)) for rowid, size, h in rows}
 
-    def truncate_log(self, log_id: int, length: int, straddlers: Iterable[int]) -> None:
+    def truncate_log(self, log_id: int, length: int, straddlers: list[int]) -> None:
         """Drop blocks at index >= length and nodes at flat index >= 2*length or in
-        ``straddlers`` (nodes below ``2*length`` whose span crosses the cut)."""
-        db = self.db
-        db.execute(
-            "DELETE FROM blocks WHERE id >= ? AND id < ?",
-            ((log_id << BLOCK_SHIFT) + length, (log_id + 1) << BLOCK_SHIFT),
-        )
-        db.execute(
-            "DELETE FROM nodes WHERE id >= ? AND id < ?",
-            ((log_id << NODE_SHIFT) + 2 * length, (log_id + 1) << NODE_SHIFT),
-        )
+        ``straddlers`` (nodes below ``2*length`` whose span crosses the cut): one statement."""
         base = log_id << NODE_SHIFT
-        db.executemany("DELETE FROM nodes WHERE id = ?", [(base + i,) for i in straddlers])
+        sql = "DELETE FROM nodes WHERE id >= ? AND id < ?"
+        if straddlers:
+            sql += f" OR id IN ({','.join('?' * len(straddlers))})"
+        self.db.execute(
+            sql, [base + 2 * length, (log_id + 1) << NODE_SHIFT, *(base + i for i in straddlers)]
+        )
 
     def retain_spans(self, log_id: int, spans: Iterable[tuple[int, int]]) -> None:
         """Drop every block and node of the log outside the given subtrees, each given by its
         (left, right) flat span: a subtree's nodes are exactly the flat indices of its span,
-        its blocks the indices ``left // 2 .. right // 2``."""
-        spans = sorted(spans)
-        self._delete_outside("nodes", NODE_SHIFT, log_id, spans)
-        self._delete_outside("blocks", BLOCK_SHIFT, log_id, [(a // 2, b // 2) for a, b in spans])
-
-    def _delete_outside(
-        self, table: str, shift: int, log_id: int, keep: list[tuple[int, int]]
-    ) -> None:
-        base = log_id << shift
+        its blocks those of its leaves."""
+        base = log_id << NODE_SHIFT
         gaps = []
         start = 0
-        for first, last in keep:
+        for first, last in sorted(spans):
             if first > start:
                 gaps.append((base + start, base + first))
             start = max(start, last + 1)
-        gaps.append((base + start, base + (1 << shift)))
-        self.db.executemany(f"DELETE FROM {table} WHERE id >= ? AND id < ?", gaps)
+        gaps.append((base + start, base + (1 << NODE_SHIFT)))
+        self.db.executemany("DELETE FROM nodes WHERE id >= ? AND id < ?", gaps)
 
     def count_blocks(self, log_id: int) -> int:
         row = self.db.execute(
-            "SELECT count(*) FROM blocks WHERE id >= ? AND id < ?",
-            (log_id << BLOCK_SHIFT, (log_id + 1) << BLOCK_SHIFT),
+            "SELECT count(data) FROM nodes WHERE id >= ? AND id < ?",
+            (log_id << NODE_SHIFT, (log_id + 1) << NODE_SHIFT),
         ).fetchone()
         return int(row[0])
 

@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 State. A log's header (length, fork, byte length, signature, frozen) lives in the ``logs`` row;
-blocks and tree nodes live in their own tables, so memory holds only the header and the roots
-of the current length (at most 64 nodes). A *writable* log holds its signer's key pair and
-stores every block and every node; a *replica* knows only the key until a proof brings the
-manifest, and may be sparse: it stores the blocks it was sent plus every node it verified
-(the roots of its length, upgrade nodes, and the uncles on each block's path).
+tree nodes live in the ``nodes`` table, each block in its leaf node's row, so memory holds only
+the header and the roots of the current length (at most 64 nodes). A *writable* log holds its
+signer's key pair and stores every block and every node; a *replica* knows only the key until
+a proof brings the manifest, and may be sparse: it stores the blocks it was sent plus every
+node it verified (the roots of its length, upgrade nodes, and the uncles on each block's path).
 
 Invariant: every stored node is trusted (verified against a signed tree or computed locally),
 and the roots of the current length are stored. That is what lets a replica verify a block
@@ -15,13 +15,14 @@ proof by hashing up to *any* stored node, and serve proofs for the blocks it hol
 
 Writes. ``append`` hashes the new leaves, folds completed subtrees into parents (a new length
 ``n`` folds ``trailing_zeros(n)`` times), signs the new tree hash once per call, and writes
-blocks, nodes and header in one storage transaction (joining the caller's if one is open).
-``truncate`` cuts blocks and the nodes whose span reaches past the cut, bumps the fork and
+the tree rows (blocks in their leaves) with one ``executemany`` and the header with one
+``UPDATE``, in one storage transaction (joining the caller's if one is open). ``truncate``
+cuts blocks and the nodes whose span reaches past the cut (one ``DELETE``), bumps the fork and
 re-signs. ``apply_proof`` verifies everything (manifest, fork, upgrade nodes, signature, block
 path) with pure functions from :mod:`.proof` before it touches storage, then stores the result
 in one transaction. ``apply_range`` / ``apply_blocks`` do the same for a contiguous range: the
 same checks, then the blocks hashed bottom-up once up to the trusted roots (every node of the
-proof used), then blocks and nodes stored with one ``executemany`` each. In-memory state
+proof used), then blocks and nodes stored with one ``executemany``. In-memory state
 changes only inside those transactions and the log enlists in them, so a rollback anywhere
 reloads it from disk.
 
@@ -222,9 +223,10 @@ class Log:
         if not blocks:
             return self.length
         roots = list(self._roots)
-        # Rows go straight to storage as (rowid, size, hash): ``base + flat index``.
+        # Rows go straight to storage as (rowid, size, hash, block): ``base + flat index``,
+        # each block in its leaf's row
         base = self.storage.node_rowid(self._id, 0)
-        rows: list[tuple[int, int, bytes]] = []
+        rows: list[tuple[int, int, bytes, bytes | None]] = []
         add = rows.append
         length = self.length
         byte_length = self.byte_length
@@ -237,7 +239,7 @@ class Log:
             digest = blake2b(
                 b"\x00" + size.to_bytes(8, "little") + block, digest_size=32
             ).digest()
-            add((base + index, size, digest))
+            add((base + index, size, digest, block))
             byte_length += size
             length += 1
             folds = (length & -length).bit_length() - 1
@@ -249,7 +251,7 @@ class Log:
                 digest = blake2b(
                     b"\x01" + size.to_bytes(8, "little") + left.hash + digest, digest_size=32
                 ).digest()
-                add((base + index, size, digest))
+                add((base + index, size, digest, None))
                 depth += 1
                 folds -= 1
             roots.append(Node(index, size, digest))
@@ -265,8 +267,7 @@ class Log:
             storage.enlist(self)
             if self.durable_appends:
                 storage.require_sync()
-            storage.put_blocks(self._id, self.length, blocks)
-            storage.put_node_rows(rows)
+            storage.put_tree(rows)
             storage.write_header(self._id, length, self.fork, byte_length, signature)
             self.length = length
             self.byte_length = byte_length
@@ -417,10 +418,15 @@ class Log:
                 storage.retain_spans(self._id, kept)
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
+            base = storage.node_rowid(self._id, 0)
+            leaf, value = (-1, None) if block is None else (2 * block.index, block.value)
             if learned:
-                storage.put_nodes(self._id, [(n.index, n.size, n.hash) for n in learned])
-            if block is not None:
-                storage.put_block(self._id, block.index, block.value)
+                storage.put_tree(
+                    [(base + n.index, n.size, n.hash, value if n.index == leaf else None)
+                     for n in learned]
+                )
+            if block is not None and all(n.index != leaf for n in learned):
+                storage.put_block(self._id, block.index, block.value)  # its leaf was stored
             if header is not None:
                 storage.write_header(self._id, header[0], proof.fork, header[1], header[2])
                 self.reload()
@@ -546,7 +552,7 @@ class Log:
         base = self.storage.node_rowid(self._id, 0)
         node_rows = verify_range(start, values, anchors, nodes, base)
         # Everything is verified: store it.
-        node_rows.extend((base + n.index, n.size, n.hash) for n in learned)
+        node_rows.extend((base + n.index, n.size, n.hash, None) for n in learned)
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
@@ -554,8 +560,7 @@ class Log:
                 storage.retain_spans(self._id, kept)
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
-            storage.put_node_rows(node_rows)
-            storage.put_blocks(self._id, start, values)
+            storage.put_tree(node_rows)
             if header is not None:
                 storage.write_header(self._id, header[0], fork, header[1], header[2])
                 # the new header and roots were just verified: take them without re-reading

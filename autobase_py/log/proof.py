@@ -302,7 +302,7 @@ def range_uncles(start: int, end: int, length: int) -> list[int]:
     return out
 
 
-NodeRow = tuple[int, int, bytes]  # (flat index, size, hash)
+NodeRow = tuple[int, int, bytes, bytes | None]  # (flat index, size, hash, leaf's block)
 
 
 def verify_range(
@@ -316,9 +316,10 @@ def verify_range(
     ``anchors`` (the roots of a length covering the range), taking the nodes outside the range
     from ``given`` (by flat index). Every anchor over the range must come out equal; every node
     of ``given`` that the range recomputes must equal it too. Returns every node learned (the
-    range's subtrees, the nodes above them up to the anchors, the outside nodes used);
-    InvalidProofError otherwise. Nodes of ``given`` above the anchors are ignored.
-    ``rowid_base`` is added to every index returned (a storage rowid base)."""
+    range's subtrees, the nodes above them up to the anchors, the outside nodes used), the
+    range's leaves carrying their blocks and the others None; InvalidProofError otherwise.
+    Nodes of ``given`` above the anchors are ignored. ``rowid_base`` is added to every index
+    returned (a storage rowid base)."""
     end = start + len(values)
     if not values:
         raise InvalidProofError("a range proof carries at least one block")
@@ -351,7 +352,7 @@ def verify_range(
         levels.append((base, level))
     lo, hi = 2 * start, 2 * (end - 1)
     above: dict[int, ProofNode] = {}  # computed nodes straddling the range's edges
-    used: list[NodeRow] = []
+    used: list[tuple[int, int, bytes]] = []
 
     def resolve(node: int) -> ProofNode:
         depth = ((node + 1) & -(node + 1)).bit_length() - 1
@@ -392,14 +393,20 @@ def verify_range(
             computed = above.get(index)
         if computed is not None and computed != node:
             raise InvalidProofError(f"node {index} does not match blocks [{start}, {end})")
-    rows = [(rowid_base + index, size, digest) for index, size, digest in used]
-    rows.extend((rowid_base + index, size, digest) for index, (size, digest) in above.items())
-    for depth, (first, nodes) in enumerate(levels):
+    rows: list[NodeRow] = [(rowid_base + i, size, digest, None) for i, size, digest in used]
+    rows.extend((rowid_base + i, size, digest, None) for i, (size, digest) in above.items())
+    at = rowid_base + 2 * start  # the leaves, with their blocks
+    rows.extend(
+        (at + 2 * k, size, digest, value)
+        for k, ((size, digest), value) in enumerate(zip(levels[0][1], values, strict=True))
+    )
+    for depth, (first, nodes) in enumerate(levels[1:], 1):
         step = 1 << (depth + 1)  # consecutive nodes of one depth
         at = rowid_base + first * step + (1 << depth) - 1
         indices = range(at, at + len(nodes) * step, step)
         rows.extend(
-            (index, size, digest) for index, (size, digest) in zip(indices, nodes, strict=True)
+            (index, size, digest, None)
+            for index, (size, digest) in zip(indices, nodes, strict=True)
         )
     return rows
 
