@@ -12,7 +12,11 @@ a base is replicating its store, plus three duties this loop takes on:
 * the base's own writable logs are announced after each update (only those whose length or
   fork moved: ``Replicator.announce_if_changed``), so peers learn of acks;
   appends go through ``BaseReplication.append`` (or call ``track`` after ``base.append``) so
-  they, and writers they add, reach the peers at once.
+  they, and writers they add, reach the peers at once;
+* an indexer holding checkpoint signatures that no node carries yet publishes them in an ack
+  of its own once its peers went quiet for ``publish_delay`` (20-50 ms: certificates form
+  right after a burst), at most once per ``publish_interval`` (0.25 s), so a slow trickle of
+  writes does not cost an extra ack per write and indexer.
 
 Run it next to the connections: ``nursery.start_soon(replicate_base, base, replicator)``.
 """
@@ -79,14 +83,20 @@ class BaseReplication:
         replicator: Replicator,
         *,
         ack_delay: tuple[float, float] = (0.005, 0.03),
-        publish_delay: tuple[float, float] = (0.2, 0.4),
+        publish_delay: tuple[float, float] = (0.02, 0.05),
+        publish_interval: float = 0.25,
     ) -> None:
         self.base = base
         self.replicator = replicator
         self.ack_delay = ack_delay  # jitter before a due ack, so indexers' acks spread out
         # quiet time before an indexer publishes checkpoint signatures in an ack of their own
-        # (under load they ride on its next node anyway), so certificates form when idle
+        # (under load they ride on its next node anyway), so certificates form soon after a
+        # burst ends; ``publish_interval`` bounds how often such acks are spent (a trickle of
+        # writes gets at most one publishing ack per interval, not one per write)
         self.publish_delay = publish_delay
+        self.publish_interval = publish_interval
+        self.publishes = 0  # acks appended only to publish checkpoint signatures
+        self._last_publish = -float("inf")
         self.updates = 0  # base updates run by this loop
         self._updated = trio.Event()
 
@@ -130,10 +140,16 @@ class BaseReplication:
                     await base.ack()
                 continue
             if base.checkpoints_pending:
-                with trio.move_on_after(random.uniform(*self.publish_delay)) as quiet:
+                deadline = max(
+                    trio.current_time() + random.uniform(*self.publish_delay),
+                    self._last_publish + self.publish_interval,
+                )
+                with trio.move_on_at(deadline) as quiet:
                     await replicator.wait_remote_change(seen)
-                if quiet.cancelled_caught and base.checkpoints_pending:
-                    await base.publish_checkpoints()
+                published = quiet.cancelled_caught and await base.publish_checkpoints()
+                if published:
+                    self.publishes += 1
+                    self._last_publish = trio.current_time()
                 continue
             await replicator.wait_remote_change(seen)
 
