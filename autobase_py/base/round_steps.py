@@ -36,8 +36,12 @@ class RoundStepStore:
 
     def save(self, rows: Iterable[list[Any]]) -> None:
         """Rows from ``Linearizer.take_round_steps()``: ``[epoch, writer, length, rounds]``."""
-        for epoch, writer, length, rounds in rows:
-            self._storage.put(_key(epoch, writer, length), encoding.encode_trusted(rounds))
+        items = [
+            (_key(epoch, writer, length), encoding.encode_trusted(rounds))
+            for epoch, writer, length, rounds in rows
+        ]
+        if items:
+            self._storage.put_many(items)
 
     def lookup(self, epoch: int, writer: bytes, length: int) -> list[int]:
         """Round vector of the newest stored step of ``writer`` at or below ``length``."""
