@@ -40,16 +40,20 @@ writer whose signed blocks already reached a peer would then fork its log.
 
 Layout. Logs live in two tables keyed by one integer each (cheap rowid B-trees): ``logs``
 (one header row per log: key, manifest, name, length, fork, byte length, signature, frozen)
-and ``nodes`` (rowid ``log_id << 42 | flat index``: size, hash, and for a leaf whose block is
-stored, the block itself in ``data``). A block shares its row with its leaf node, and an
-append's new parents sort right beside it, so one append dirties one table page per log
-instead of two (a block table and a node table: schema version 1, which ``open`` migrates).
-Every stored block has its leaf node (the log stores a block only after verifying or
-computing that leaf). A ``blocks`` view (rowid ``log_id << 40 | index``, data) shows the
-stored blocks for inspection. ``records`` is a small ordered key-value table (bytes ->
-bytes) for other modules' state (linearizer, system state); modules prefix their keys with
-their own name (``b"base/..."``). A Storage object is used by one thread at a time (callers may move
-calls to a worker thread with ``trio.to_thread.run_sync``, never two at once).
+and ``nodes``: the tree nodes of every log, rowid ``log_id << 42 | position``, with size,
+hash, and for a leaf whose block is stored the block itself in ``data``. The *position* of a
+node is the order in which appends create nodes (each block's leaf, then the parents it
+completes: :func:`autobase_py.log.flat_tree.post_order`); callers pass positions, not flat
+indices. So an append's block and new nodes are one run of rows at the end of its log's
+range (one dirty table page, usually), a truncation is one range delete, and a subtree is one
+range. Every stored block has its leaf node (the log stores a block only with, or after,
+verifying or computing that leaf). A ``blocks`` view (the leaf's rowid, data) lists the
+stored blocks for inspection. Schema versions 1 (a separate block table, nodes by flat index)
+and 2 (blocks in leaf rows, nodes by flat index) are migrated by ``open``. ``records`` is a
+small ordered key-value table (bytes -> bytes) for other modules' state (linearizer, system
+state); modules prefix their keys with their own name (``b"base/..."``). A Storage object
+is used by one thread at a time (callers may move calls to a worker thread with
+``trio.to_thread.run_sync``, never two at once).
 """
 
 from __future__ import annotations
@@ -65,10 +69,9 @@ from typing import Protocol
 
 from .errors import StorageClosedError, StorageError, StorageLockedError
 
-SCHEMA_VERSION = 2
-BLOCK_SHIFT = 40  # block index < 2**40 (the rowids of the ``blocks`` view)
-NODE_SHIFT = 42  # flat node index < 2**42
-MAX_LOGS = 1 << 21  # log ids fit beside a node index in a signed 64-bit rowid
+SCHEMA_VERSION = 3
+NODE_SHIFT = 42  # node position < 2**42
+MAX_LOGS = 1 << 21  # log ids fit beside a node position in a signed 64-bit rowid
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -85,30 +88,15 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,
                                   hash BLOB NOT NULL, data BLOB);
 CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS blocks (id, data) AS SELECT id, data FROM nodes WHERE data IS NOT NULL;
 """
-# The stored blocks with their schema-1 rowids (``log_id << 40 | index``), for inspection.
-_BLOCKS_VIEW = f"""
-CREATE VIEW IF NOT EXISTS blocks (id, data) AS
-    SELECT ((id >> {NODE_SHIFT}) << {BLOCK_SHIFT}) + ((id & {(1 << NODE_SHIFT) - 1}) >> 1), data
-    FROM nodes WHERE data IS NOT NULL
-"""
-# Schema 1 kept blocks in their own table (rowid ``log_id << 40 | index``); version 2 moves
-# each into its leaf node's row (every stored block has its leaf node: the log stores a block
-# only with, or after, that node).
-_MIGRATE_1_TO_2 = (
-    "ALTER TABLE nodes ADD COLUMN data BLOB",
-    f"""UPDATE nodes SET data = (
-        SELECT b.data FROM blocks b
-        WHERE b.id = ((nodes.id >> {NODE_SHIFT}) << {BLOCK_SHIFT})
-                     + ((nodes.id & {(1 << NODE_SHIFT) - 1}) >> 1)
-    ) WHERE (id & 1) = 0""",
-)
 # Store tree rows (rowid, size, hash, block or None): a row without a block never erases the
 # block already stored in that leaf's row.
 _PUT_TREE = (
     "INSERT INTO nodes VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET size = excluded.size,"
     " hash = excluded.hash, data = coalesce(excluded.data, data)"
 )
+_FLAT_MASK = (1 << NODE_SHIFT) - 1
 
 
 class Participant(Protocol):
@@ -140,22 +128,47 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
-def _migrate_1_to_2(db: sqlite3.Connection) -> None:
-    """Move schema 1's ``blocks`` table into the leaf rows of ``nodes``, in one transaction
-    (a crash leaves the folder at version 1, and the next open migrates again)."""
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Rewrite the log tables of schema 1 (``blocks`` by ``log_id << 40 | index``, ``nodes``
+    by ``log_id << 42 | flat index``) or 2 (``nodes`` by flat index, blocks in their leaf's
+    row) into schema 3, in one transaction: a crash leaves the old version, which the next
+    open migrates again."""
+    from .log.flat_tree import post_order  # here: autobase_py.log imports this module
+
     db.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _MIGRATE_1_TO_2:
-            db.execute(statement)
-        blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
-        moved = db.execute("SELECT count(data) FROM nodes").fetchone()[0]
-        if moved != blocks:
-            raise StorageError(
-                f"cannot migrate storage schema 1 to 2: {blocks - moved} stored blocks have no "
-                "leaf node"
+        db.execute(
+            "CREATE TABLE nodes_3 (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,"
+            " hash BLOB NOT NULL, data BLOB)"
+        )
+        if version == 1:
+            rows = db.execute(
+                "SELECT n.id, n.size, n.hash, b.data FROM nodes n LEFT JOIN blocks b"
+                " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)",
+                (_FLAT_MASK,),
             )
-        db.execute("DROP TABLE blocks")
-        db.execute(_BLOCKS_VIEW)
+        else:
+            rows = db.execute("SELECT id, size, hash, data FROM nodes")
+        db.executemany(
+            "INSERT INTO nodes_3 VALUES (?, ?, ?, ?)",
+            (
+                (((rowid >> NODE_SHIFT) << NODE_SHIFT) + post_order(rowid & _FLAT_MASK), *rest)
+                for rowid, *rest in rows
+            ),
+        )
+        if version == 1:
+            blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
+            moved = db.execute("SELECT count(data) FROM nodes_3").fetchone()[0]
+            if moved != blocks:
+                raise StorageError(
+                    f"cannot migrate storage schema 1: {blocks - moved} stored blocks have no "
+                    "leaf node"
+                )
+            db.execute("DROP TABLE blocks")
+        else:
+            db.execute("DROP VIEW IF EXISTS blocks")
+        db.execute("DROP TABLE nodes")
+        db.execute("ALTER TABLE nodes_3 RENAME TO nodes")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -223,15 +236,15 @@ class Storage:
             db.execute("PRAGMA wal_autocheckpoint=8192")
             db.execute(f"PRAGMA journal_size_limit={32 * 1024 * 1024}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 1:
-                _migrate_1_to_2(db)
+            if version in (1, 2):
+                _migrate(db, version)
             elif version not in (0, SCHEMA_VERSION):
                 raise StorageError(
                     f"storage schema version {version} is not supported (this version of "
-                    f"autobase_py reads versions 1 and {SCHEMA_VERSION}); open the folder "
+                    f"autobase_py reads versions 1 to {SCHEMA_VERSION}); open the folder "
                     "with the autobase_py that wrote it"
                 )
-            db.executescript(_SCHEMA + ";" + _BLOCKS_VIEW)
+            db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, StorageError) as exc:
             if db is not None:  # its exclusive lock on the file goes with it
@@ -247,7 +260,7 @@ class Storage:
     def open_memory(cls) -> Storage:
         """A private in-memory database (no folder, no lock, not durable): for tests."""
         db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        db.executescript(_SCHEMA + ";" + _BLOCKS_VIEW)
+        db.executescript(_SCHEMA)
         return cls(Path(":memory:"), db, -1)
 
     def close(self) -> None:
@@ -527,87 +540,83 @@ class Storage:
         self.db.execute("UPDATE logs SET manifest = ? WHERE id = ?", (manifest, log_id))
 
     @staticmethod
-    def node_rowid(log_id: int, index: int) -> int:
-        """The ``nodes`` rowid of flat index ``index`` (block ``i`` lives at ``2 * i``)."""
-        return (log_id << NODE_SHIFT) + index
+    def tree_base(log_id: int) -> int:
+        """The ``nodes`` rowid of position 0 of the log (add a position to get a rowid)."""
+        return log_id << NODE_SHIFT
 
     def put_tree(self, rows: list[tuple[int, int, bytes, bytes | None]]) -> None:
-        """Store (rowid, size, hash, block) rows with rowids from :meth:`node_rowid`: nodes,
+        """Store (rowid, size, hash, block) rows with rowids ``tree_base + position``: nodes,
         and the block of each leaf row that has one (None keeps the leaf's stored block, if
         any). One statement: the hot path of appends and replicated ranges."""
         self.db.executemany(_PUT_TREE, rows)
 
-    def put_block(self, log_id: int, index: int, block: bytes) -> None:
-        """Store a block beside its leaf node, which must be stored already."""
+    def put_block(self, log_id: int, position: int, block: bytes) -> None:
+        """Store a block beside its leaf node (at ``position``), which must be stored already."""
         cursor = self.db.execute(
-            "UPDATE nodes SET data = ? WHERE id = ?", (block, (log_id << NODE_SHIFT) + 2 * index)
+            "UPDATE nodes SET data = ? WHERE id = ?", (block, (log_id << NODE_SHIFT) + position)
         )
         if cursor.rowcount != 1:
-            raise StorageError(f"block {index} has no stored leaf node")
+            raise StorageError(f"no stored leaf node at position {position} for a block")
 
-    def get_block(self, log_id: int, index: int) -> bytes | None:
+    def get_block(self, log_id: int, position: int) -> bytes | None:
+        """The block stored in the leaf row at ``position``, or None."""
         row = self.db.execute(
-            "SELECT data FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + 2 * index,)
+            "SELECT data FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + position,)
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
     def get_blocks(self, log_id: int, start: int, end: int) -> list[tuple[int, bytes]]:
-        """(index, block) of every stored block with ``start <= index < end``, in order."""
+        """(position, block) of every stored block whose leaf is at a position in
+        ``[start, end)``, in order (one query)."""
         base = log_id << NODE_SHIFT
         return [
-            ((rowid - base) >> 1, bytes(data))
+            (rowid - base, bytes(data))
             for rowid, data in self.db.execute(
                 "SELECT id, data FROM nodes WHERE id >= ? AND id < ? AND data IS NOT NULL"
                 " ORDER BY id",
-                (base + 2 * start, base + 2 * end),
+                (base + start, base + end),
             )
         ]
 
-    def has_block(self, log_id: int, index: int) -> bool:
+    def has_block(self, log_id: int, position: int) -> bool:
         row = self.db.execute(
-            "SELECT data IS NOT NULL FROM nodes WHERE id = ?",
-            ((log_id << NODE_SHIFT) + 2 * index,),
+            "SELECT data IS NOT NULL FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + position,)
         ).fetchone()
         return row is not None and bool(row[0])
 
-    def get_node(self, log_id: int, index: int) -> tuple[int, bytes] | None:
-        """(size, hash) of a stored node, or None."""
+    def get_node(self, log_id: int, position: int) -> tuple[int, bytes] | None:
+        """(size, hash) of the node stored at ``position``, or None."""
         row = self.db.execute(
-            "SELECT size, hash FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + index,)
+            "SELECT size, hash FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + position,)
         ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
-    def get_nodes(self, log_id: int, indices: list[int]) -> dict[int, tuple[int, bytes]]:
-        """{flat index: (size, hash)} for those of ``indices`` that are stored (one query)."""
-        if not indices:
+    def get_nodes(self, log_id: int, positions: list[int]) -> dict[int, tuple[int, bytes]]:
+        """{position: (size, hash)} for those of ``positions`` that are stored (one query)."""
+        if not positions:
             return {}
         base = log_id << NODE_SHIFT
-        marks = ",".join("?" * len(indices))
+        marks = ",".join("?" * len(positions))
         rows = self.db.execute(
             f"SELECT id, size, hash FROM nodes WHERE id IN ({marks})",
-            [base + i for i in indices],
+            [base + i for i in positions],
         )
         return {rowid - base: (size, bytes(h)) for rowid, size, h in rows}
 
-    def truncate_log(self, log_id: int, length: int, straddlers: list[int]) -> None:
-        """Drop blocks at index >= length and nodes at flat index >= 2*length or in
-        ``straddlers`` (nodes below ``2*length`` whose span crosses the cut): one statement."""
-        base = log_id << NODE_SHIFT
-        sql = "DELETE FROM nodes WHERE id >= ? AND id < ?"
-        if straddlers:
-            sql += f" OR id IN ({','.join('?' * len(straddlers))})"
+    def truncate_log(self, log_id: int, position: int) -> None:
+        """Drop the log's nodes and blocks at positions >= ``position`` (one statement)."""
         self.db.execute(
-            sql, [base + 2 * length, (log_id + 1) << NODE_SHIFT, *(base + i for i in straddlers)]
+            "DELETE FROM nodes WHERE id >= ? AND id < ?",
+            ((log_id << NODE_SHIFT) + position, (log_id + 1) << NODE_SHIFT),
         )
 
-    def retain_spans(self, log_id: int, spans: Iterable[tuple[int, int]]) -> None:
-        """Drop every block and node of the log outside the given subtrees, each given by its
-        (left, right) flat span: a subtree's nodes are exactly the flat indices of its span,
-        its blocks those of its leaves."""
+    def retain_runs(self, log_id: int, runs: Iterable[tuple[int, int]]) -> None:
+        """Drop every node and block of the log outside the given (first, last) runs of
+        positions (a subtree's nodes are one run)."""
         base = log_id << NODE_SHIFT
         gaps = []
         start = 0
-        for first, last in sorted(spans):
+        for first, last in sorted(runs):
             if first > start:
                 gaps.append((base + start, base + first))
             start = max(start, last + 1)
@@ -626,4 +635,4 @@ class Storage:
         return [(bytes(k), n) for k, n in self.db.execute("SELECT key, name FROM logs ORDER BY id")]
 
 
-__all__ = ["BLOCK_SHIFT", "NODE_SHIFT", "LogRow", "Participant", "Storage"]
+__all__ = ["NODE_SHIFT", "LogRow", "Participant", "Storage"]

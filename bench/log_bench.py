@@ -1,7 +1,8 @@
 """Benchmark the signed log: durable appends, proof generation and verification, a replica
 storing ranges (``apply_range``) against one proof per block, and the machine's own limits
 (ed25519 sign/verify, BLAKE2b-256 on 100 bytes, fsync) measured by the same script so the
-log's figures can be read against them.
+log's figures can be read against them; and the WAL frames (dirty pages) a commit writes for
+the base's shapes of appends.
 
 Run from the repo root: ``.venv/bin/python bench/log_bench.py [--quick]``. Prints one JSON
 object per line. Storage folders are created next to the repo (same disk), then removed.
@@ -32,7 +33,8 @@ BLOCK = b"x" * 100
 
 
 def emit(bench: str, figure: str, value: float, unit: str, **params: object) -> None:
-    print(json.dumps({"bench": bench, "figure": figure, "value": round(value, 1), "unit": unit,
+    value = round(value, 2 if value < 100 else 1)
+    print(json.dumps({"bench": bench, "figure": figure, "value": value, "unit": unit,
                       **params}), flush=True)
 
 
@@ -97,6 +99,43 @@ def appends(folder: Path) -> None:
          blocks_per_call=100, block_bytes=100, calls=groups * 10,
          commit="one per 10 calls (group commit)")
     storage.close()
+
+
+def wal_frames(folder: Path) -> None:
+    """Dirty pages per commit (WAL frames: the WAL's growth with checkpoints off), for an
+    oplog append alone and beside a view append (the base's cycle), with and without a
+    truncation of the view (the base's undo). Commit CPU is about proportional to frames."""
+    frame = 4096 + 24
+    n = 300 if QUICK else 2000
+    for kind in ("oplog 1 block", "oplog 100 blocks", "oplog 1 + view 1 of 2 KiB",
+                 "oplog 1 + view truncate 1 + append 2 of 2 KiB"):
+        path = folder / f"wal-{len(kind)}"
+        storage = Storage.open(path, fsync=False)
+        storage.db.execute("PRAGMA wal_autocheckpoint=0")
+        oplog = Log.create(storage, crypto.key_pair(bytes([21]) * 32))
+        view = Log.create(storage, crypto.key_pair(bytes([22]) * 32))
+        view.signed_appends = False
+        per = 100 if kind == "oplog 100 blocks" else 1
+
+        def cycle(oplog: Log = oplog, view: Log = view, kind: str = kind, per: int = per,
+                  storage: Storage = storage) -> None:
+            with storage.transaction():
+                oplog.append([b"o" * 365] * per)
+                if "truncate" in kind and view.length:
+                    view.truncate(view.length - 1)
+                    view.append([b"v" * 2048] * 2)
+                elif "view" in kind:
+                    view.append([b"v" * 2048])
+
+        for _ in range(200):
+            cycle()
+        wal = path / "db.sqlite-wal"
+        start = wal.stat().st_size
+        for _ in range(n):
+            cycle()
+        emit("log", "wal_frames_per_commit", (wal.stat().st_size - start) / frame / n, "frames",
+             kind=kind, commits=n)
+        storage.close()
 
 
 def proofs(folder: Path) -> None:
@@ -220,6 +259,7 @@ def main() -> None:
         folder = Path(tmp)
         machine_limits(folder)
         appends(folder)
+        wal_frames(folder)
         proofs(folder)
         ranges(folder)
 

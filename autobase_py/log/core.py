@@ -4,10 +4,14 @@ Theory of operation
 -------------------
 State. A log's header (length, fork, byte length, signature, frozen) lives in the ``logs`` row;
 tree nodes live in the ``nodes`` table, each block in its leaf node's row, so memory holds only
-the header and the roots of the current length (at most 64 nodes). A *writable* log holds its
-signer's key pair and stores every block and every node; a *replica* knows only the key until
-a proof brings the manifest, and may be sparse: it stores the blocks it was sent plus every
-node it verified (the roots of its length, upgrade nodes, and the uncles on each block's path).
+the header and the roots of the current length (at most 64 nodes). Storage keys nodes by their
+:func:`~.flat_tree.post_order` position (the order appends create them), so an append writes
+one run of rows at the end of the log's range and a truncation deletes one range; this module
+speaks flat indices and converts at each storage call (``_nodes``, ``_pos``). A *writable* log
+holds its signer's key pair and stores every block and every node; a *replica* knows only the
+key until a proof brings the manifest, and may be sparse: it stores the blocks it was sent plus
+every node it verified (the roots of its length, upgrade nodes, and the uncles on each block's
+path).
 
 Invariant: every stored node is trusted (verified against a signed tree or computed locally),
 and the roots of the current length are stored. That is what lets a replica verify a block
@@ -67,6 +71,9 @@ from .proof import (
     verify_block_path,
     verify_range,
 )
+
+_pos = flat_tree.post_order
+_leaf_pos = flat_tree.leaf_post_order
 
 
 class ProofMismatchError(InvalidProofError):
@@ -150,13 +157,23 @@ class Log:
         self._load(row)
 
     def _stored_roots(self, length: int) -> list[Node]:
+        indices = flat_tree.full_roots(length)
+        found = self._nodes(indices)
         roots = []
-        for index in flat_tree.full_roots(length):
-            found = self.storage.get_node(self._id, index)
-            if found is None:
+        for index in indices:
+            if index not in found:
                 raise BlockNotAvailableError(f"tree node {index} for length {length} not stored")
-            roots.append(Node(index, found[0], found[1]))
+            size, digest = found[index]
+            roots.append(Node(index, size, digest))
         return roots
+
+    def _nodes(self, indices: list[int]) -> dict[int, ProofNode]:
+        """{flat index: (size, hash)} of those of ``indices`` that are stored (one query)."""
+        if not indices:
+            return {}
+        positions = {_pos(i): i for i in indices}
+        got = self.storage.get_nodes(self._id, list(positions))
+        return {positions[p]: node for p, node in got.items()}
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -170,7 +187,7 @@ class Log:
     def get(self, index: int) -> bytes:
         if not 0 <= index < self.length:
             raise BlockNotAvailableError(f"block {index} is past the log's length {self.length}")
-        block = self.storage.get_block(self._id, index)
+        block = self.storage.get_block(self._id, _leaf_pos(index))
         if block is None:
             raise BlockNotAvailableError(f"block {index} is not stored locally")
         return block
@@ -182,14 +199,16 @@ class Log:
         if not 0 <= start < end:
             return []
         run: list[bytes] = []
-        for index, block in self.storage.get_blocks(self._id, start, end):
-            if index != start + len(run):
+        expect = _leaf_pos(start)  # the next block's leaf position
+        for position, block in self.storage.get_blocks(self._id, expect, _leaf_pos(end)):
+            if position != expect:
                 break
             run.append(block)
+            expect = _leaf_pos(start + len(run))
         return run
 
     def has(self, index: int) -> bool:
-        return 0 <= index < self.length and self.storage.has_block(self._id, index)
+        return 0 <= index < self.length and self.storage.has_block(self._id, _leaf_pos(index))
 
     def roots(self, length: int | None = None) -> list[Node]:
         """The roots of ``length`` (default: the current length)."""
@@ -223,9 +242,9 @@ class Log:
         if not blocks:
             return self.length
         roots = list(self._roots)
-        # Rows go straight to storage as (rowid, size, hash, block): ``base + flat index``,
-        # each block in its leaf's row
-        base = self.storage.node_rowid(self._id, 0)
+        # Rows go straight to storage as (rowid, size, hash, block), each block in its leaf's
+        # row; the rowids of the new nodes are consecutive: ``base + position``
+        row = self.storage.tree_base(self._id) + _leaf_pos(self.length)
         rows: list[tuple[int, int, bytes, bytes | None]] = []
         add = rows.append
         length = self.length
@@ -239,7 +258,8 @@ class Log:
             digest = blake2b(
                 b"\x00" + size.to_bytes(8, "little") + block, digest_size=32
             ).digest()
-            add((base + index, size, digest, block))
+            add((row, size, digest, block))
+            row += 1
             byte_length += size
             length += 1
             folds = (length & -length).bit_length() - 1
@@ -251,7 +271,8 @@ class Log:
                 digest = blake2b(
                     b"\x01" + size.to_bytes(8, "little") + left.hash + digest, digest_size=32
                 ).digest()
-                add((base + index, size, digest, None))
+                add((row, size, digest, None))
+                row += 1
                 depth += 1
                 folds -= 1
             roots.append(Node(index, size, digest))
@@ -293,7 +314,7 @@ class Log:
             storage.enlist(self)
             if self.durable_appends:
                 storage.require_sync()
-            storage.truncate_log(self._id, length, flat_tree.straddlers(length))
+            storage.truncate_log(self._id, _leaf_pos(length))
             storage.write_header(self._id, length, fork, byte_length, signature)
             self.length = length
             self.fork = fork
@@ -304,7 +325,7 @@ class Log:
     # --- proofs ------------------------------------------------------------------------------
 
     def _node(self, index: int) -> ProofNode:
-        found = self.storage.get_node(self._id, index)
+        found = self.storage.get_node(self._id, _pos(index))
         if found is None:
             raise BlockNotAvailableError(f"tree node {index} is not stored; cannot prove")
         return found
@@ -320,7 +341,7 @@ class Log:
             raise BlockNotAvailableError("this log has no signed length to prove")
         walk = list(upgrade_walk(upgrade_from, self.length))
         wanted = [node for step, node in walk if step == "sent"]
-        got = self.storage.get_nodes(self._id, wanted)
+        got = self._nodes(wanted)
         sent = [got[n] if n in got else self._node(n) for n in wanted]  # _node raises
         upgrade = UpgradeProof(upgrade_from, self.length, tuple(sent), self.signature)
         return upgrade, [node for _, node in walk]
@@ -350,7 +371,7 @@ class Log:
             while node not in target:
                 wanted.append(flat_tree.sibling(node))
                 node = flat_tree.parent(node)
-            found = self.storage.get_nodes(self._id, wanted)
+            found = self._nodes(wanted)
             if len(found) != len(wanted):
                 missing = next(i for i in wanted if i not in found)
                 raise BlockNotAvailableError(f"tree node {missing} is not stored; cannot prove")
@@ -406,7 +427,7 @@ class Log:
                 path.append(flat_tree.parent(path[-1]))
             if fork_change:
                 path = [i for i in path if any(a <= i <= b for a, b in kept)]
-            stored = self.storage.get_nodes(self._id, path)
+            stored = self._nodes(path)
             stored.update(trusted)
             trusted = stored
             learned.extend(verify_block_path(block, trusted.get))
@@ -415,18 +436,21 @@ class Log:
         with storage.transaction():
             storage.enlist(self)
             if fork_change:
-                storage.retain_spans(self._id, kept)
+                storage.retain_runs(self._id, _runs(kept))
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
-            base = storage.node_rowid(self._id, 0)
+            base = storage.tree_base(self._id)
             leaf, value = (-1, None) if block is None else (2 * block.index, block.value)
             if learned:
                 storage.put_tree(
-                    [(base + n.index, n.size, n.hash, value if n.index == leaf else None)
-                     for n in learned]
+                    [
+                        (base + _pos(n.index), n.size, n.hash, value if n.index == leaf else None)
+                        for n in learned
+                    ]
                 )
             if block is not None and all(n.index != leaf for n in learned):
-                storage.put_block(self._id, block.index, block.value)  # its leaf was stored
+                # its leaf was stored already
+                storage.put_block(self._id, _leaf_pos(block.index), block.value)
             if header is not None:
                 storage.write_header(self._id, header[0], proof.fork, header[1], header[2])
                 self.reload()
@@ -443,7 +467,7 @@ class Log:
         if len(values) != end - start:
             self.get(start + len(values))  # raises BlockNotAvailableError naming the block
         wanted = range_uncles(start, end, self.length)
-        found = self.storage.get_nodes(self._id, wanted)
+        found = self._nodes(wanted)
         if len(found) != len(wanted):
             missing = next(i for i in wanted if i not in found)
             raise BlockNotAvailableError(f"tree node {missing} is not stored; cannot prove")
@@ -549,15 +573,18 @@ class Log:
             raise ProofMismatchError(
                 f"range proof is for length {length}; the replica trusts {self.length}"
             )
-        base = self.storage.node_rowid(self._id, 0)
-        node_rows = verify_range(start, values, anchors, nodes, base)
+        base = self.storage.tree_base(self._id)
+        # our roots are stored (and stay so unless the fork changes): uncles equal to them
+        # need no rewrite, which would dirty their old pages
+        stored = None if fork_change else {r.index: (r.size, r.hash) for r in self._roots}
+        node_rows = verify_range(start, values, anchors, nodes, base, stored=stored)
         # Everything is verified: store it.
-        node_rows.extend((base + n.index, n.size, n.hash, None) for n in learned)
+        node_rows.extend((base + _pos(n.index), n.size, n.hash, None) for n in learned)
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
             if fork_change:
-                storage.retain_spans(self._id, kept)
+                storage.retain_runs(self._id, _runs(kept))
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
             storage.put_tree(node_rows)
@@ -575,7 +602,7 @@ class Log:
         """Flat spans of the new fork's roots that this replica already stores with the same
         size and hash: equal root hashes mean equal subtrees, so what it holds there stays."""
         roots = flat_tree.full_roots(length)
-        stored = self.storage.get_nodes(self._id, roots)
+        stored = self._nodes(roots)
         return [
             (flat_tree.left_span(r), flat_tree.right_span(r))
             for r in roots
@@ -648,6 +675,11 @@ class Log:
                 self._id, self.length, self.fork, self.byte_length, self.signature, frozen=True
             )
             self.frozen = True
+
+
+def _runs(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (first, last) storage positions of the subtrees with these flat spans."""
+    return [(_leaf_pos(left // 2), _pos((left + right) // 2)) for left, right in spans]
 
 
 __all__ = ["Log", "ProofMismatchError"]

@@ -91,6 +91,21 @@ def root_containing(block: int, length: int) -> int:
     raise ValueError(f"block {block} is not below length {length}")
 
 
+def post_order(i: int) -> int:
+    """The position of node ``i`` in the order appends create nodes (post-order: each block's
+    leaf, then the parents it completes). A subtree's nodes are a contiguous run of positions
+    ending at its root, and the nodes of the first ``L`` blocks' complete subtrees are exactly
+    positions ``< leaf_post_order(L)``."""
+    d = ((i + 1) & -(i + 1)).bit_length() - 1
+    first = (i >> (d + 1)) << d  # the block under its left-most leaf
+    return 2 * first - first.bit_count() + (2 << d) - 2
+
+
+def leaf_post_order(block: int) -> int:
+    """:func:`post_order` of block ``block``'s leaf (``2 * block``)."""
+    return 2 * block - block.bit_count()
+
+
 def straddlers(length: int) -> list[int]:
     """Nodes with an index below ``2 * length`` whose span reaches past block ``length - 1``.
 
@@ -114,9 +129,11 @@ __all__ = [
     "full_roots",
     "index",
     "leaf_count",
+    "leaf_post_order",
     "left_span",
     "offset",
     "parent",
+    "post_order",
     "right_span",
     "root_containing",
     "sibling",

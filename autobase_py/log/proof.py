@@ -302,7 +302,7 @@ def range_uncles(start: int, end: int, length: int) -> list[int]:
     return out
 
 
-NodeRow = tuple[int, int, bytes, bytes | None]  # (flat index, size, hash, leaf's block)
+NodeRow = tuple[int, int, bytes, bytes | None]  # (rowid, size, hash, leaf's block)
 
 
 def verify_range(
@@ -311,6 +311,8 @@ def verify_range(
     anchors: Sequence[Node],
     given: Mapping[int, ProofNode],
     rowid_base: int = 0,
+    *,
+    stored: Mapping[int, ProofNode] | None = None,
 ) -> list[NodeRow]:
     """Hash blocks ``[start, start + len(values))`` bottom-up once and on up to the trusted
     ``anchors`` (the roots of a length covering the range), taking the nodes outside the range
@@ -318,8 +320,10 @@ def verify_range(
     of ``given`` that the range recomputes must equal it too. Returns every node learned (the
     range's subtrees, the nodes above them up to the anchors, the outside nodes used), the
     range's leaves carrying their blocks and the others None; InvalidProofError otherwise.
-    Nodes of ``given`` above the anchors are ignored. ``rowid_base`` is added to every index
-    returned (a storage rowid base)."""
+    Nodes of ``given`` above the anchors are ignored. Rows are keyed ``rowid_base`` plus the
+    node's :func:`~.flat_tree.post_order` position (the storage's rowids). Nodes of ``given``
+    used as they are in ``stored`` (what the caller stores already, by flat index) are not
+    returned: rewriting a row with the same bytes would still dirty its page."""
     end = start + len(values)
     if not values:
         raise InvalidProofError("a range proof carries at least one block")
@@ -364,7 +368,8 @@ def verify_range(
             found = given.get(node)
             if found is None:
                 raise InvalidProofError(f"range proof lacks node {node}")
-            used.append((node, found[0], found[1]))
+            if stored is None or stored.get(node) != found:
+                used.append((node, found[0], found[1]))
             return found
         step = (half + 1) >> 1  # the children sit half a span either side
         a, b = resolve(node - step), resolve(node + step)
@@ -393,20 +398,20 @@ def verify_range(
             computed = above.get(index)
         if computed is not None and computed != node:
             raise InvalidProofError(f"node {index} does not match blocks [{start}, {end})")
-    rows: list[NodeRow] = [(rowid_base + i, size, digest, None) for i, size, digest in used]
-    rows.extend((rowid_base + i, size, digest, None) for i, (size, digest) in above.items())
-    at = rowid_base + 2 * start  # the leaves, with their blocks
-    rows.extend(
-        (at + 2 * k, size, digest, value)
-        for k, ((size, digest), value) in enumerate(zip(levels[0][1], values, strict=True))
+    pos = flat_tree.post_order
+    rows: list[NodeRow] = [(rowid_base + pos(i), size, digest, None) for i, size, digest in used]
+    rows.extend((rowid_base + pos(i), size, digest, None) for i, (size, digest) in above.items())
+    rows.extend(  # the leaves, with their blocks
+        (rowid_base + 2 * b - b.bit_count(), size, digest, value)
+        for b, (size, digest), value in zip(range(start, end), levels[0][1], values, strict=True)
     )
     for depth, (first, nodes) in enumerate(levels[1:], 1):
-        step = 1 << (depth + 1)  # consecutive nodes of one depth
-        at = rowid_base + first * step + (1 << depth) - 1
-        indices = range(at, at + len(nodes) * step, step)
+        # the node of this depth over blocks [b, b + 2**depth): position 2b - popcount(b) + ...
+        top = (2 << depth) - 2
+        firsts = range(first << depth, (first + len(nodes)) << depth, 1 << depth)
         rows.extend(
-            (index, size, digest, None)
-            for index, (size, digest) in zip(indices, nodes, strict=True)
+            (rowid_base + 2 * b - b.bit_count() + top, size, digest, None)
+            for b, (size, digest) in zip(firsts, nodes, strict=True)
         )
     return rows
 

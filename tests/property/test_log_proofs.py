@@ -608,8 +608,8 @@ def test_apply_blocks_checks_every_node_it_recomputes() -> None:
     replica.apply_proof(writer.proof(None, upgrade_from=0))
     proof = writer.range_proof(5, 11)
     nodes = dict(zip(range_uncles(5, 11, 16), proof.nodes, strict=True))
-    inside = {14: writer.storage.get_node(writer.storage.find_log(key=writer.key).id, 14)}
-    assert inside[14] is not None
+    found = writer._nodes([14])
+    inside = {14: found[14]}
     before = stored(replica)
     bad_inside = {14: (inside[14][0], bytes(32))}
     with pytest.raises(InvalidProofError):

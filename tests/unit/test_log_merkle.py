@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autobase_py import crypto
@@ -153,3 +153,25 @@ def test_manifest_decode_truncated_prefixes(hypercore_vectors: dict[str, Any]) -
             Manifest.decode(encoded[:cut])
     with pytest.raises(DecodeError):
         Manifest.decode(encoded + b"\x00")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=200))
+def test_post_order_is_the_order_appends_create_nodes(length: int) -> None:
+    created: list[int] = []  # flat indices in creation order, as Log.append folds them
+    roots: list[int] = []
+    for n in range(1, length + 1):
+        index = 2 * (n - 1)
+        created.append(index)
+        for depth in range((n & -n).bit_length() - 1):
+            index = roots.pop() + (1 << depth)
+            created.append(index)
+        roots.append(index)
+    assert [flat_tree.post_order(i) for i in created] == list(range(len(created)))
+    assert flat_tree.leaf_post_order(length) == len(created)
+    for root in flat_tree.full_roots(length):  # a subtree is one run ending at its root
+        inside = [
+            flat_tree.post_order(i)
+            for i in range(flat_tree.left_span(root), flat_tree.right_span(root) + 1)
+        ]
+        assert sorted(inside) == list(range(min(inside), flat_tree.post_order(root) + 1))

@@ -1,5 +1,7 @@
-"""Storage schema: blocks live in their leaf node's row (version 2); a version-1 folder (blocks
-in a table of their own) is migrated on open; unknown versions are refused."""
+"""Storage schema 3: nodes keyed by creation (post-order) position, each block in its leaf
+node's row; version-1 folders (blocks in a table of their own, nodes by flat index) and
+version-2 folders (blocks in leaf rows, nodes by flat index) are migrated on open; unknown
+versions are refused."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import pytest
 
 from autobase_py import crypto
 from autobase_py.errors import StorageError
-from autobase_py.log import Log
-from autobase_py.storage import BLOCK_SHIFT, NODE_SHIFT, SCHEMA_VERSION, Storage
+from autobase_py.log import Log, flat_tree
+from autobase_py.storage import NODE_SHIFT, SCHEMA_VERSION, Storage
+
+BLOCK_SHIFT = 40  # schema 1's block rowids: log_id << 40 | index
+FLAT = {flat_tree.post_order(i): i for i in range(256)}  # position -> flat index, small logs
 
 # Schema version 1, as written by earlier releases (kept literally: it is a file format).
 _SCHEMA_1 = """
@@ -33,24 +38,33 @@ PRAGMA user_version=1;
 """
 
 
-def _write_version_1(folder: Path, source: Storage) -> None:
-    """A version-1 folder holding what ``source`` holds (logs, blocks, nodes, records)."""
+_SCHEMA_2 = (
+    _SCHEMA_1.replace("CREATE TABLE blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);\n", "")
+    .replace("hash BLOB NOT NULL);", "hash BLOB NOT NULL, data BLOB);")
+    .replace("user_version=1", "user_version=2")
+)
+
+
+def _write_old(folder: Path, source: Storage, version: int) -> None:
+    """A folder of schema ``version`` (1 or 2) holding what ``source`` holds."""
     folder.mkdir()
     db = sqlite3.connect(folder / "db.sqlite")
-    db.executescript(_SCHEMA_1)
+    db.executescript(_SCHEMA_1 if version == 1 else _SCHEMA_2)
     src = source.db
     db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?)", src.execute("SELECT * FROM logs"))
-    nodes = src.execute("SELECT id, size, hash FROM nodes")
-    db.executemany("INSERT INTO nodes VALUES (?,?,?)", nodes)
     db.executemany("INSERT INTO records VALUES (?,?)", src.execute("SELECT * FROM records"))
-    base = 1 << BLOCK_SHIFT
-    blocks = []
-    for log_id, length in src.execute("SELECT id, length FROM logs"):
-        for index in range(length):
-            block = source.get_block(log_id, index)
-            if block is not None:
-                blocks.append((log_id * base + index, block))
-    db.executemany("INSERT INTO blocks VALUES (?,?)", blocks)
+    mask = (1 << NODE_SHIFT) - 1
+    for rowid, size, digest, data in src.execute("SELECT * FROM nodes"):
+        log_id, flat = rowid >> NODE_SHIFT, FLAT[rowid & mask]
+        old_rowid = (log_id << NODE_SHIFT) + flat  # schema 1 and 2: nodes by flat index
+        if version == 2:
+            db.execute("INSERT INTO nodes VALUES (?,?,?,?)", (old_rowid, size, digest, data))
+            continue
+        db.execute("INSERT INTO nodes VALUES (?,?,?)", (old_rowid, size, digest))
+        if data is not None:
+            db.execute(
+                "INSERT INTO blocks VALUES (?,?)", ((log_id << BLOCK_SHIFT) + flat // 2, data)
+            )
     db.commit()
     db.close()
 
@@ -71,23 +85,29 @@ def _filled(tmp_path: Path) -> tuple[Storage, Log, Log]:
     return storage, writer, replica
 
 
-def test_a_block_shares_its_leaf_nodes_row(tmp_path: Path) -> None:
+def test_an_append_writes_one_run_of_rows_in_creation_order(tmp_path: Path) -> None:
     with Storage.open(tmp_path / "s") as storage:
         writer = Log.create(storage, crypto.key_pair(bytes([2]) * 32))
         writer.append([b"a", b"bc", b"def"])
+        base = storage.tree_base(writer._id)
         rows = storage.db.execute("SELECT id, size, data FROM nodes ORDER BY id").fetchall()
-        base = writer._id << NODE_SHIFT
+        # leaf 0, leaf 1, their parent (flat 1), leaf 2: each block in its leaf's row
         assert [(i - base, s, d) for i, s, d in rows] == [
             (0, 1, b"a"),
-            (1, 3, None),
-            (2, 2, b"bc"),
-            (4, 3, b"def"),
+            (1, 2, b"bc"),
+            (2, 3, None),
+            (3, 3, b"def"),
         ]
-        # the blocks view shows them with their block-index rowids
+        writer.append([b"g"])  # leaf 3, parents flat 5 and 3: positions 4, 5, 6
+        assert storage.db.execute("SELECT max(id) FROM nodes").fetchone()[0] - base == 6
         assert storage.db.execute("SELECT * FROM blocks ORDER BY id").fetchall() == [
-            ((writer._id << BLOCK_SHIFT) + i, b) for i, b in enumerate([b"a", b"bc", b"def"])
+            (base + p, b) for p, b in [(0, b"a"), (1, b"bc"), (3, b"def"), (4, b"g")]
         ]
-        assert storage.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        # a truncation keeps exactly the positions below the cut's leaf
+        writer.truncate(3)
+        kept = [i - base for (i,) in storage.db.execute("SELECT id FROM nodes ORDER BY id")]
+        assert kept == [0, 1, 2, 3]
+        assert storage.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_an_uncle_leaf_never_erases_the_block_stored_in_its_row() -> None:
@@ -97,20 +117,21 @@ def test_an_uncle_leaf_never_erases_the_block_stored_in_its_row() -> None:
     replica.apply_proof(writer.proof(5, upgrade_from=0))
     # block 4's range proof carries leaf 10 (block 5) as an uncle, without block 5
     replica.apply_range(writer.range_proof(4, 5))
-    # block 5's per-block proof: its leaf is stored already (trusted), so the block goes
+    # block 4's per-block proof: its leaf is stored already (trusted), so the block goes
     # into that row
     replica.apply_proof(writer.proof(4))
     assert [replica.get(i) for i in (4, 5)] == [b"b4", b"b5"]
     assert replica.storage.count_blocks(replica._id) == 2
 
 
-def test_version_1_folder_is_migrated_on_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_folder_is_migrated_on_open(tmp_path: Path, version: int) -> None:
     storage, writer, replica = _filled(tmp_path)
     expected = {
         table: storage.db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
         for table in ("logs", "blocks", "nodes")
     }
-    _write_version_1(tmp_path / "old", storage)
+    _write_old(tmp_path / "old", storage, version)
     storage.close()
     with Storage.open(tmp_path / "old") as migrated:
         assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -135,7 +156,7 @@ def test_version_1_folder_is_migrated_on_open(tmp_path: Path) -> None:
 
 def test_a_version_1_block_without_its_leaf_node_stops_the_migration(tmp_path: Path) -> None:
     storage, writer, _ = _filled(tmp_path)
-    _write_version_1(tmp_path / "old", storage)
+    _write_old(tmp_path / "old", storage, 1)
     storage.close()
     db = sqlite3.connect(tmp_path / "old" / "db.sqlite")
     db.execute("DELETE FROM nodes WHERE id = ?", ((writer._id << NODE_SHIFT) + 2 * 4,))
@@ -152,8 +173,8 @@ def test_a_version_1_block_without_its_leaf_node_stops_the_migration(tmp_path: P
 def test_an_unknown_schema_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     Storage.open(tmp_path / "s").close()
     db = sqlite3.connect(tmp_path / "s" / "db.sqlite")
-    db.execute("PRAGMA user_version=3")
+    db.execute("PRAGMA user_version=4")
     db.close()
-    with pytest.raises(StorageError, match="schema version 3 is not supported"):
-        Storage.open(tmp_path / "s")
-    Storage.open(tmp_path / "s2").close()  # and the lock was released on the way out
+    for _ in range(2):  # the failed open released the folder's lock and SQLite's
+        with pytest.raises(StorageError, match="schema version 4 is not supported"):
+            Storage.open(tmp_path / "s")
