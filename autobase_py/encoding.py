@@ -178,8 +178,14 @@ def _put(obj: Any, out: list[bytes], depth: int) -> None:
         out.append(_BYTES_HEADS[n] if n < 256 else _big_head(MAJOR_BYTES, n))
         out.append(obj)
     elif kind is int:
-        if obj >= 0:
-            out.append(_UINTS[obj] if obj < 256 else _big_head(MAJOR_UINT, obj))
+        if 0 <= obj < 256:
+            out.append(_UINTS[obj])
+        elif 0 <= obj < 0x10000:
+            out.append(_PACK16(0x19, obj))
+        elif 0 <= obj < 0x100000000:
+            out.append(_PACK32(0x1A, obj))
+        elif obj >= 0:
+            out.append(_big_head(MAJOR_UINT, obj))
         else:
             out.append(_NEGINTS[-1 - obj] if obj >= -256 else _big_head(MAJOR_NEGINT, -1 - obj))
     elif kind is list or kind is tuple:
@@ -227,27 +233,37 @@ def _put(obj: Any, out: list[bytes], depth: int) -> None:
         raise _NotPlainError
 
 
-def _dumps(obj: Any) -> bytes:
-    """``cbor2.dumps(obj, canonical=True)``, byte for byte, assembled in Python when it can."""
+def _encode_plain(obj: Any) -> bytes | None:
+    """The canonical CBOR of ``obj`` if it is all plain (exact None, bool, 64-bit int, bytes,
+    str, list/tuple, dict with str/int keys, at most MAX_DEPTH levels), else None. A value it
+    encodes passes ``_check`` too, so callers that get bytes skip that walk."""
     out: list[bytes] = []
     try:
         _put(obj, out, 0)
     except (_NotPlainError, UnicodeEncodeError, TypeError):
-        # floats, bignums, subclasses, deep or cyclic nesting, lone surrogates, keys that do
-        # not compare: cbor2 encodes (or refuses) them as it always did
-        return bytes(cbor2.dumps(obj, canonical=True))
+        return None  # floats, bignums, subclasses, deep or cyclic nesting, lone surrogates
     return b"".join(out)
+
+
+def _dumps(obj: Any) -> bytes:
+    """``cbor2.dumps(obj, canonical=True)``, byte for byte, assembled in Python when it can."""
+    data = _encode_plain(obj)
+    if data is None:
+        return bytes(cbor2.dumps(obj, canonical=True))
+    return data
 
 
 def encode(obj: Any) -> bytes:
     """Canonical CBOR bytes of ``obj`` (tuples encode as arrays, bytearray as bytes)."""
     if isinstance(obj, bytearray):
         obj = bytes(obj)
-    _check(obj, 0, EncodeError)
-    try:
-        data = _dumps(obj)
-    except Exception as exc:  # cbor2 raises several types; one boundary converts them
-        raise EncodeError(f"cannot encode: {exc}") from exc
+    data = _encode_plain(obj)
+    if data is None:
+        _check(obj, 0, EncodeError)
+        try:
+            data = bytes(cbor2.dumps(obj, canonical=True))
+        except Exception as exc:  # cbor2 raises several types; one boundary converts them
+            raise EncodeError(f"cannot encode: {exc}") from exc
     if len(data) > MAX_SIZE:
         raise EncodeError(f"encoding is {len(data)} bytes, over the {MAX_SIZE}-byte limit")
     return data
@@ -289,19 +305,13 @@ def decode(data: bytes, *, strict: bool = True) -> Any:
     if not strict:
         _check(obj, 0, DecodeError)
     else:
-        # The Python encoder takes only exact plain types, str/int keys and at most MAX_DEPTH
-        # levels, so when it succeeds ``_check`` has nothing to say and is skipped.
-        out: list[bytes] = []
-        try:
-            _put(obj, out, 0)
-        except (_NotPlainError, UnicodeEncodeError, TypeError):
+        canonical = _encode_plain(obj)
+        if canonical is None:
             _check(obj, 0, DecodeError)
             try:
                 canonical = bytes(cbor2.dumps(obj, canonical=True))
             except Exception as exc:
                 raise DecodeError(f"cannot re-encode decoded value: {exc}") from exc
-        else:
-            canonical = b"".join(out)
         if canonical != raw:
             raise DecodeError("not canonical CBOR (or trailing bytes)")
     return obj

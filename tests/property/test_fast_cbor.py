@@ -113,6 +113,33 @@ def test_python_encoder_is_cbor2_canonical(value: Any) -> None:
         assert encoding.encode_trusted(value) == expected
 
 
+def reference_encode(value: Any) -> tuple[str, Any]:
+    """``encoding.encode`` before the Python encoder: the type walk, then cbor2."""
+    if isinstance(value, bytearray):
+        value = bytes(value)
+    try:
+        encoding._check(value, 0, EncodeError)
+    except EncodeError as exc:
+        return ("error", exc.message)
+    try:
+        return ("ok", bytes(cbor2.dumps(value, canonical=True)))
+    except Exception:
+        return ("error", "cannot encode")
+
+
+@given(values)
+@example(deep(encoding.MAX_DEPTH))
+@example(deep(encoding.MAX_DEPTH + 1))
+@example({b"k": 1})  # a bytes key: refused by encode, fine for encode_trusted
+@example(bytearray(b"ab"))
+def test_encode_behaves_as_before(value: Any) -> None:
+    try:
+        got: tuple[str, Any] = ("ok", encoding.encode(value))
+    except EncodeError as exc:
+        got = ("error", "cannot encode" if exc.message.startswith("cannot encode") else exc.message)
+    assert got == reference_encode(value)
+
+
 @given(st.dictionaries(st.sampled_from(["v", "heads", "batch", "value", "x", "yy"]), all_ints,
                        min_size=2), st.randoms(use_true_random=False))
 def test_remembered_key_orders_never_change_the_bytes(obj: dict[str, int], rnd: Any) -> None:
