@@ -104,6 +104,9 @@ def reference_dumps(value: Any) -> bytes | type[Exception]:
 @example("\ud800")  # a lone surrogate cannot be UTF-8
 @example({True: 1, 2: 0, None: 3})  # a bool key and an int key, a null key
 @example({"a": 1.5, "b": float("nan")})
+@example([b"x" * 23, b"x" * 24, b"x" * 255, b"x" * 256, b"x" * 65535, b"x" * 65536])
+@example(["x" * 23, "x" * 24, "é" * 128, "x" * 256, 255, 256, -256, -257, 2**32, -(2**32) - 1])
+@example({"k" * 300: b"x" * 300, "": 2**64 - 1, "é": -(2**64)})
 def test_python_encoder_is_cbor2_canonical(value: Any) -> None:
     expected = reference_dumps(value)
     if expected is Exception:
@@ -473,3 +476,16 @@ def test_a_remembered_key_order_is_used_only_for_exact_str_keys() -> None:
     odd = {Liar("zz"): 1, "heads": 2}
     assert encoding.encode_trusted(odd) == reference_dumps(odd)
     assert b"zz" in encoding.encode_trusted(odd)
+
+
+def test_the_key_order_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoding, "_ORDERS", {})  # fill a fresh one, leave the real one be
+    many = {f"k{i}": i for i in range(encoding._ORDER_KEYS_MAX + 1)}
+    long = {"x" * (encoding._ORDER_KEY_CHARS_MAX + 1): 1, "y": 2}
+    for obj in (many, long):
+        assert encoding.encode_trusted(obj) == reference_dumps(obj)
+        assert tuple(obj) not in encoding._ORDERS
+    for i in range(encoding._ORDERS_MAX + 10):
+        shape = {f"a{i}": 1, "b": 2}
+        assert encoding.encode_trusted(shape) == reference_dumps(shape)
+    assert len(encoding._ORDERS) <= encoding._ORDERS_MAX
