@@ -1,8 +1,9 @@
 """Canonical CBOR for every message, with size and depth limits.
 
-``encode(obj)`` produces canonical CBOR (RFC 8949 section 4.2: shortest integer forms, map keys
-sorted by their encoded bytes, definite lengths), so equal values always give equal bytes and
-hashes over encodings are stable across peers.
+``encode(obj)`` produces canonical CBOR (shortest integer forms, definite lengths, map keys
+sorted by the length of their encoding, then bytewise: RFC 7049's canonical order, which is
+what cbor2 writes), so equal values always give equal bytes and hashes over encodings are
+stable across peers.
 
 ``decode(data)`` accepts only what ``encode`` produces: the plain data model (``None``,
 ``bool``, ``int``, ``float``, ``bytes``, ``str``, ``list``, ``dict`` with ``str``/``int`` keys),
@@ -11,12 +12,14 @@ default), byte-for-byte canonical. Every failure, whatever the bytes, raises
 :class:`~autobase_py.errors.DecodeError` and nothing else.
 
 Encoding is done here in Python for the plain data model (exact ``None``, ``bool``, ``int``
-within 64 bits, ``bytes``, ``str``, ``list``/``tuple``, ``dict``): cbor2's C encoder spends
-about 2 µs on every bytes item it writes, more than assembling the item by hand. Anything
-else (floats, bignums, subclasses, cyclic or very deep nesting) falls back to cbor2, so every
-value encodes to exactly the bytes ``cbor2.dumps(value, canonical=True)`` gives
-(``tests/property/test_fast_cbor.py`` checks that byte for byte). Canonical map order is
-cbor2's: keys sorted by the length of their encoding, then bytewise.
+within 64 bits, ``bytes``, ``str``, ``list``/``tuple``, ``dict`` with ``str``/``int`` keys, at
+most ``MAX_DEPTH`` deep): cbor2's C encoder in canonical mode costs about twice as much per
+item as assembling the heads by hand from tables (``bench/encoding_bench.py``), and the key
+order of a map shape the library writes again and again is remembered instead of sorted each
+time. Anything else (floats, bignums, subclasses, other keys, deeper or cyclic nesting) goes
+to cbor2, so every value encodes to exactly the bytes ``cbor2.dumps(value, canonical=True)``
+gives (``tests/property/test_fast_cbor.py`` checks that byte for byte). A value the Python
+encoder takes also passes the type walk, so ``encode`` and ``decode`` skip that walk for it.
 
 Fixed-layout preimages for hashes (the log's signable, tree hashes) are not CBOR; they live
 next to their hashes in ``autobase_py.log``. Hot fixed-shape records (the oplog block) write
