@@ -92,6 +92,9 @@ class Channel:
         self.closed = trio.Event()
         self._settled = trio.Event()  # opened or closed
         self._send, self._receive = trio.open_memory_channel[bytes](CHANNEL_BUFFER)
+        # closed by us because its consumer fell CHANNEL_BUFFER messages behind (its protocol
+        # may open the name again: the buffered messages are still delivered first)
+        self.overflowed = False
 
     @property
     def remote_public_key(self) -> bytes:
@@ -364,6 +367,7 @@ class Connection:
                     except trio.WouldBlock:
                         # A consumer that does not keep up loses its channel, not the node.
                         log.warning("channel %r overflowed; closing it", event.key)
+                        channel.overflowed = True
                         channel._mark_closed()
                         self.mux.close(event.key)
             elif isinstance(event, ChannelOpened):

@@ -17,13 +17,14 @@ the connection's single error boundary, which logs the reason and closes that co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
 
-from ..errors import ChannelClosedError
+from ..errors import ChannelClosedError, LocalError
 from ..log import Log
 from ..storage_trio import write_lock
 from ..store import Store
@@ -77,6 +78,8 @@ class Replicator:
         self._connections: set[Connection] = set()
         self.remote_changes = 0  # bumped whenever a peer's data was stored (any log)
         self._remote_event = trio.Event()
+        self.reopened = 0  # sessions opened again after their channel overflowed
+        self._overflows: dict[tuple[Connection, bytes], int] = {}  # per connection and log
         if store is not None:
             for key in store.log_keys():
                 self._register(store.get(key=key))
@@ -124,6 +127,8 @@ class Replicator:
             await connection.closed.wait()
         finally:
             self._connections.discard(connection)
+            for pair in [p for p in self._overflows if p[0] is connection]:
+                del self._overflows[pair]
 
     def add(self, item: Log) -> None:
         """Start replicating ``item`` on every attached connection too."""
@@ -241,6 +246,34 @@ class Replicator:
             self._sessions[dk].discard(live)
             for other in self._sessions[dk]:
                 other.wake.set()  # they may take over what this one had claimed
+            if channel.overflowed:
+                self._reopen_soon(channel.connection, item)
+
+    def _reopen_soon(self, connection: Connection, item: Log) -> None:
+        """Our end of ``item``'s channel overflowed (this session fell behind): open it again
+        on the same connection, so the log keeps replicating with that peer; the new session
+        starts with a sync, which resumes where the stored state is. The delay doubles with
+        every overflow on this connection (10 ms up to 2 s) so a consumer that stays slow
+        does not make the pair reopen in a tight loop."""
+        if connection.is_closed:
+            return
+        pair = (connection, item.discovery_key)
+        count = self._overflows.get(pair, 0)
+        self._overflows[pair] = count + 1
+        with contextlib.suppress(ChannelClosedError):  # the connection is ending anyway
+            connection.spawn(self._reopen, connection, item, min(0.01 * 2**count, 2.0))
+
+    async def _reopen(self, connection: Connection, item: Log, delay: float) -> None:
+        await trio.sleep(delay)
+        if connection.is_closed or connection.has_channel(channel_key(item)):
+            return  # gone, or the peer opened it again first
+        self.reopened += 1
+        try:
+            await self._open(connection, item)
+        except LocalError:
+            if not connection.has_channel(channel_key(item)):
+                raise
+            # the peer opened it again while ours waited for the old one to be forgotten
 
     @staticmethod
     def _receive_batch(

@@ -13,9 +13,15 @@ import trio.testing
 from autobase_py import crypto
 from autobase_py.log import Log
 from autobase_py.net import replication
-from autobase_py.net.connection_trio import Channel, Connection, open_connection
+from autobase_py.net.connection_trio import (
+    CHANNEL_BUFFER,
+    Channel,
+    Connection,
+    open_connection,
+)
 from autobase_py.net.replication_trio import Replicator
 from autobase_py.storage import Storage
+from autobase_py.storage_trio import write_lock
 
 A_KEYS, B_KEYS = crypto.key_pair(b"a" * 32), crypto.key_pair(b"b" * 32)
 
@@ -252,3 +258,30 @@ async def test_peer_data_waits_for_another_tasks_open_transaction(
         assert replica.length == 0
     else:
         assert replica.get(19) == b"t-19"
+
+
+async def test_a_channel_that_overflowed_is_opened_again(caplog: pytest.LogCaptureFixture) -> None:
+    # The replica's session is stuck (another task holds its storage's write lock) while the
+    # writer announces one append at a time: more syncs than a channel buffers pile up, the
+    # replica's end of the channel overflows and is closed. Once the session can go on, the
+    # log must replicate again on the same connection (it used to be lost for good).
+    source = writer(b"o", 1)
+    storage = Storage.open_memory()
+    replica = Log.replica(storage, source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    appends = CHANNEL_BUFFER + 100
+    async with linked(left, right) as (_, right_conn):
+        with trio.fail_after(60):
+            await right.wait_for(replica, lambda lg: lg.length == 1 and right.complete(lg))
+            async with write_lock(storage):
+                for i in range(appends):
+                    source.append([b"o-late-%d" % i])
+                    left.announce(source)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert replica.length == 1
+                assert any("overflowed" in r.getMessage() for r in caplog.records)
+            total = appends + 1
+            await right.wait_for(replica, lambda lg: lg.length == total and right.complete(lg))
+    assert right.reopened >= 1
+    assert not right_conn.error
+    assert replica.get(total - 1) == b"o-late-%d" % (appends - 1)
