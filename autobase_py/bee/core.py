@@ -70,6 +70,7 @@ BLOCK_CACHE = 64  # checked blocks kept for their remaining nodes
 MAX_ROOTS = 512  # root nodes of recent versions kept by version (older ones are re-read)
 MAX_HASHES = 1024  # recorded (length -> tree fingerprint) pairs kept for truncate checks
 OLD_NODES = 256  # nodes replaced by recent flushes, kept for an undo that reads them again
+YIELD_EVERY = 16  # flushes between schedule points (every flush is a cancel point)
 
 
 class SnapshotExpiredError(OutOfRangeError):
@@ -190,6 +191,8 @@ class Bee:
         self._hashes: dict[int, object] = {}
         self._fork = log.fork
         self._length = log.length  # the longest length seen since the cache was last valid
+        self._log_roots: Callable[[], Iterable[object]] | None = getattr(log, "roots", None)
+        self._unyielded = 0  # flushes since the last schedule point
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -216,11 +219,10 @@ class Bee:
         """What identifies the log's blocks at its current length: its Merkle roots when the
         log exposes them (``roots()``: what the tree hash hashes, without hashing), else its
         tree hash."""
-        log = self.log
-        roots = getattr(log, "roots", None)
+        roots = self._log_roots
         if roots is not None:
             return tuple(roots())
-        return log.tree_hash()
+        return self.log.tree_hash()
 
     def _rewind(self, length: int) -> None:
         """Keep the cached blocks below ``length`` if the log provably still holds them (its
@@ -289,6 +291,33 @@ class Bee:
         live = len(self._cache) + len(self._old) + len(roots) + len(self._blocks)
         if len(self._slots) > 2 * live + 1024:
             self._recount_slots()
+
+    def _flushed(self, nodes: list[Node], superseded: list[int]) -> None:
+        """Bookkeeping after a flush appended ``nodes`` (the last is the new root), replacing
+        the stored nodes ``superseded``."""
+        cache, old = self._cache, self._old
+        for address in superseded:  # older versions: read again only by an undo
+            replaced = cache.pop(address, None)
+            if replaced is not None:
+                old[address] = replaced
+        if len(old) > OLD_NODES:
+            for address in list(old)[: len(old) - OLD_NODES // 2]:
+                del old[address]
+        for node in nodes:
+            self._remember(node)
+        slots = self._slots
+        for node in nodes:  # after _remember: a cache trim rebuilds the slot counts
+            at: int = node.seq  # type: ignore[assignment]
+            slots[at >> SLOT_BITS] = (at & SLOT_MASK) + 1
+        length = self.log.length
+        self._roots[length - 1] = nodes[-1]
+        self._trim()
+        self._length = length
+        hashes = self._hashes
+        if len(hashes) >= MAX_HASHES:
+            for oldest in list(hashes)[: MAX_HASHES // 2]:
+                del hashes[oldest]
+        hashes[length] = self._fingerprint()
 
     def _block(self, seq: int) -> Block:
         """Block ``seq`` with its header checked (kept in a small cache: a range or a cold
@@ -413,6 +442,7 @@ class _TreeReader:
     """``get``/``range`` over whatever root ``_reading_root()`` names (a snapshot's pinned
     version, a batch's tree with its unflushed operations)."""
 
+    __slots__ = ()
     _bee: Bee
 
     def _reading_root(self) -> Node | None:
@@ -488,6 +518,8 @@ class Batch(_TreeReader):
     may be reused; ``discard`` drops unflushed operations.
     """
 
+    __slots__ = ("_applied", "_base", "_bee", "_final", "_ops", "_originals", "_writer")
+
     def __init__(self, bee: Bee) -> None:
         self._bee = bee
         self._ops: list[tuple[bytes, bytes | None]] = []
@@ -509,8 +541,9 @@ class Batch(_TreeReader):
 
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key`` (a put of the value already stored changes nothing)."""
-        _check_bytes("key", key)
-        _check_bytes("value", value)
+        if type(key) is not bytes or type(value) is not bytes:  # the common case: one test
+            _check_bytes("key", key)
+            _check_bytes("value", value)
         if len(key) > MAX_KEY_BYTES:
             raise InvalidEntryError(f"bee keys are at most {MAX_KEY_BYTES} bytes")
         self._record(key, value)
@@ -522,9 +555,9 @@ class Batch(_TreeReader):
 
     def discard(self) -> None:
         """Forget every operation recorded since the last flush."""
-        self._ops = []
-        self._final = {}
-        self._originals = {}
+        self._ops.clear()
+        self._final.clear()
+        self._originals.clear()
         self._applied = 0
         self._writer = None
 
@@ -570,42 +603,33 @@ class Batch(_TreeReader):
         log = bee.log
         if not log.writable:
             raise NotWritableError("cannot write to a bee over a read-only log")
-        # Yield once per flush so long apply loops let other tasks run; a cancellation lands
-        # here, before anything was written.
-        await trio.lowlevel.checkpoint()
-        writer = await bee._retry(self._advance)
+        # A cancellation lands here, before anything was written. A schedule point costs
+        # more than a whole 1-put flush's tree work (and cools the caches it uses), so long
+        # apply loops let other tasks run every YIELD_EVERY flushes rather than every one.
+        bee._unyielded += 1
+        if bee._unyielded >= YIELD_EVERY:
+            bee._unyielded = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        try:  # a writer's blocks are local: no fetch, so no need for _retry's coroutine
+            bee._sync()
+            writer = self._advance()
+        except BlockMissing:
+            writer = await bee._retry(self._advance)
         # No await from here on: the sealed blocks go on top of exactly the tree they extend.
         final = self._final
-        if any(final[key] != old for key, old in self._originals.items()):
-            blocks, nodes = writer.seal(log.length, bee.pack_bytes)
-            if blocks:
-                try:
-                    log.append(blocks)
-                except BaseException:
-                    self._writer = None  # its nodes were numbered for an append that failed
-                    raise
-                cache, old = bee._cache, bee._old
-                for seq in writer.superseded:  # older versions: read again only by an undo
-                    replaced = cache.pop(seq, None)
-                    if replaced is not None:
-                        old[seq] = replaced
-                if len(old) > OLD_NODES:
-                    for address in list(old)[: len(old) - OLD_NODES // 2]:
-                        del old[address]
-                for node in nodes:
-                    bee._remember(node)
-                slots = bee._slots
-                for node in nodes:  # after _remember: a cache trim rebuilds the slot counts
-                    slots[node.seq >> SLOT_BITS] = (node.seq & SLOT_MASK) + 1  # type: ignore[operator]
-                length = log.length
-                bee._roots[length - 1] = nodes[-1]
-                bee._trim()
-                bee._length = length
-                hashes = bee._hashes
-                if len(hashes) >= MAX_HASHES:
-                    for oldest in list(hashes)[: MAX_HASHES // 2]:
-                        del hashes[oldest]
-                hashes[length] = bee._fingerprint()
+        for key, old in self._originals.items():
+            if final[key] != old:
+                blocks, nodes = writer.seal(log.length, bee.pack_bytes)
+                if blocks:
+                    try:
+                        log.append(blocks)
+                    except BaseException:
+                        self._writer = None  # its nodes were numbered for an append that failed
+                        raise
+                    bee._flushed(nodes, writer.superseded)
+                break
         self.discard()
         return log.length
 

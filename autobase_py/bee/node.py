@@ -288,6 +288,27 @@ def patch_children(body: bytes, children: list[int]) -> bytes:
     return b"".join([body[:start], addresses, body[end:]])
 
 
+_ADDRESS = struct.Struct("<Q")
+
+
+def patch_child(body: bytes, n: int, index: int, address: int) -> bytes:
+    """The body of an internal node with ``n`` keys encoded in ``body``, with child ``index``
+    now at ``address`` (the others unchanged): what :func:`encode_body` returns for it. A 1-put
+    flush rewrites each internal node on its path this way (one child changed)."""
+    at = 3 + 2 * n + 8 * index
+    try:
+        return body[:at] + _ADDRESS.pack(address) + body[at + 8 :]
+    except struct.error as exc:
+        raise EncodeError(f"bee node out of format limits (or an unstored child): {exc}") from exc
+
+
+def _pack_head(m: int) -> struct.Struct:
+    return struct.Struct(f"<BBH{m}I")
+
+
+_PACK_HEADS = [_pack_head(m) for m in range(65)]
+
+
 def encode_pack(bodies: list[bytes], *, root: bool) -> bytes:
     """A version 2 block holding ``bodies`` (from :func:`encode_body`) in slot order; ``root``
     marks the last one as the root a flush ends with."""
@@ -295,8 +316,8 @@ def encode_pack(bodies: list[bytes], *, root: bool) -> bytes:
     if not 1 <= m <= MAX_SLOTS - 1:
         raise EncodeError(f"a bee pack holds 1 to {MAX_SLOTS - 1} nodes")
     try:
-        head = struct.pack(
-            f"<BBH{m}I", PACK_VERSION, ROOT_FLAG if root else 0, m, *map(len, bodies)
+        head = (_PACK_HEADS[m] if m < 65 else _pack_head(m)).pack(
+            PACK_VERSION, ROOT_FLAG if root else 0, m, *map(len, bodies)
         )
     except struct.error as exc:
         raise EncodeError(f"bee pack out of format limits: {exc}") from exc
@@ -425,5 +446,6 @@ __all__ = [
     "encode_body",
     "encode_node",
     "encode_pack",
+    "patch_child",
     "patch_children",
 ]

@@ -46,7 +46,15 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 from ..errors import BlockNotAvailableError
-from .node import MAX_SLOTS, SLOT_BITS, Node, encode_body, encode_pack, patch_children
+from .node import (
+    MAX_SLOTS,
+    SLOT_BITS,
+    Node,
+    encode_body,
+    encode_pack,
+    patch_child,
+    patch_children,
+)
 
 Load = Callable[[int], Node]
 DEFAULT_PACK_BYTES = 8192
@@ -440,32 +448,58 @@ class TreeWriter:
             if node.seq is not None:
                 return node
             children = node.children
-            marks = node.marks
-            if marks is not None:
-                # Only copy-on-write replaced children in place: they are the dirty ones.
-                # Sorted: post-order, left to right, exactly as the scan below.
-                node.marks = None
-                assert children is not None
-                for i in sorted(marks):
-                    child = children[i]
-                    if child.__class__ is Node:
-                        children[i] = store(child).seq  # type: ignore[assignment]
-            elif children is not None:
-                # Typically one or two of an internal node's dozens of children are dirty:
-                # find them with C-level scans rather than a Python loop over all.
-                kinds = list(map(type, children))
-                i = -1
-                while Node in kinds:
-                    i = kinds.index(Node, i + 1)
-                    kinds[i] = int
-                    children[i] = store(children[i]).seq  # type: ignore[arg-type,assignment]
             origin = node.origin
             node.origin = None
+            if children is None:  # a leaf
+                if origin is not None:
+                    if origin.keys == node.keys and origin.values == node.values:
+                        return origin
+                    superseded.append(origin.seq)  # type: ignore[arg-type]
+                place(node, encode_body(node))
+                return node
+            marks = node.marks
+            node.marks = None
+            if marks is not None and origin is not None:
+                # Copy-on-write replaced exactly the marked children in place (nothing moved,
+                # so the keys and every other child are the origin's): store them left to
+                # right (the same post-order as the scan below), then splice the addresses
+                # that changed into the origin's body.
+                if len(marks) > 1:
+                    marks.sort()
+                before = origin.children
+                assert before is not None
+                patched = origin.body
+                n = len(before) - 1
+                changed = False
+                for i in marks:
+                    child = children[i]
+                    if child.__class__ is Node:
+                        address: int = store(child).seq  # type: ignore[assignment]
+                        children[i] = address
+                        if address != before[i]:
+                            changed = True
+                            if patched is not None:
+                                patched = patch_child(patched, n, i, address)
+                if not changed:
+                    return origin  # every replaced child came back unchanged
+                superseded.append(origin.seq)  # type: ignore[arg-type]
+                body = encode_body(node) if patched is None else patched
+                node.body = body
+                place(node, body)
+                return node
+            # Typically one or two of an internal node's dozens of children are dirty: find
+            # them with C-level scans rather than a Python loop over all.
+            kinds = list(map(type, children))
+            i = -1
+            while Node in kinds:
+                i = kinds.index(Node, i + 1)
+                kinds[i] = int
+                children[i] = store(children[i]).seq  # type: ignore[arg-type,assignment]
             if origin is None:
                 body = encode_body(node)
             else:
                 same_keys = origin.keys == node.keys
-                if same_keys and origin.values == node.values and origin.children == children:
+                if same_keys and origin.children == children:
                     return origin
                 superseded.append(origin.seq)  # type: ignore[arg-type]
                 old_body = origin.body
@@ -474,8 +508,7 @@ class TreeWriter:
                     body = patch_children(old_body, children)  # type: ignore[arg-type]
                 else:
                     body = encode_body(node)
-            if children is not None:
-                node.body = body
+            node.body = body
             place(node, body)
             return node
 

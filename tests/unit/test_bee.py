@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autobase_py.bee import Bee, InvalidEntryError, NotAVersionError, SnapshotExpiredError
+from autobase_py.bee.core import YIELD_EVERY
 from autobase_py.bee.node import Node, decode_block, encode_node
 from autobase_py.errors import (
     AutobaseError,
@@ -182,6 +183,36 @@ async def test_failed_append_keeps_the_batch_and_a_retry_flushes_it() -> None:
     assert await batch.get(k(3)) == b"v"  # the operations survived the failed append
     await batch.flush()
     assert len(await collect(bee.range())) == 21
+
+
+async def test_every_flush_is_a_cancel_point_and_loops_of_flushes_let_others_run() -> None:
+    log = MemoryLog()
+    bee = Bee(log)
+    for attempt in range(YIELD_EVERY + 1):  # wherever the schedule-point counter stands
+        batch = bee.batch()
+        batch.put(k(attempt), b"v")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await batch.flush()
+        assert scope.cancelled_caught
+        assert log.length == attempt  # cancelled before writing anything
+        await batch.flush()
+    ran = 0
+
+    async def other() -> None:
+        nonlocal ran
+        while True:
+            ran += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()
+        start = ran
+        for i in range(4 * YIELD_EVERY):  # no other await: only the flushes let `other` run
+            await bee.put(k(1000 + i), b"v")
+        assert ran - start >= 3
+        nursery.cancel_scope.cancel()
 
 
 async def test_range_keeps_reading_its_version_while_new_flushes_land() -> None:

@@ -23,6 +23,7 @@ from autobase_py.bee.node import (
     encode_body,
     encode_node,
     encode_pack,
+    patch_child,
     patch_children,
 )
 from autobase_py.errors import DecodeError, EncodeError, LocalError
@@ -83,6 +84,13 @@ def test_patched_children_equal_a_fresh_encoding(keys: list[bytes], data: st.Dat
     assert patch_children(encode_body(old), new.children) == encode_body(new)  # type: ignore[arg-type]
     with pytest.raises(EncodeError):
         patch_children(encode_body(old), [*new.children[:-1], new])  # type: ignore[index,list-item]
+    # One child at a time, as a 1-put flush rewrites its path.
+    body = encode_body(old)
+    for i, address in enumerate(new.children):  # type: ignore[arg-type]
+        body = patch_child(body, len(keys), i, address)  # type: ignore[arg-type]
+    assert body == encode_body(new)
+    with pytest.raises(EncodeError):
+        patch_child(body, len(keys), 0, new)  # type: ignore[arg-type]
 
 
 @settings(max_examples=300)
