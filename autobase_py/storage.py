@@ -38,20 +38,24 @@ primary seed): every commit is then only as durable as RocksDB's default ``sync=
 writes, which is what the JS stack runs with; a power loss may drop the last commits, and a
 writer whose signed blocks already reached a peer would then fork its log.
 
-Layout. Logs live in two tables keyed by one integer each (cheap rowid B-trees): ``logs``
-(one header row per log: key, manifest, name, length, fork, byte length, signature, frozen)
-and ``nodes``: the tree nodes of every log, rowid ``log_id << 42 | position``, with size,
-hash, and for a leaf whose block is stored the block itself in ``data``. The *position* of a
-node is the order in which appends create nodes (each block's leaf, then the parents it
-completes: :func:`autobase_py.log.flat_tree.post_order`); callers pass positions, not flat
-indices. So an append's block and new nodes are one run of rows at the end of its log's
-range (one dirty table page, usually), a truncation is one range delete, and a subtree is one
-range. Every stored block has its leaf node (the log stores a block only with, or after,
-verifying or computing that leaf). A ``blocks`` view (the leaf's rowid, data) lists the
-stored blocks for inspection. Schema versions 1 (a separate block table, nodes by flat index)
-and 2 (blocks in leaf rows, nodes by flat index) are migrated by ``open``. ``records`` is a
-small ordered key-value table (bytes -> bytes) for other modules' state (linearizer, system
-state); modules prefix their keys with their own name (``b"base/..."``). A Storage object
+Layout. ``logs`` holds one header row per log (key, manifest, name, length, fork, byte
+length, signature, frozen). Each log's tree lives in a table of its own, ``log_<id>``: one row
+per stored node, keyed by its *position* (the order in which appends create nodes: each
+block's leaf, then the parents it completes; :func:`autobase_py.log.flat_tree.post_order`),
+with size, hash, and for a leaf whose block is stored the block itself in ``data``. Callers
+pass positions, not flat indices. So an append's block and new parents are one run of rows at
+the right end of its log's own B-tree: the rows go to the last page, and a full last page
+grows by one new page (SQLite's cheap right-end split) instead of being rebalanced with its
+neighbours, as the tail of a log in the middle of a shared table was. A commit's cost is about
+proportional to the pages it dirtied (WAL frames). A truncation is one range delete, and a
+subtree is one range. Every stored block has its leaf node (the log stores a block only with,
+or after, verifying or computing that leaf). Views ``nodes`` (rowid ``log_id << 42 |
+position``, size, hash, data) and ``blocks`` (the same rowid, data) show every log's rows for
+inspection (only while a folder has at most 400 logs: SQLite caps a compound SELECT). Schema
+versions 1 to 3 (one shared node table, blocks in a table of their own or not, nodes by flat
+index or by position) are migrated by ``open``. ``records`` is a small ordered key-value table
+(bytes -> bytes) for other modules' state (linearizer, system state); modules prefix their
+keys with their own name (``b"base/..."``). A Storage object
 is used by one thread at a time (callers may move calls to a worker thread with
 ``trio.to_thread.run_sync``, never two at once).
 """
@@ -69,9 +73,10 @@ from typing import Protocol
 
 from .errors import StorageClosedError, StorageError, StorageLockedError
 
-SCHEMA_VERSION = 3
-NODE_SHIFT = 42  # node position < 2**42
+SCHEMA_VERSION = 4
+NODE_SHIFT = 42  # node position < 2**42 (rowids of the inspection views)
 MAX_LOGS = 1 << 21  # log ids fit beside a node position in a signed 64-bit rowid
+MAX_VIEW_LOGS = 400  # the inspection views cover at most this many logs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -85,18 +90,35 @@ CREATE TABLE IF NOT EXISTS logs (
     signature BLOB,
     frozen INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,
-                                  hash BLOB NOT NULL, data BLOB);
 CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-CREATE VIEW IF NOT EXISTS blocks (id, data) AS SELECT id, data FROM nodes WHERE data IS NOT NULL;
 """
-# Store tree rows (rowid, size, hash, block or None): a row without a block never erases the
-# block already stored in that leaf's row.
-_PUT_TREE = (
-    "INSERT INTO nodes VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET size = excluded.size,"
-    " hash = excluded.hash, data = coalesce(excluded.data, data)"
-)
 _FLAT_MASK = (1 << NODE_SHIFT) - 1
+
+
+def _tree(log_id: int) -> str:
+    """The name of the table holding the tree (nodes and blocks) of log ``log_id``."""
+    return f"log_{int(log_id)}"
+
+
+def _create_tree(db: sqlite3.Connection, log_id: int) -> None:
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {_tree(log_id)} (id INTEGER PRIMARY KEY,"
+        " size INTEGER NOT NULL, hash BLOB NOT NULL, data BLOB)"
+    )
+
+
+def _refresh_views(db: sqlite3.Connection) -> None:
+    """(Re)create the ``nodes`` and ``blocks`` inspection views over every log's table."""
+    db.execute("DROP VIEW IF EXISTS blocks")
+    db.execute("DROP VIEW IF EXISTS nodes")
+    ids = [row[0] for row in db.execute("SELECT id FROM logs ORDER BY id")]
+    if len(ids) > MAX_VIEW_LOGS:
+        return
+    parts = [
+        f"SELECT ({i} << {NODE_SHIFT}) + id AS id, size, hash, data FROM {_tree(i)}" for i in ids
+    ] or ["SELECT NULL AS id, NULL AS size, NULL AS hash, NULL AS data WHERE 0"]
+    db.execute(f"CREATE VIEW nodes AS {' UNION ALL '.join(parts)}")
+    db.execute("CREATE VIEW blocks AS SELECT id, data FROM nodes WHERE data IS NOT NULL")
 
 
 class Participant(Protocol):
@@ -129,36 +151,37 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
-    """Rewrite the log tables of schema 1 (``blocks`` by ``log_id << 40 | index``, ``nodes``
-    by ``log_id << 42 | flat index``) or 2 (``nodes`` by flat index, blocks in their leaf's
-    row) into schema 3, in one transaction: a crash leaves the old version, which the next
-    open migrates again."""
+    """Move the trees of schema 1 (``blocks`` by ``log_id << 40 | index``, ``nodes`` by
+    ``log_id << 42 | flat index``), 2 (``nodes`` by flat index, blocks in their leaf's row)
+    or 3 (``nodes`` by ``log_id << 42 | position``, blocks in their leaf's row) into one table
+    per log, in one transaction: a crash leaves the old version, which the next open migrates
+    again."""
     from .log.flat_tree import post_order  # here: autobase_py.log imports this module
 
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute(
-            "CREATE TABLE nodes_3 (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,"
-            " hash BLOB NOT NULL, data BLOB)"
-        )
+        for (log_id,) in db.execute("SELECT id FROM logs").fetchall():
+            _create_tree(db, log_id)
         if version == 1:
             rows = db.execute(
                 "SELECT n.id, n.size, n.hash, b.data FROM nodes n LEFT JOIN blocks b"
-                " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)",
+                " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)"
+                " ORDER BY n.id",
                 (_FLAT_MASK,),
-            )
+            ).fetchall()
         else:
-            rows = db.execute("SELECT id, size, hash, data FROM nodes")
-        db.executemany(
-            "INSERT INTO nodes_3 VALUES (?, ?, ?, ?)",
-            (
-                (((rowid >> NODE_SHIFT) << NODE_SHIFT) + post_order(rowid & _FLAT_MASK), *rest)
-                for rowid, *rest in rows
-            ),
-        )
+            rows = db.execute("SELECT id, size, hash, data FROM nodes ORDER BY id").fetchall()
+        position = (lambda i: i) if version == 3 else post_order
+        by_log: dict[int, list[tuple[int, int, bytes, bytes | None]]] = {}
+        for rowid, size, digest, data in rows:
+            by_log.setdefault(rowid >> NODE_SHIFT, []).append(
+                (position(rowid & _FLAT_MASK), size, digest, data)
+            )
+        for log_id, tree in by_log.items():
+            db.executemany(f"INSERT INTO {_tree(log_id)} VALUES (?, ?, ?, ?)", tree)
         if version == 1:
             blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
-            moved = db.execute("SELECT count(data) FROM nodes_3").fetchone()[0]
+            moved = sum(data is not None for *_, data in rows)
             if moved != blocks:
                 raise StorageError(
                     f"cannot migrate storage schema 1: {blocks - moved} stored blocks have no "
@@ -168,7 +191,7 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         else:
             db.execute("DROP VIEW IF EXISTS blocks")
         db.execute("DROP TABLE nodes")
-        db.execute("ALTER TABLE nodes_3 RENAME TO nodes")
+        _refresh_views(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
@@ -221,8 +244,12 @@ class Storage:
         os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         db: sqlite3.Connection | None = None
         try:
+            # statements are per log table: keep many prepared
             db = sqlite3.connect(
-                folder / "db.sqlite", isolation_level=None, check_same_thread=False
+                folder / "db.sqlite",
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=1024,
             )
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -236,7 +263,7 @@ class Storage:
             db.execute("PRAGMA wal_autocheckpoint=8192")
             db.execute(f"PRAGMA journal_size_limit={32 * 1024 * 1024}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version in (1, 2):
+            if version in (1, 2, 3):
                 _migrate(db, version)
             elif version not in (0, SCHEMA_VERSION):
                 raise StorageError(
@@ -244,8 +271,10 @@ class Storage:
                     f"autobase_py reads versions 1 to {SCHEMA_VERSION}); open the folder "
                     "with the autobase_py that wrote it"
                 )
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version == 0:
+                db.executescript(_SCHEMA)
+                _refresh_views(db)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, StorageError) as exc:
             if db is not None:  # its exclusive lock on the file goes with it
                 db.close()
@@ -259,8 +288,11 @@ class Storage:
     @classmethod
     def open_memory(cls) -> Storage:
         """A private in-memory database (no folder, no lock, not durable): for tests."""
-        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            ":memory:", isolation_level=None, check_same_thread=False, cached_statements=1024
+        )
         db.executescript(_SCHEMA)
+        _refresh_views(db)
         return cls(Path(":memory:"), db, -1)
 
     def close(self) -> None:
@@ -518,6 +550,8 @@ class Storage:
             log_id = cursor.lastrowid
             if log_id is None or log_id >= MAX_LOGS:
                 raise StorageError("too many logs in one storage folder")
+            _create_tree(self.db, log_id)
+            _refresh_views(self.db)
         return LogRow(log_id, key, name, manifest, 0, 0, 0, None, False)
 
     def write_header(
@@ -539,21 +573,20 @@ class Storage:
     def set_manifest(self, log_id: int, manifest: bytes) -> None:
         self.db.execute("UPDATE logs SET manifest = ? WHERE id = ?", (manifest, log_id))
 
-    @staticmethod
-    def tree_base(log_id: int) -> int:
-        """The ``nodes`` rowid of position 0 of the log (add a position to get a rowid)."""
-        return log_id << NODE_SHIFT
-
-    def put_tree(self, rows: list[tuple[int, int, bytes, bytes | None]]) -> None:
-        """Store (rowid, size, hash, block) rows with rowids ``tree_base + position``: nodes,
-        and the block of each leaf row that has one (None keeps the leaf's stored block, if
-        any). One statement: the hot path of appends and replicated ranges."""
-        self.db.executemany(_PUT_TREE, rows)
+    def put_tree(self, log_id: int, rows: list[tuple[int, int, bytes, bytes | None]]) -> None:
+        """Store (position, size, hash, block) rows: nodes, and the block of each leaf row that
+        has one (None keeps the leaf's stored block, if any). One statement: the hot path of
+        appends and replicated ranges."""
+        self.db.executemany(
+            f"INSERT INTO {_tree(log_id)} VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " size = excluded.size, hash = excluded.hash, data = coalesce(excluded.data, data)",
+            rows,
+        )
 
     def put_block(self, log_id: int, position: int, block: bytes) -> None:
         """Store a block beside its leaf node (at ``position``), which must be stored already."""
         cursor = self.db.execute(
-            "UPDATE nodes SET data = ? WHERE id = ?", (block, (log_id << NODE_SHIFT) + position)
+            f"UPDATE {_tree(log_id)} SET data = ? WHERE id = ?", (block, position)
         )
         if cursor.rowcount != 1:
             raise StorageError(f"no stored leaf node at position {position} for a block")
@@ -561,33 +594,32 @@ class Storage:
     def get_block(self, log_id: int, position: int) -> bytes | None:
         """The block stored in the leaf row at ``position``, or None."""
         row = self.db.execute(
-            "SELECT data FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + position,)
+            f"SELECT data FROM {_tree(log_id)} WHERE id = ?", (position,)
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
     def get_blocks(self, log_id: int, start: int, end: int) -> list[tuple[int, bytes]]:
         """(position, block) of every stored block whose leaf is at a position in
         ``[start, end)``, in order (one query)."""
-        base = log_id << NODE_SHIFT
         return [
-            (rowid - base, bytes(data))
-            for rowid, data in self.db.execute(
-                "SELECT id, data FROM nodes WHERE id >= ? AND id < ? AND data IS NOT NULL"
-                " ORDER BY id",
-                (base + start, base + end),
+            (position, bytes(data))
+            for position, data in self.db.execute(
+                f"SELECT id, data FROM {_tree(log_id)} WHERE id >= ? AND id < ?"
+                " AND data IS NOT NULL ORDER BY id",
+                (start, end),
             )
         ]
 
     def has_block(self, log_id: int, position: int) -> bool:
         row = self.db.execute(
-            "SELECT data IS NOT NULL FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + position,)
+            f"SELECT data IS NOT NULL FROM {_tree(log_id)} WHERE id = ?", (position,)
         ).fetchone()
         return row is not None and bool(row[0])
 
     def get_node(self, log_id: int, position: int) -> tuple[int, bytes] | None:
         """(size, hash) of the node stored at ``position``, or None."""
         row = self.db.execute(
-            "SELECT size, hash FROM nodes WHERE id = ?", ((log_id << NODE_SHIFT) + position,)
+            f"SELECT size, hash FROM {_tree(log_id)} WHERE id = ?", (position,)
         ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
@@ -595,39 +627,30 @@ class Storage:
         """{position: (size, hash)} for those of ``positions`` that are stored (one query)."""
         if not positions:
             return {}
-        base = log_id << NODE_SHIFT
         marks = ",".join("?" * len(positions))
         rows = self.db.execute(
-            f"SELECT id, size, hash FROM nodes WHERE id IN ({marks})",
-            [base + i for i in positions],
+            f"SELECT id, size, hash FROM {_tree(log_id)} WHERE id IN ({marks})", positions
         )
-        return {rowid - base: (size, bytes(h)) for rowid, size, h in rows}
+        return {position: (size, bytes(h)) for position, size, h in rows}
 
     def truncate_log(self, log_id: int, position: int) -> None:
         """Drop the log's nodes and blocks at positions >= ``position`` (one statement)."""
-        self.db.execute(
-            "DELETE FROM nodes WHERE id >= ? AND id < ?",
-            ((log_id << NODE_SHIFT) + position, (log_id + 1) << NODE_SHIFT),
-        )
+        self.db.execute(f"DELETE FROM {_tree(log_id)} WHERE id >= ?", (position,))
 
     def retain_runs(self, log_id: int, runs: Iterable[tuple[int, int]]) -> None:
         """Drop every node and block of the log outside the given (first, last) runs of
         positions (a subtree's nodes are one run)."""
-        base = log_id << NODE_SHIFT
         gaps = []
         start = 0
         for first, last in sorted(runs):
             if first > start:
-                gaps.append((base + start, base + first))
+                gaps.append((start, first))
             start = max(start, last + 1)
-        gaps.append((base + start, base + (1 << NODE_SHIFT)))
-        self.db.executemany("DELETE FROM nodes WHERE id >= ? AND id < ?", gaps)
+        gaps.append((start, 1 << NODE_SHIFT))
+        self.db.executemany(f"DELETE FROM {_tree(log_id)} WHERE id >= ? AND id < ?", gaps)
 
     def count_blocks(self, log_id: int) -> int:
-        row = self.db.execute(
-            "SELECT count(data) FROM nodes WHERE id >= ? AND id < ?",
-            (log_id << NODE_SHIFT, (log_id + 1) << NODE_SHIFT),
-        ).fetchone()
+        row = self.db.execute(f"SELECT count(data) FROM {_tree(log_id)}").fetchone()
         return int(row[0])
 
     def log_keys(self) -> list[tuple[bytes, str | None]]:

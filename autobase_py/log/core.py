@@ -2,16 +2,16 @@
 
 Theory of operation
 -------------------
-State. A log's header (length, fork, byte length, signature, frozen) lives in the ``logs`` row;
-tree nodes live in the ``nodes`` table, each block in its leaf node's row, so memory holds only
-the header and the roots of the current length (at most 64 nodes). Storage keys nodes by their
-:func:`~.flat_tree.post_order` position (the order appends create them), so an append writes
-one run of rows at the end of the log's range and a truncation deletes one range; this module
-speaks flat indices and converts at each storage call (``_nodes``, ``_pos``). A *writable* log
-holds its signer's key pair and stores every block and every node; a *replica* knows only the
-key until a proof brings the manifest, and may be sparse: it stores the blocks it was sent plus
-every node it verified (the roots of its length, upgrade nodes, and the uncles on each block's
-path).
+State. A log's header (length, fork, byte length, signature, frozen) lives in the ``logs`` row
+and its tree in a table of its own (one row per node, each block in its leaf node's row), so
+memory holds only the header and the roots of the current length (at most 64 nodes). Storage
+keys nodes by their :func:`~.flat_tree.post_order` position (the order appends create them),
+so an append writes one run of rows at the table's right end and a truncation deletes one
+range; this module speaks flat indices and converts at each storage call (``_nodes``,
+``_pos``). A *writable* log holds its signer's key pair and stores every block and every node;
+a *replica* knows only the key until a proof brings the manifest, and may be sparse: it stores
+the blocks it was sent plus every node it verified (the roots of its length, upgrade nodes,
+and the uncles on each block's path).
 
 Invariant: every stored node is trusted (verified against a signed tree or computed locally),
 and the roots of the current length are stored. That is what lets a replica verify a block
@@ -242,9 +242,9 @@ class Log:
         if not blocks:
             return self.length
         roots = list(self._roots)
-        # Rows go straight to storage as (rowid, size, hash, block), each block in its leaf's
-        # row; the rowids of the new nodes are consecutive: ``base + position``
-        row = self.storage.tree_base(self._id) + _leaf_pos(self.length)
+        # Rows go straight to storage as (position, size, hash, block), each block in its
+        # leaf's row; the new nodes' positions are consecutive
+        row = _leaf_pos(self.length)
         rows: list[tuple[int, int, bytes, bytes | None]] = []
         add = rows.append
         length = self.length
@@ -288,7 +288,7 @@ class Log:
             storage.enlist(self)
             if self.durable_appends:
                 storage.require_sync()
-            storage.put_tree(rows)
+            storage.put_tree(self._id, rows)
             storage.write_header(self._id, length, self.fork, byte_length, signature)
             self.length = length
             self.byte_length = byte_length
@@ -439,14 +439,14 @@ class Log:
                 storage.retain_runs(self._id, _runs(kept))
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
-            base = storage.tree_base(self._id)
             leaf, value = (-1, None) if block is None else (2 * block.index, block.value)
             if learned:
                 storage.put_tree(
+                    self._id,
                     [
-                        (base + _pos(n.index), n.size, n.hash, value if n.index == leaf else None)
+                        (_pos(n.index), n.size, n.hash, value if n.index == leaf else None)
                         for n in learned
-                    ]
+                    ],
                 )
             if block is not None and all(n.index != leaf for n in learned):
                 # its leaf was stored already
@@ -573,13 +573,12 @@ class Log:
             raise ProofMismatchError(
                 f"range proof is for length {length}; the replica trusts {self.length}"
             )
-        base = self.storage.tree_base(self._id)
         # our roots are stored (and stay so unless the fork changes): uncles equal to them
         # need no rewrite, which would dirty their old pages
         stored = None if fork_change else {r.index: (r.size, r.hash) for r in self._roots}
-        node_rows = verify_range(start, values, anchors, nodes, base, stored=stored)
+        node_rows = verify_range(start, values, anchors, nodes, stored=stored)
         # Everything is verified: store it.
-        node_rows.extend((base + _pos(n.index), n.size, n.hash, None) for n in learned)
+        node_rows.extend((_pos(n.index), n.size, n.hash, None) for n in learned)
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
@@ -587,7 +586,7 @@ class Log:
                 storage.retain_runs(self._id, _runs(kept))
             if new_manifest is not None:
                 storage.set_manifest(self._id, new_manifest)
-            storage.put_tree(node_rows)
+            storage.put_tree(self._id, node_rows)
             if header is not None:
                 storage.write_header(self._id, header[0], fork, header[1], header[2])
                 # the new header and roots were just verified: take them without re-reading

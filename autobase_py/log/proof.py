@@ -302,7 +302,7 @@ def range_uncles(start: int, end: int, length: int) -> list[int]:
     return out
 
 
-NodeRow = tuple[int, int, bytes, bytes | None]  # (rowid, size, hash, leaf's block)
+NodeRow = tuple[int, int, bytes, bytes | None]  # (position, size, hash, leaf's block)
 
 
 def verify_range(
@@ -310,7 +310,6 @@ def verify_range(
     values: Sequence[bytes],
     anchors: Sequence[Node],
     given: Mapping[int, ProofNode],
-    rowid_base: int = 0,
     *,
     stored: Mapping[int, ProofNode] | None = None,
 ) -> list[NodeRow]:
@@ -320,8 +319,8 @@ def verify_range(
     of ``given`` that the range recomputes must equal it too. Returns every node learned (the
     range's subtrees, the nodes above them up to the anchors, the outside nodes used), the
     range's leaves carrying their blocks and the others None; InvalidProofError otherwise.
-    Nodes of ``given`` above the anchors are ignored. Rows are keyed ``rowid_base`` plus the
-    node's :func:`~.flat_tree.post_order` position (the storage's rowids). Nodes of ``given``
+    Nodes of ``given`` above the anchors are ignored. Rows are keyed by the node's
+    :func:`~.flat_tree.post_order` position (the storage's key). Nodes of ``given``
     used as they are in ``stored`` (what the caller stores already, by flat index) are not
     returned: rewriting a row with the same bytes would still dirty its page."""
     end = start + len(values)
@@ -399,10 +398,10 @@ def verify_range(
         if computed is not None and computed != node:
             raise InvalidProofError(f"node {index} does not match blocks [{start}, {end})")
     pos = flat_tree.post_order
-    rows: list[NodeRow] = [(rowid_base + pos(i), size, digest, None) for i, size, digest in used]
-    rows.extend((rowid_base + pos(i), size, digest, None) for i, (size, digest) in above.items())
+    rows: list[NodeRow] = [(pos(i), size, digest, None) for i, size, digest in used]
+    rows.extend((pos(i), size, digest, None) for i, (size, digest) in above.items())
     rows.extend(  # the leaves, with their blocks
-        (rowid_base + 2 * b - b.bit_count(), size, digest, value)
+        (2 * b - b.bit_count(), size, digest, value)
         for b, (size, digest), value in zip(range(start, end), levels[0][1], values, strict=True)
     )
     for depth, (first, nodes) in enumerate(levels[1:], 1):
@@ -410,7 +409,7 @@ def verify_range(
         top = (2 << depth) - 2
         firsts = range(first << depth, (first + len(nodes)) << depth, 1 << depth)
         rows.extend(
-            (rowid_base + 2 * b - b.bit_count() + top, size, digest, None)
+            (2 * b - b.bit_count() + top, size, digest, None)
             for b, (size, digest) in zip(firsts, nodes, strict=True)
         )
     return rows

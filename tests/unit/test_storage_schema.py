@@ -1,7 +1,7 @@
-"""Storage schema 3: nodes keyed by creation (post-order) position, each block in its leaf
-node's row; version-1 folders (blocks in a table of their own, nodes by flat index) and
-version-2 folders (blocks in leaf rows, nodes by flat index) are migrated on open; unknown
-versions are refused."""
+"""Storage schema 4: a table per log, nodes keyed by creation (post-order) position, each
+block in its leaf node's row; folders of versions 1 (one node table by flat index, blocks in a
+table of their own), 2 (blocks in leaf rows) and 3 (nodes by position) are migrated on open;
+unknown versions are refused."""
 
 from __future__ import annotations
 
@@ -43,13 +43,16 @@ _SCHEMA_2 = (
     .replace("hash BLOB NOT NULL);", "hash BLOB NOT NULL, data BLOB);")
     .replace("user_version=1", "user_version=2")
 )
+_SCHEMA_3 = _SCHEMA_2.replace("user_version=2", "user_version=3") + (
+    "CREATE VIEW blocks (id, data) AS SELECT id, data FROM nodes WHERE data IS NOT NULL;"
+)
 
 
 def _write_old(folder: Path, source: Storage, version: int) -> None:
-    """A folder of schema ``version`` (1 or 2) holding what ``source`` holds."""
+    """A folder of schema ``version`` (1 to 3) holding what ``source`` holds."""
     folder.mkdir()
     db = sqlite3.connect(folder / "db.sqlite")
-    db.executescript(_SCHEMA_1 if version == 1 else _SCHEMA_2)
+    db.executescript({1: _SCHEMA_1, 2: _SCHEMA_2, 3: _SCHEMA_3}[version])
     src = source.db
     db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?)", src.execute("SELECT * FROM logs"))
     db.executemany("INSERT INTO records VALUES (?,?)", src.execute("SELECT * FROM records"))
@@ -57,6 +60,9 @@ def _write_old(folder: Path, source: Storage, version: int) -> None:
     for rowid, size, digest, data in src.execute("SELECT * FROM nodes"):
         log_id, flat = rowid >> NODE_SHIFT, FLAT[rowid & mask]
         old_rowid = (log_id << NODE_SHIFT) + flat  # schema 1 and 2: nodes by flat index
+        if version == 3:  # the views' rowids: log_id << 42 | position
+            db.execute("INSERT INTO nodes VALUES (?,?,?,?)", (rowid, size, digest, data))
+            continue
         if version == 2:
             db.execute("INSERT INTO nodes VALUES (?,?,?,?)", (old_rowid, size, digest, data))
             continue
@@ -89,25 +95,27 @@ def test_an_append_writes_one_run_of_rows_in_creation_order(tmp_path: Path) -> N
     with Storage.open(tmp_path / "s") as storage:
         writer = Log.create(storage, crypto.key_pair(bytes([2]) * 32))
         writer.append([b"a", b"bc", b"def"])
-        base = storage.tree_base(writer._id)
-        rows = storage.db.execute("SELECT id, size, data FROM nodes ORDER BY id").fetchall()
+        table = f"log_{writer._id}"  # the log's own table, keyed by position
+        rows = storage.db.execute(f"SELECT id, size, data FROM {table} ORDER BY id").fetchall()
         # leaf 0, leaf 1, their parent (flat 1), leaf 2: each block in its leaf's row
-        assert [(i - base, s, d) for i, s, d in rows] == [
+        assert rows == [
             (0, 1, b"a"),
             (1, 2, b"bc"),
             (2, 3, None),
             (3, 3, b"def"),
         ]
         writer.append([b"g"])  # leaf 3, parents flat 5 and 3: positions 4, 5, 6
-        assert storage.db.execute("SELECT max(id) FROM nodes").fetchone()[0] - base == 6
+        assert storage.db.execute(f"SELECT max(id) FROM {table}").fetchone()[0] == 6
+        # the inspection view: rowid log_id << 42 | position
+        base = writer._id << NODE_SHIFT
         assert storage.db.execute("SELECT * FROM blocks ORDER BY id").fetchall() == [
             (base + p, b) for p, b in [(0, b"a"), (1, b"bc"), (3, b"def"), (4, b"g")]
         ]
         # a truncation keeps exactly the positions below the cut's leaf
         writer.truncate(3)
-        kept = [i - base for (i,) in storage.db.execute("SELECT id FROM nodes ORDER BY id")]
+        kept = [i for (i,) in storage.db.execute(f"SELECT id FROM {table} ORDER BY id")]
         assert kept == [0, 1, 2, 3]
-        assert storage.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert storage.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_an_uncle_leaf_never_erases_the_block_stored_in_its_row() -> None:
@@ -124,7 +132,7 @@ def test_an_uncle_leaf_never_erases_the_block_stored_in_its_row() -> None:
     assert replica.storage.count_blocks(replica._id) == 2
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_old_folder_is_migrated_on_open(tmp_path: Path, version: int) -> None:
     storage, writer, replica = _filled(tmp_path)
     expected = {
@@ -173,8 +181,33 @@ def test_a_version_1_block_without_its_leaf_node_stops_the_migration(tmp_path: P
 def test_an_unknown_schema_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     Storage.open(tmp_path / "s").close()
     db = sqlite3.connect(tmp_path / "s" / "db.sqlite")
-    db.execute("PRAGMA user_version=4")
+    db.execute("PRAGMA user_version=5")
     db.close()
     for _ in range(2):  # the failed open released the folder's lock and SQLite's
-        with pytest.raises(StorageError, match="schema version 4 is not supported"):
+        with pytest.raises(StorageError, match="schema version 5 is not supported"):
             Storage.open(tmp_path / "s")
+
+
+def test_every_log_has_its_own_table_and_the_views_cover_them(tmp_path: Path) -> None:
+    with Storage.open(tmp_path / "s") as storage:
+        logs = [Log.create(storage, crypto.key_pair(bytes([i]) * 32)) for i in (5, 6, 7)]
+        for n, log in enumerate(logs):
+            log.append([b"%d" % n] * (n + 1))
+        tables = {
+            name
+            for (name,) in storage.db.execute("SELECT name FROM sqlite_schema WHERE type='table'")
+        }
+        assert {f"log_{log._id}" for log in logs} <= tables
+        views = storage.db.execute("SELECT id >> ?, count(*) FROM blocks GROUP BY 1", (NODE_SHIFT,))
+        assert views.fetchall() == [(log._id, n + 1) for n, log in enumerate(logs)]
+        with pytest.raises(KeyError), storage.transaction():
+            gone = Log.create(storage, crypto.key_pair(bytes([8]) * 32))
+            raise KeyError  # a log created in a rolled-back transaction leaves no table
+        assert len(storage.log_keys()) == 3
+        assert f"log_{gone._id}" not in {
+            name
+            for (name,) in storage.db.execute("SELECT name FROM sqlite_schema WHERE type='table'")
+        }
+        assert storage.db.execute("SELECT count(*) FROM blocks").fetchone()[0] == 6
+    with Storage.open(tmp_path / "s") as storage:  # reopened: same tables, same views
+        assert storage.db.execute("SELECT count(*) FROM blocks").fetchone()[0] == 6
