@@ -96,7 +96,8 @@ _FLAT_MASK = (1 << NODE_SHIFT) - 1
 
 
 def _tree(log_id: int) -> str:
-    """The name of the table holding the tree (nodes and blocks) of log ``log_id``."""
+    """The name of the table holding the tree (nodes and blocks) of log ``log_id`` (the hot
+    paths below inline it as ``log_{log_id}``: log ids are always ints)."""
     return f"log_{int(log_id)}"
 
 
@@ -578,7 +579,7 @@ class Storage:
         has one (None keeps the leaf's stored block, if any). One statement: the hot path of
         appends and replicated ranges."""
         self.db.executemany(
-            f"INSERT INTO {_tree(log_id)} VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            f"INSERT INTO log_{log_id} VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
             " size = excluded.size, hash = excluded.hash, data = coalesce(excluded.data, data)",
             rows,
         )
@@ -586,7 +587,7 @@ class Storage:
     def put_block(self, log_id: int, position: int, block: bytes) -> None:
         """Store a block beside its leaf node (at ``position``), which must be stored already."""
         cursor = self.db.execute(
-            f"UPDATE {_tree(log_id)} SET data = ? WHERE id = ?", (block, position)
+            f"UPDATE log_{log_id} SET data = ? WHERE id = ?", (block, position)
         )
         if cursor.rowcount != 1:
             raise StorageError(f"no stored leaf node at position {position} for a block")
@@ -594,7 +595,7 @@ class Storage:
     def get_block(self, log_id: int, position: int) -> bytes | None:
         """The block stored in the leaf row at ``position``, or None."""
         row = self.db.execute(
-            f"SELECT data FROM {_tree(log_id)} WHERE id = ?", (position,)
+            f"SELECT data FROM log_{log_id} WHERE id = ?", (position,)
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
@@ -604,7 +605,7 @@ class Storage:
         return [
             (position, bytes(data))
             for position, data in self.db.execute(
-                f"SELECT id, data FROM {_tree(log_id)} WHERE id >= ? AND id < ?"
+                f"SELECT id, data FROM log_{log_id} WHERE id >= ? AND id < ?"
                 " AND data IS NOT NULL ORDER BY id",
                 (start, end),
             )
@@ -612,14 +613,14 @@ class Storage:
 
     def has_block(self, log_id: int, position: int) -> bool:
         row = self.db.execute(
-            f"SELECT data IS NOT NULL FROM {_tree(log_id)} WHERE id = ?", (position,)
+            f"SELECT data IS NOT NULL FROM log_{log_id} WHERE id = ?", (position,)
         ).fetchone()
         return row is not None and bool(row[0])
 
     def get_node(self, log_id: int, position: int) -> tuple[int, bytes] | None:
         """(size, hash) of the node stored at ``position``, or None."""
         row = self.db.execute(
-            f"SELECT size, hash FROM {_tree(log_id)} WHERE id = ?", (position,)
+            f"SELECT size, hash FROM log_{log_id} WHERE id = ?", (position,)
         ).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
@@ -629,13 +630,13 @@ class Storage:
             return {}
         marks = ",".join("?" * len(positions))
         rows = self.db.execute(
-            f"SELECT id, size, hash FROM {_tree(log_id)} WHERE id IN ({marks})", positions
+            f"SELECT id, size, hash FROM log_{log_id} WHERE id IN ({marks})", positions
         )
         return {position: (size, bytes(h)) for position, size, h in rows}
 
     def truncate_log(self, log_id: int, position: int) -> None:
         """Drop the log's nodes and blocks at positions >= ``position`` (one statement)."""
-        self.db.execute(f"DELETE FROM {_tree(log_id)} WHERE id >= ?", (position,))
+        self.db.execute(f"DELETE FROM log_{log_id} WHERE id >= ?", (position,))
 
     def retain_runs(self, log_id: int, runs: Iterable[tuple[int, int]]) -> None:
         """Drop every node and block of the log outside the given (first, last) runs of
@@ -647,10 +648,10 @@ class Storage:
                 gaps.append((start, first))
             start = max(start, last + 1)
         gaps.append((start, 1 << NODE_SHIFT))
-        self.db.executemany(f"DELETE FROM {_tree(log_id)} WHERE id >= ? AND id < ?", gaps)
+        self.db.executemany(f"DELETE FROM log_{log_id} WHERE id >= ? AND id < ?", gaps)
 
     def count_blocks(self, log_id: int) -> int:
-        row = self.db.execute(f"SELECT count(data) FROM {_tree(log_id)}").fetchone()
+        row = self.db.execute(f"SELECT count(data) FROM log_{log_id}").fetchone()
         return int(row[0])
 
     def log_keys(self) -> list[tuple[bytes, str | None]]:

@@ -74,6 +74,7 @@ from .proof import (
 
 _pos = flat_tree.post_order
 _leaf_pos = flat_tree.leaf_post_order
+_RECENT = 64  # how many earlier lengths' roots a log keeps in memory
 
 
 class ProofMismatchError(InvalidProofError):
@@ -109,6 +110,9 @@ class Log:
         # length and cannot serve upgrade proofs.
         self.signed_appends = True
         self._roots: list[Node] = []
+        # the roots of lengths this log had since it was loaded (a writer's undo truncates
+        # back to one of them, and readers ask for their tree hashes): at most _RECENT
+        self._recent: dict[int, list[Node]] = {}
         self._load(row)
 
     # --- opening -----------------------------------------------------------------------------
@@ -146,6 +150,7 @@ class Log:
         self.signature = row.signature
         self.frozen = row.frozen
         self._roots = self._stored_roots(row.length)
+        self._recent = {}
 
     def reload(self) -> None:
         """Re-read the header and roots from storage (after a rolled-back transaction)."""
@@ -216,7 +221,8 @@ class Log:
             return list(self._roots)
         if not 0 <= length <= self.length:
             raise OutOfRangeError(f"length {length} is past the log's length {self.length}")
-        return self._stored_roots(length)
+        recent = self._recent.get(length)
+        return list(recent) if recent is not None else self._stored_roots(length)
 
     def tree_hash(self, length: int | None = None) -> bytes:
         return tree_hash(self.roots(length))
@@ -290,6 +296,10 @@ class Log:
                 storage.require_sync()
             storage.put_tree(self._id, rows)
             storage.write_header(self._id, length, self.fork, byte_length, signature)
+            recent = self._recent
+            recent[self.length] = self._roots
+            if len(recent) > _RECENT:
+                del recent[next(iter(recent))]
             self.length = length
             self.byte_length = byte_length
             self.signature = signature
@@ -301,7 +311,8 @@ class Log:
         key_pair = self._check_writable()
         if not 0 <= length <= self.length:
             raise OutOfRangeError(f"cannot truncate to {length}: the length is {self.length}")
-        roots = self._stored_roots(length)
+        recent = self._recent.get(length)
+        roots = list(recent) if recent is not None else self._stored_roots(length)
         fork = self.fork + 1
         signature = (
             crypto.sign(signable(self.key, tree_hash(roots), length, fork), key_pair.secret_key)
@@ -316,6 +327,8 @@ class Log:
                 storage.require_sync()
             storage.truncate_log(self._id, _leaf_pos(length))
             storage.write_header(self._id, length, fork, byte_length, signature)
+            # lengths above the cut will hold other blocks
+            self._recent = {n: r for n, r in self._recent.items() if n < length}
             self.length = length
             self.fork = fork
             self.byte_length = byte_length
@@ -591,6 +604,8 @@ class Log:
                 storage.write_header(self._id, header[0], fork, header[1], header[2])
                 # the new header and roots were just verified: take them without re-reading
                 self.length, self.byte_length, self.signature = header
+                if fork_change:
+                    self._recent = {}
                 self.fork = fork
                 self.manifest = known
                 self._roots = list(anchors)

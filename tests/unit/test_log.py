@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -394,3 +396,24 @@ def test_sync_log_moves_runs_of_a_sparse_source_as_ranges(writer: Log, folder: P
     assert sync_log(sparse, dst) == 0  # nothing beyond dst's length
     writer.append([b"more"] * 5)
     assert sync_log(writer, dst) == 5 and dst.length == 45 and dst.get(44) == b"more"
+
+
+def test_roots_of_earlier_lengths_stay_true_across_truncates_and_rollbacks(writer: Log) -> None:
+    """The in-memory roots of earlier lengths (what a truncate and ``roots(length)`` use)
+    always equal the stored ones, whatever appends, truncates and rolled-back transactions
+    came before."""
+    rng = random.Random(5)
+    storage = writer.storage
+    for step in range(300):
+        action = rng.random()
+        if action < 0.55 or writer.length == 0:
+            writer.append([b"%d.%d" % (step, i) for i in range(rng.choice((1, 1, 2, 7)))])
+        elif action < 0.85:
+            writer.truncate(rng.randrange(max(0, writer.length - 9), writer.length + 1))
+        else:
+            with contextlib.suppress(KeyError), storage.transaction():
+                writer.append([b"gone"] * rng.randrange(1, 4))
+                writer.truncate(rng.randrange(writer.length + 1))
+                raise KeyError
+        for length in range(max(0, writer.length - 12), writer.length + 1):
+            assert writer.roots(length) == writer._stored_roots(length)
