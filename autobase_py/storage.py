@@ -166,23 +166,23 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         if version == 1:
             rows = db.execute(
                 "SELECT n.id, n.size, n.hash, b.data FROM nodes n LEFT JOIN blocks b"
-                " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)"
-                " ORDER BY n.id",
+                " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)",
                 (_FLAT_MASK,),
-            ).fetchall()
-        else:
-            rows = db.execute("SELECT id, size, hash, data FROM nodes ORDER BY id").fetchall()
-        position = (lambda i: i) if version == 3 else post_order
-        by_log: dict[int, list[tuple[int, int, bytes, bytes | None]]] = {}
-        for rowid, size, digest, data in rows:
-            by_log.setdefault(rowid >> NODE_SHIFT, []).append(
-                (position(rowid & _FLAT_MASK), size, digest, data)
             )
-        for log_id, tree in by_log.items():
-            db.executemany(f"INSERT INTO {_tree(log_id)} VALUES (?, ?, ?, ?)", tree)
+        else:
+            rows = db.execute("SELECT id, size, hash, data FROM nodes")
+        moved = 0
+        batch: dict[int, list[tuple[int, int, bytes, bytes | None]]] = {}
+        for count, (rowid, size, digest, data) in enumerate(rows, 1):  # streamed, in batches
+            flat_or_position = rowid & _FLAT_MASK
+            position = flat_or_position if version == 3 else post_order(flat_or_position)
+            batch.setdefault(rowid >> NODE_SHIFT, []).append((position, size, digest, data))
+            moved += data is not None
+            if count % 10_000 == 0:
+                _insert_trees(db, batch)
+        _insert_trees(db, batch)
         if version == 1:
             blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
-            moved = sum(data is not None for *_, data in rows)
             if moved != blocks:
                 raise StorageError(
                     f"cannot migrate storage schema 1: {blocks - moved} stored blocks have no "
@@ -198,6 +198,14 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _insert_trees(
+    db: sqlite3.Connection, batch: dict[int, list[tuple[int, int, bytes, bytes | None]]]
+) -> None:
+    for log_id, rows in batch.items():
+        db.executemany(f"INSERT INTO {_tree(log_id)} VALUES (?, ?, ?, ?)", rows)
+    batch.clear()
 
 
 class Storage:

@@ -12,11 +12,11 @@ import pytest
 
 from autobase_py import crypto
 from autobase_py.errors import StorageError
-from autobase_py.log import Log, flat_tree
+from autobase_py.log import Log, flat_tree, merkle
 from autobase_py.storage import NODE_SHIFT, SCHEMA_VERSION, Storage
 
 BLOCK_SHIFT = 40  # schema 1's block rowids: log_id << 40 | index
-FLAT = {flat_tree.post_order(i): i for i in range(256)}  # position -> flat index, small logs
+FLAT = {flat_tree.post_order(i): i for i in range(1 << 14)}  # position -> flat index
 
 # Schema version 1, as written by earlier releases (kept literally: it is a file format).
 _SCHEMA_1 = """
@@ -88,6 +88,8 @@ def _filled(tmp_path: Path) -> tuple[Storage, Log, Log]:
     replica.apply_proof(source.proof(3, upgrade_from=0))
     replica.apply_proof(source.proof(7))
     storage.put(b"test/record", b"kept")
+    # more rows than the migration moves per batch
+    Log.create(storage, crypto.key_pair(bytes([9]) * 32)).append([b"%d" % i for i in range(6000)])
     return storage, writer, replica
 
 
@@ -160,6 +162,9 @@ def test_an_old_folder_is_migrated_on_open(tmp_path: Path, version: int) -> None
         assert fresh.get(5) == b"block 5"
         sparse = Log.replica(migrated, replica.key)
         assert [sparse.has(i) for i in range(10)] == [i in (3, 7) for i in range(10)]
+        big = Log.create(migrated, crypto.key_pair(bytes([9]) * 32))
+        assert big.length == 6000 and big.get(5999) == b"5999"
+        assert big.tree_hash() == big.tree_hash(6000) == merkle.tree_hash(big._stored_roots(6000))
 
 
 def test_a_version_1_block_without_its_leaf_node_stops_the_migration(tmp_path: Path) -> None:
@@ -174,7 +179,7 @@ def test_a_version_1_block_without_its_leaf_node_stops_the_migration(tmp_path: P
         Storage.open(tmp_path / "old")
     db = sqlite3.connect(tmp_path / "old" / "db.sqlite")
     assert db.execute("PRAGMA user_version").fetchone()[0] == 1  # rolled back, untouched
-    assert db.execute("SELECT count(*) FROM blocks").fetchone()[0] == writer.length + 2
+    assert db.execute("SELECT count(*) FROM blocks").fetchone()[0] == writer.length + 2 + 6000
     db.close()
 
 
