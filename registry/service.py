@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +207,11 @@ class RegistryService:
     def view(self) -> Registry:
         """The local (optimistic) view: includes entries not yet confirmed."""
         return self._base.view
+
+    def reading(self) -> AbstractAsyncContextManager[Registry]:
+        """``async with svc.reading() as view:``: the local view between two apply cycles,
+        never half-applied (appends and updates wait meanwhile; see ``Autobase.reading``)."""
+        return self._base.reading()
 
     @property
     def key(self) -> bytes:

@@ -46,6 +46,7 @@ from the registry key alone.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -310,6 +311,19 @@ class Autobase(Generic[V]):
 
     def events(self) -> AsyncIterator[Event]:
         return self._events.subscribe()
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[V]:
+        """``async with base.reading() as view:`` reads the view between two cycles.
+
+        A cycle spans awaits (a bee yields to other tasks once per flush), so a task that
+        reads ``view`` while one runs may see it half-way: rolled back for an undo and partly
+        re-applied, or holding writes the cycle could still roll back. Inside ``reading()``
+        appends and updates wait, and the view is exactly what the last committed cycle left.
+        Keep such reads short: writers wait for them."""
+        async with self._lock:
+            self._check_usable()
+            yield self.view
 
     @property
     def recent_events(self) -> list[Event]:

@@ -89,6 +89,8 @@ async def test_a_put_on_one_node_is_visible_on_another(cluster: Cluster) -> None
     await settle(a, b)
     assert await b.view.get("e1") == entry
     assert await b.view.get_by_drive_key(KEY_A) == entry
+    async with b.reading() as view:  # the same view, read between two cycles
+        assert view is b.view and await view.get("e1") == entry
     await b.put_entry({"name": "e2", "drive_key": KEY_B.hex(), "type": "type1"})
     await settle(a, b)
     assert await names_of_type(a, "type1") == ["e1", "e2"]
