@@ -64,6 +64,42 @@ def test_secretstream_round_trip_and_final() -> None:
         enc.encrypt(b"late")
 
 
+def test_secretstream_bytes_are_libsodiums_either_way() -> None:
+    """The direct cffi calls agree with pynacl's bindings in both directions (they are the same
+    libsodium functions), for messages smaller and larger than the reused output buffer."""
+    from nacl import bindings as sodium
+
+    key = os.urandom(32)
+    messages = [b"", b"a", os.urandom(60), os.urandom(4096), os.urandom(70000), b"end"]
+    message_tag = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+    enc = Encryptor(key)
+    theirs = sodium.crypto_secretstream_xchacha20poly1305_state()
+    sodium.crypto_secretstream_xchacha20poly1305_init_pull(theirs, enc.header, key)
+    for message in messages:
+        got, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
+            theirs, enc.encrypt(message), None
+        )
+        assert (bytes(got), tag) == (message, message_tag)
+    push_state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    header = bytes(sodium.crypto_secretstream_xchacha20poly1305_init_push(push_state, key))
+    dec = Decryptor(key, header)
+    for message in messages:
+        sent = bytes(sodium.crypto_secretstream_xchacha20poly1305_push(
+            push_state, message, None, message_tag
+        ))
+        assert dec.decrypt(sent) == (message, False)
+    # Tags other than MESSAGE and FINAL, and a FINAL carrying data, are refused.
+    for tag, data, error in (
+        (sodium.crypto_secretstream_xchacha20poly1305_TAG_PUSH, b"x", "unexpected"),
+        (sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL, b"x", "carries data"),
+    ):
+        state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header = bytes(sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key))
+        sent = bytes(sodium.crypto_secretstream_xchacha20poly1305_push(state, data, None, tag))
+        with pytest.raises(ProtocolError, match=error):
+            Decryptor(key, header).decrypt(sent)
+
+
 def test_secretstream_rejects_tampering_replay_reordering_and_wrong_keys() -> None:
     key = os.urandom(32)
     enc = Encryptor(key)
