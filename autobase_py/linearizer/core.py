@@ -274,7 +274,8 @@ class Linearizer:
             entry.round = rnd
         entry.clk = clk
         entry.rv = rv
-        self._steps.record(node.writer, node.length, rv)
+        # no round step to record: ``rv`` equals the predecessor's (whose own entry already
+        # holds its round), and a step function only changes where a round grows
 
     def _place(self, entry: Entry) -> None:
         """Compute the entry's clock, round vector and round; update the round tables."""
