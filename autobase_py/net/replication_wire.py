@@ -33,6 +33,15 @@ the range needs a node from outside it, up to the roots of the length it trusts.
 stored unless the whole range verifies, so a lying sender cannot get anything stored; two
 different values sent for one node, or a sent node the range does not hash to, is the sender's
 fault.
+
+Fast paths (same bytes). The small messages of live replication (``sync``, ``request``,
+``data``, ``range``, ``none``, ``have``: several per appended block and peer) are written from
+fixed byte templates (their canonical CBOR: the map head, the keys in canonical order and
+shortest-form integers) instead of building a dict for the general encoder, and read by
+:func:`_decode_fast`, which accepts only exactly that canonical layout with in-range values
+and hands anything else to the general decoder, which decides (so both paths accept the same
+bytes and give the same dict; ``tests/property/test_net_wire.py`` checks this on canonical
+and mangled input).
 """
 
 from __future__ import annotations
@@ -61,21 +70,60 @@ class InvalidPeerDataError(ProtocolError):
 
 # -- encoding --------------------------------------------------------------------------------
 
+# Canonical CBOR pieces of the fixed-shape messages: map head, then the keys by the length of
+# their encoding (``t``, ``id``, ``end``, ``fork``, ``index``, ``proof``, ``start``, ``length``,
+# ``upgrade``), each followed by its value.
+_SYNC: Final = b"\xa3\x61t\x64sync\x64fork"
+_LENGTH: Final = b"\x66length"
+_REQUEST: Final = b"\xa4\x61t\x67request\x62id"
+_INDEX: Final = b"\x65index"
+_UPGRADE: Final = b"\x67upgrade"
+_DATA: Final = b"\xa3\x61t\x64data\x62id"
+_PROOF: Final = b"\x65proof"
+_RANGE: Final = b"\xa4\x61t\x65range\x62id"
+_END: Final = b"\x63end"
+_START: Final = b"\x65start"
+_NONE: Final = b"\xa2\x61t\x64none\x62id"
+_HAVE: Final = b"\xa3\x61t\x64have\x63end"
+_NULL: Final = b"\xf6"
+_uint = encoding.uint
+
 
 def encode_sync(length: int, fork: int) -> bytes:
-    return encoding.encode({"t": "sync", "length": length, "fork": fork})
+    try:
+        return _SYNC + _uint(fork) + _LENGTH + _uint(length)
+    except ValueError:  # out of range: the general encoder says why
+        return encoding.encode({"t": "sync", "length": length, "fork": fork})
 
 
 def encode_request(request_id: int, index: int | None, upgrade: int | None) -> bytes:
-    return encoding.encode({"t": "request", "id": request_id, "index": index, "upgrade": upgrade})
+    try:
+        return (
+            _REQUEST + _uint(request_id)
+            + _INDEX + (_NULL if index is None else _uint(index))
+            + _UPGRADE + (_NULL if upgrade is None else _uint(upgrade))
+        )
+    except ValueError:
+        return encoding.encode(
+            {"t": "request", "id": request_id, "index": index, "upgrade": upgrade}
+        )
 
 
 def encode_data(request_id: int, proof: bytes) -> bytes:
-    return encoding.encode({"t": "data", "id": request_id, "proof": proof})
+    try:
+        return (
+            _DATA + _uint(request_id) + _PROOF + encoding.head(encoding.MAJOR_BYTES, len(proof))
+            + proof
+        )
+    except ValueError:
+        return encoding.encode({"t": "data", "id": request_id, "proof": proof})
 
 
 def encode_range(request_id: int, start: int, end: int) -> bytes:
-    return encoding.encode({"t": "range", "id": request_id, "start": start, "end": end})
+    try:
+        return _RANGE + _uint(request_id) + _END + _uint(end) + _START + _uint(start)
+    except ValueError:
+        return encoding.encode({"t": "range", "id": request_id, "start": start, "end": end})
 
 
 def encode_blocks(
@@ -89,11 +137,17 @@ def encode_blocks(
 
 
 def encode_none(request_id: int) -> bytes:
-    return encoding.encode({"t": "none", "id": request_id})
+    try:
+        return _NONE + _uint(request_id)
+    except ValueError:
+        return encoding.encode({"t": "none", "id": request_id})
 
 
 def encode_have(start: int, end: int) -> bytes:
-    return encoding.encode({"t": "have", "start": start, "end": end})
+    try:
+        return _HAVE + _uint(end) + _START + _uint(start)
+    except ValueError:
+        return encoding.encode({"t": "have", "start": start, "end": end})
 
 
 def pack_uncles(nodes: tuple[tuple[int, bytes], ...] | list[tuple[int, bytes]]) -> bytes:
@@ -152,8 +206,105 @@ def _check_blocks(obj: dict[Any, Any]) -> None:
                 raise DecodeError("blocks: uncle size out of range")
 
 
+_LIMIT: Final = 1 << 63  # every integer field is below this
+_WIDTH: Final = {24: 1, 25: 2, 26: 4, 27: 8}  # argument bytes after a CBOR initial byte
+_SMALLEST: Final = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}  # shortest form's minimum
+
+
+def _arg(data: bytes, pos: int, major: int) -> tuple[int, int]:
+    """The canonical (shortest-form) argument of the CBOR head of type ``major`` at ``pos``
+    and the position after it; ValueError for anything else (the general decoder decides)."""
+    first = data[pos] - major  # IndexError past the end: also "not the fast layout"
+    if 0 <= first < 24:
+        return first, pos + 1
+    width = _WIDTH[first]  # KeyError: not an unsigned argument of this major type
+    end = pos + 1 + width
+    if end > len(data):
+        raise ValueError("truncated")
+    value = int.from_bytes(data[pos + 1 : end], "big")
+    if value < _SMALLEST[first]:
+        raise ValueError("not shortest form")
+    return value, end
+
+
+def _field(data: bytes, pos: int, key: bytes) -> tuple[int, int]:
+    """``key`` at ``pos`` followed by an unsigned integer below 2**63."""
+    end = pos + len(key)
+    if data[pos:end] != key:
+        raise ValueError("another layout")
+    value, pos = _arg(data, end, 0)
+    if value >= _LIMIT:
+        raise ValueError("out of range")
+    return value, pos
+
+
+def _nullable(data: bytes, pos: int, key: bytes) -> tuple[int | None, int]:
+    end = pos + len(key)
+    if data[end : end + 1] == _NULL and data[pos:end] == key:
+        return None, end + 1
+    return _field(data, pos, key)
+
+
+def _decode_fast(data: bytes) -> dict[str, Any] | None:
+    """The message if ``data`` is exactly the canonical encoding of a valid sync, request,
+    data, range, none or have; None for anything else (including every malformed input)."""
+    if len(data) > encoding.MAX_SIZE:
+        return None
+    try:
+        if data.startswith(_SYNC):
+            fork, pos = _field(data, len(_SYNC), b"")
+            length, pos = _field(data, pos, _LENGTH)
+            msg: dict[str, Any] = {"t": "sync", "fork": fork, "length": length}
+        elif data.startswith(_REQUEST):
+            request_id, pos = _field(data, len(_REQUEST), b"")
+            index, pos = _nullable(data, pos, _INDEX)
+            upgrade, pos = _nullable(data, pos, _UPGRADE)
+            if index is None and upgrade is None:
+                return None
+            msg = {"t": "request", "id": request_id, "index": index, "upgrade": upgrade}
+        elif data.startswith(_DATA):
+            request_id, pos = _field(data, len(_DATA), b"")
+            size, pos = _bytes_head(data, pos)
+            if pos + size != len(data):
+                return None
+            return {"t": "data", "id": request_id, "proof": data[pos:]}
+        elif data.startswith(_RANGE):
+            request_id, pos = _field(data, len(_RANGE), b"")
+            end, pos = _field(data, pos, _END)
+            start, pos = _field(data, pos, _START)
+            if not 0 < end - start <= MAX_RANGE:
+                return None
+            msg = {"t": "range", "id": request_id, "end": end, "start": start}
+        elif data.startswith(_NONE):
+            request_id, pos = _field(data, len(_NONE), b"")
+            msg = {"t": "none", "id": request_id}
+        elif data.startswith(_HAVE):
+            end, pos = _field(data, len(_HAVE), b"")
+            start, pos = _field(data, pos, _START)
+            if not start < end:
+                return None
+            msg = {"t": "have", "end": end, "start": start}
+        else:
+            return None
+    except (ValueError, IndexError, KeyError):
+        return None
+    return msg if pos == len(data) else None
+
+
+def _bytes_head(data: bytes, pos: int) -> tuple[int, int]:
+    """``proof`` at ``pos``, then a byte string's head: (its length, where it starts)."""
+    end = pos + len(_PROOF)
+    if data[pos:end] != _PROOF:
+        raise ValueError("another layout")
+    return _arg(data, end, encoding.MAJOR_BYTES)
+
+
 def decode_message(data: bytes) -> dict[str, Any]:
     """A checked replication message; InvalidPeerDataError for anything malformed."""
+    if type(data) is bytes:
+        fast = _decode_fast(data)
+        if fast is not None:
+            return fast
     try:
         obj = encoding.expect_map(encoding.decode(data), "replication message")
         kind = encoding.field(obj, "t", str, "replication message")
