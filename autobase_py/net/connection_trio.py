@@ -17,6 +17,12 @@ channel opened back and its handler run in the connection's task group; any othe
 ``aclose`` is graceful: channels are closed, our direction ends with a secretstream FINAL
 after everything queued before it, and we wait up to ``close_timeout`` for the peer's FINAL
 before dropping the socket.
+
+Per message the work is kept small, messages being nearly all the traffic: a received MESSAGE
+frame on an open channel goes straight into its channel's buffer (``Mux.message_payload``, no
+event object), our answers are encrypted once per batch of frames handled, the writer parks
+as a bare task (no ``trio.Event`` per write) and the progress events are created only when
+someone waits on them.
 """
 
 from __future__ import annotations
@@ -114,8 +120,7 @@ class Channel:
         if self.closed.is_set():
             raise ChannelClosedError(f"channel {self.key!r} is closed")
         connection = self.connection
-        for data in messages:
-            connection._mux_send(self.key, data)
+        connection._mux_send_many(self.key, messages)
         await connection._flush()
 
     @property
@@ -128,8 +133,7 @@ class Channel:
         ``can_send_now`` (no backpressure here). ChannelClosedError once closed."""
         if self.closed.is_set():
             raise ChannelClosedError(f"channel {self.key!r} is closed")
-        for data in messages:
-            self.connection._mux_send(self.key, data)
+        self.connection._mux_send_many(self.key, messages)
 
     async def receive(self) -> bytes:
         """The next message; ChannelClosedError once the channel closed and is drained."""
@@ -199,10 +203,12 @@ class Connection:
         self._scope = trio.CancelScope()
         self._tasks: trio.Nursery | None = None
         self._channels: dict[Key, Channel] = {}
-        self._wake_writer = trio.Event()
-        self._progress = trio.Event()
+        self._writer_task: trio.lowlevel.Task | None = None  # the writer, while it waits
+        # Set and dropped after every socket write / every frame that may change channel
+        # states; created only when someone waits (most writes and frames have no waiter).
+        self._progress: trio.Event | None = None
+        self._mux_progress: trio.Event | None = None
         self._peer_closed = trio.Event()
-        self._mux_progress = trio.Event()  # set (and replaced) after every batch of mux events
         self._stream_closed = False
 
     # -- facts -------------------------------------------------------------------------------
@@ -255,6 +261,8 @@ class Connection:
         while self.mux.state(key)[0] is Half.CLOSED:
             if self.is_closed:
                 raise ChannelClosedError("connection is closed")
+            if self._mux_progress is None:
+                self._mux_progress = trio.Event()
             await self._mux_progress.wait()
         if key in self._channels:
             raise LocalError(f"channel {key!r} is already open")
@@ -274,6 +282,16 @@ class Connection:
         self.mux.send(key, data)
         self._pump()
 
+    def _mux_send_many(self, key: Key, messages: list[bytes]) -> None:
+        if self.is_closed:
+            raise ChannelClosedError("connection is closed")
+        send = self.mux.send
+        try:
+            for data in messages:
+                send(key, data)
+        finally:
+            self._pump()
+
     def _mux_close(self, key: Key) -> None:
         if self.is_closed:
             return
@@ -285,11 +303,40 @@ class Connection:
     def _pump(self) -> None:
         """Move mux frames into the encrypted stream (synchronously, so order is kept)."""
         frames = self.mux.frames_to_send()
-        if self.core.can_send:
+        core = self.core
+        if frames and core.can_send:
+            send = core.send
             for frame in frames:
-                self.core.send(frame)
-        if self.core.pending_bytes:
-            self._wake_writer.set()
+                send(frame)
+        if core.pending_bytes:
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        task = self._writer_task
+        if task is not None:
+            self._writer_task = None
+            trio.lowlevel.reschedule(task)
+
+    def _writer_abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._writer_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _made_progress(self) -> None:
+        event = self._progress
+        if event is not None:
+            self._progress = None
+            event.set()
+
+    def _mux_changed(self) -> None:
+        event = self._mux_progress
+        if event is not None:
+            self._mux_progress = None
+            event.set()
+
+    async def _wait_progress(self) -> None:
+        if self._progress is None:
+            self._progress = trio.Event()
+        await self._progress.wait()
 
     @property
     def _backlogged(self) -> bool:
@@ -298,20 +345,26 @@ class Connection:
     async def _flush(self) -> None:
         """Backpressure for senders: wait while too much is queued for the socket."""
         while self.core.pending_bytes > HIGH_WATER and not self.is_closed:
-            await self._progress.wait()
+            await self._wait_progress()
         await trio.lowlevel.checkpoint()
         if self.is_closed:
             raise ChannelClosedError("connection is closed")
 
     async def _writer(self) -> None:
+        """Sends whatever is queued, everything at once; parks (no event object) while nothing
+        is queued. Woken, it lets the tasks already runnable go first (one scheduler pass), so
+        the answers of every session woken by the same arrival share one socket write: about
+        a fifth fewer writes (and reads at the peer) in the live three-indexer benchmark."""
+        core, stream = self.core, self.stream
         while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
-            data = self.core.data_to_send()
+            if not core.pending_bytes:
+                self._writer_task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._writer_abort)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            data = core.data_to_send()
             if data:
-                await self.stream.send_all(data)
-            self._progress.set()
-            self._progress = trio.Event()
+                await stream.send_all(data)
+            self._made_progress()
 
     async def _reader(self) -> None:
         while not self._peer_closed.is_set():
@@ -319,8 +372,8 @@ class Connection:
             self._handle_events(self.core.receive_data(data))
         # The peer ended its direction: our FINAL is queued (see _handle_events); let the
         # writer deliver it, then the connection is over.
-        while self.core.pending_bytes:
-            await self._progress.wait()
+        while self.core.pending_bytes and not self.is_closed:
+            await self._wait_progress()
 
     async def _run(self, pending: list[Event], task_status: trio.TaskStatus[None]) -> None:
         try:
@@ -345,31 +398,52 @@ class Connection:
                 await self._close_stream()
 
     def _handle_events(self, events: list[Event]) -> None:
+        """Apply what the peer sent: messages on open channels straight to their channel (the
+        mux's short cut), other frames through the mux's events; then queue our answers."""
+        message_payload = self.mux.message_payload
+        channels = self._channels
         for event in events:
-            if isinstance(event, Message):
-                self._handle_mux_events(self.mux.receive_frame(event.data))
+            if type(event) is Message:
+                fast = message_payload(event.data)
+                if fast is None:
+                    self._apply_mux_events(self.mux.receive_frame(event.data))
+                    self._mux_changed()
+                else:
+                    channel = channels.get(fast[0])
+                    if channel is not None:
+                        self._deliver(channel, fast[1])
             elif isinstance(event, PeerClosed):
+                self._pump()  # answers to earlier frames go before our FINAL
                 self._peer_closed.set()
                 self._close_channels()
                 if not self.core.local_closed:
                     self.core.close()  # answer with our FINAL so the peer can finish too
-                    self._wake_writer.set()
+                    self._wake_writer()
             elif isinstance(event, Established):  # pragma: no cover - consumed by handshake
                 pass
+        self._pump()
+
+    def _deliver(self, channel: Channel, data: bytes) -> None:
+        try:
+            channel._send.send_nowait(data)
+        except trio.WouldBlock:
+            # A consumer that does not keep up loses its channel, not the node.
+            log.warning("channel %r overflowed; closing it", channel.key)
+            channel.overflowed = True
+            channel._mark_closed()
+            self.mux.close(channel.key)
 
     def _handle_mux_events(self, events: list[MuxEvent]) -> None:
+        self._apply_mux_events(events)
+        self._pump()
+        self._mux_changed()
+
+    def _apply_mux_events(self, events: list[MuxEvent]) -> None:
         for event in events:
             if isinstance(event, ChannelMessage):
                 channel = self._channels.get(event.key)
                 if channel is not None:
-                    try:
-                        channel._send.send_nowait(event.data)
-                    except trio.WouldBlock:
-                        # A consumer that does not keep up loses its channel, not the node.
-                        log.warning("channel %r overflowed; closing it", event.key)
-                        channel.overflowed = True
-                        channel._mark_closed()
-                        self.mux.close(event.key)
+                    self._deliver(channel, event.data)
             elif isinstance(event, ChannelOpened):
                 channel = self._channels.get(event.key)
                 if channel is not None:
@@ -380,9 +454,6 @@ class Connection:
                 channel = self._channels.get(event.key)
                 if channel is not None:
                     channel._mark_closed()
-        self._pump()
-        self._mux_progress.set()
-        self._mux_progress = trio.Event()
 
     def _answer_request(self, event: ChannelRequested) -> None:
         entry = self.protocols.get(event.key[0])
@@ -419,8 +490,8 @@ class Connection:
         self._close_channels()
         self._peer_closed.set()
         self.closed.set()
-        self._progress.set()
-        self._mux_progress.set()
+        self._made_progress()
+        self._mux_changed()
 
     async def _close_stream(self) -> None:
         if not self._stream_closed:
@@ -436,7 +507,7 @@ class Connection:
                 self._close_channels()
                 self._pump()
                 self.core.close()
-                self._wake_writer.set()
+                self._wake_writer()
                 with trio.move_on_after(self.close_timeout):
                     await self._peer_closed.wait()
             self._finish()

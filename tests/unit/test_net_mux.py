@@ -221,3 +221,34 @@ def test_every_state_input_pair_outside_the_table_is_refused() -> None:
         else:
             mux._local(record, verb)
             assert (record.local, record.remote) == row[:2]
+
+
+def test_message_short_cut_only_for_open_channels_with_one_byte_aliases() -> None:
+    """``message_payload`` (the connection's short cut) answers exactly where the table would
+    deliver and the alias is one byte; elsewhere it declines and the table decides."""
+    a, b = Mux(max_channels=300), Mux(max_channels=300)
+    keys = [("log", bytes([i >> 8, i & 0xFF])) for i in range(200)]
+    for key in keys:
+        a.open(key)
+    deliver(a, b)
+    for key in keys:
+        b.open(key)
+    deliver(b, a)
+    for i, key in enumerate(keys):
+        a.send(key, b"m%d" % i)
+    frames = a.frames_to_send()
+    for i, (key, frame) in enumerate(zip(keys, frames, strict=True)):
+        fast = b.message_payload(frame)
+        assert fast == ((key, b"m%d" % i) if i < 0x80 else None)  # aliases from 128 take 2 bytes
+        assert b.receive_frame(frame) == [ChannelMessage(key, b"m%d" % i)]
+    # Once we closed our half, a crossing message is dropped by the table, not delivered.
+    a.send(keys[0], b"late")
+    late = a.frames_to_send()[0]
+    b.close(keys[0])
+    assert b.message_payload(late) is None
+    assert b.receive_frame(late) == []
+    # An alias the peer never opened is still a protocol error.
+    with pytest.raises(ProtocolError):
+        b.receive_frame(encode_simple(muxmod.MESSAGE, 250, b"x"))
+    assert b.message_payload(encode_simple(muxmod.MESSAGE, 127, b"x")) is not None
+    assert b.message_payload(b"\x03") is None
