@@ -283,6 +283,8 @@ class Connection:
         self._pump()
 
     def _mux_send_many(self, key: Key, messages: list[bytes]) -> None:
+        if not messages:
+            return
         if self.is_closed:
             raise ChannelClosedError("connection is closed")
         send = self.mux.send

@@ -281,16 +281,18 @@ class LogSession:
         if self.eager:
             if self._scan_fork != log.fork:
                 self._scan, self._scan_fork = 0, log.fork
-            # The cursor only passes stored blocks, so a block whose request failed anywhere
-            # (peer gone, proof mismatch) is found again on the next pump.
-            index = self._scan
-            while index < limit and log.has(index):
-                index += 1
-            self._scan = index
             claims = self.claims
             if claims.fork != log.fork:
                 claims.fork, claims.contiguous = log.fork, 0
-            claims.contiguous = max(claims.contiguous, index)
+            # The cursor only passes stored blocks, so a block whose request failed anywhere
+            # (peer gone, proof mismatch) is found again on the next pump. It starts at the
+            # stored prefix the log's sessions know of (no lookups for what another session
+            # stored since).
+            index = max(self._scan, claims.contiguous)
+            while index < limit and log.has(index):
+                index += 1
+            self._scan = index
+            claims.contiguous = index
             if self._releases_seen != claims.releases:
                 self._releases_seen = claims.releases
                 self._frontier = index
@@ -494,8 +496,11 @@ class LogSession:
         stored = self._store(proof, request)
         block = proof.block
         if stored and block is not None:
-            self.claims.blocks.discard(block.index)
-            self.claims.arrived(block.index, block.index + 1)
+            claims = self.claims
+            claims.blocks.discard(block.index)
+            claims.arrived(block.index, block.index + 1)
+            if claims.contiguous == block.index and claims.fork == self.log.fork:
+                claims.contiguous += 1  # the stored prefix grew (the next scan starts past it)
         else:
             self._release(request)  # the block (if asked for) goes back to every session
         return stored
@@ -536,7 +541,10 @@ class LogSession:
         self.claims.blocks.difference_update(range(start, start + stored))
         self._release(request, start + stored)
         if stored:
-            self.claims.arrived(start, start + stored)
+            claims = self.claims
+            claims.arrived(start, start + stored)
+            if start <= claims.contiguous < start + stored and claims.fork == fork:
+                claims.contiguous = start + stored
         return stored > 0
 
     def _store(self, proof: Proof, request: _Request) -> bool:
