@@ -36,6 +36,14 @@ Nor is a range answer that fails to verify after our length moved (we may have o
 server's roots meanwhile); from an unchanged state it is.
 An answer built for another fork is dropped without blame; its blocks are not asked of that
 peer again until its next sync.
+
+No sync answers an upgrade. A server that answers an upgrade request from exactly the state
+the requester last synced (same fork) counts the requester at its own length from then on, as
+if it had synced; the requester, once it stored that answer, counts the sync as sent, unless
+it sent a sync after the request (which reaches the server after the answer left, and
+overrides the server's assumption there too). Both sides apply the same rule to the same
+ordered streams, so they keep agreeing on what the server knows, without the message the
+server could always predict: in live following, one sync per appended block and replica.
 """
 
 from __future__ import annotations
@@ -84,6 +92,7 @@ _SCAN_OWED: Final = 256  # up to this many owed blocks are looked up one by one
 _MAX_ARRIVALS: Final = 1024  # stored ranges remembered for sessions that owe blocks
 _ranges = ranges  # the old private name
 _UNCLE: Final = struct.Struct("<Q32s")  # one packed uncle: size (u64 LE), hash
+_NONE_HEAD: Final = encode_none(0)[:-1]  # every "none" starts with this
 
 
 def capability(log_key: bytes, handshake_hash: bytes, *, initiator: bool) -> bytes:
@@ -165,6 +174,8 @@ class _Request:
     fork: int  # our fork and length when we asked: a mismatch from an unchanged state is
     length: int  # the peer's fault, from a changed state it is just a race
     end: int | None = None  # a range: blocks [index, end)
+    syncs: int = -1  # an upgrade: how many syncs we had sent when we asked
+    assumed: bool = False  # a range asked while the peer's length was only assumed
 
 
 class LogSession:
@@ -202,7 +213,10 @@ class LogSession:
         # claimed when last seen) unless some claim was given back since (``_releases_seen``).
         self._frontier = 0
         self._releases_seen = 0
-        self._sent_state: tuple[int, int] | None = None
+        self._sent_state: tuple[int, int] | None = None  # what the peer knows of us
+        self._syncs_sent = 0
+        self._synced_state = (0, 0)  # the peer's state as its last sync said
+        self._assumed = False  # remote_length is assumed past it (an upgrade we served)
         self._refused: set[int] = set()  # blocks this peer said it cannot serve (until sync)
         self._owed: set[int] = set()  # blocks we said "none" for: announce when stored
         self._arrivals_seen = 0  # how far ``claims.arrivals`` was looked at for owed blocks
@@ -219,6 +233,7 @@ class LogSession:
         state = (self.log.length, self.log.fork)
         if state != self._sent_state:
             self._sent_state = state
+            self._syncs_sent += 1
             out.append(encode_sync(*state))
         if self._owed:
             out += self._announce_owed()
@@ -355,7 +370,9 @@ class LogSession:
         request_id = self._next_id
         self._next_id += 1
         end = None if block is None else block + 1
-        self._inflight[request_id] = _Request(block, start, self.log.fork, self.log.length, end)
+        self._inflight[request_id] = _Request(
+            block, start, self.log.fork, self.log.length, end, self._syncs_sent
+        )
         self._upgrading += 1
         if block is not None:
             self.claims.blocks.add(block)
@@ -364,7 +381,9 @@ class LogSession:
     def _ask_range(self, start: int, end: int) -> bytes:
         request_id = self._next_id
         self._next_id += 1
-        self._inflight[request_id] = _Request(start, None, self.log.fork, self.log.length, end)
+        self._inflight[request_id] = _Request(
+            start, None, self.log.fork, self.log.length, end, assumed=self._assumed
+        )
         return encode_range(request_id, start, end)
 
     def _release(self, request: _Request, start: int | None = None) -> None:
@@ -390,14 +409,24 @@ class LogSession:
         msg = decode_message(data)
         kind = msg["t"]
         if kind == "sync":
-            self.remote_length, self.remote_fork = msg["length"], msg["fork"]
-            self.remote_synced = True
-            self._refused.clear()
-            self._upgrade_refused = False
-            self._frontier = 0  # refused blocks may be back: scan again from the stored prefix
+            self._synced(msg["length"], msg["fork"])
+            self._synced_state, self._assumed = (msg["length"], msg["fork"]), False
             return self.pump(), False
         if kind == "request":
-            return [self._serve(msg["id"], msg["index"], msg["upgrade"])], False
+            log, upgrade = self.log, msg["upgrade"]
+            # Asked for an upgrade from the state it last synced: once it stores our answer it
+            # is at our length and will not sync to say so (see below); take it as synced.
+            counted = (
+                upgrade is not None
+                and self.remote_synced
+                and (self.remote_length, self.remote_fork) == (upgrade, log.fork)
+            )
+            answer = self._serve(msg["id"], msg["index"], upgrade)
+            if not counted or answer.startswith(_NONE_HEAD):  # no upgrade sent
+                return [answer], False
+            self._synced(log.length, log.fork)
+            self._assumed = True
+            return [answer, *self.pump()], False
         if kind == "range":
             return [self._serve_range(msg["id"], msg["start"], msg["end"])], False
         if kind == "have":
@@ -426,7 +455,23 @@ class LogSession:
         except BaseException:
             self._release(request)
             raise
+        if (
+            kind == "data"
+            and stored
+            and request.syncs == self._syncs_sent
+            and self._sent_state == (request.upgrade, request.fork)
+            and self.log.fork == request.fork
+        ):
+            # The server counted us at the length it proved (see _serve): no sync for that.
+            self._sent_state = (self.log.length, self.log.fork)
         return self.local_changed(), stored or kind == "blocks"
+
+    def _synced(self, length: int, fork: int) -> None:
+        self.remote_length, self.remote_fork = length, fork
+        self.remote_synced = True
+        self._refused.clear()
+        self._upgrade_refused = False
+        self._frontier = 0  # refused blocks may be back: scan again from the stored prefix
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -538,6 +583,12 @@ class LogSession:
             self.blocks_received += stored
             if self._scan_fork == fork and start <= self._scan < stop:
                 self._scan = stop  # the eager scan need not look these up one by one
+        elif request.assumed and self._assumed:
+            # Asked of the length we assumed the peer reached with our upgrade, which it may
+            # not have stored (its state moved meanwhile; its sync is on the way): fall back
+            # to what it last synced, so nothing more is asked on the assumption.
+            self.remote_length, self.remote_fork = self._synced_state
+            self._assumed = False
         self.claims.blocks.difference_update(range(start, start + stored))
         self._release(request, start + stored)
         if stored:
@@ -566,12 +617,14 @@ class LogSession:
         after our length moved is such a race too: its uncles reach the peer's roots, which
         may no longer cover ours (we grew past the peer's length meanwhile); asked again, the
         range stays within what this peer can prove (``provable_limit``), and an answer that
-        fails from an unchanged state is the peer's fault."""
+        fails from an unchanged state is the peer's fault, unless it was asked of a length we
+        only assumed the peer reached (``_Request.assumed``): then nothing is stored, nobody
+        blamed, and the peer is asked only within what it synced."""
         log = self.log
         try:
             apply()
         except ProofMismatchError as exc:
-            if (log.fork, log.length) == (request.fork, request.length):
+            if (log.fork, log.length) == (request.fork, request.length) and not request.assumed:
                 raise InvalidPeerDataError(f"proof does not fit the request: {exc}") from exc
             # Our state moved since we asked (another peer was faster): not the peer's fault;
             # the next pump asks again from the new state.
@@ -579,7 +632,9 @@ class LogSession:
         except EquivocationError as exc:
             raise InvalidPeerDataError(f"equivocation detected: {exc.message}") from exc
         except (InvalidProofError, VerificationError) as exc:
-            if moved_is_race and (log.fork, log.length) != (request.fork, request.length):
+            if moved_is_race and (
+                (log.fork, log.length) != (request.fork, request.length) or request.assumed
+            ):
                 return False
             raise InvalidPeerDataError(f"invalid proof: {exc.message}") from exc
         return True

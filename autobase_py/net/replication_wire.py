@@ -2,9 +2,14 @@
 
 Theory of operation
 -------------------
-Messages are canonical CBOR maps whose field ``t`` names the type. Wire version 2 (what this
-module speaks) is version 1 plus ``range`` and ``blocks``; a version-1 peer treats those as
-malformed and drops the connection, so both ends must run version 2::
+Messages are canonical CBOR maps whose field ``t`` names the type. Wire version 2 is version
+1 plus ``range`` and ``blocks``; a version-1 peer treats those as malformed and drops the
+connection. Version 3 (what this module speaks) has version 2's messages, byte for byte, plus
+one rule (``replication``: "No sync answers an upgrade"): a requester that stored an upgrade
+answer does not sync the length it got to that server, which counts it there already. A
+version-2 server next to a version-3 requester is not told that length until the requester's
+next change (it asks that peer only within the length it knew: never wrong, at worst slower
+for blocks only that peer holds), so both ends should run version 3::
 
     sync     {t: "sync", length, fork}               my signed length and fork (sent on open
                                                      and whenever they change)
@@ -54,7 +59,7 @@ from .. import encoding
 from ..errors import DecodeError, ProtocolError
 from ..log import Node, leaf_hash, parent_hash
 
-WIRE_VERSION: Final = 2
+WIRE_VERSION: Final = 3
 MAX_RANGE: Final = 1024  # blocks one range may ask for
 MAX_UINT: Final = (1 << 53) - 1  # as in proofs
 MAX_UNCLES: Final = 64  # a path climbs at most 64 levels

@@ -409,9 +409,10 @@ def test_a_live_append_arrives_with_its_upgrade_in_one_round_trip() -> None:
     assert (request["t"], request["index"], request["upgrade"]) == ("request", 20, 20)
     assert mine.claims.blocks == {20}
     (answer,) = theirs.receive(ask)[0]
+    assert theirs.remote_length == 21  # it counts the replica at the length it proved
     out, stored = mine.receive(answer)
     assert stored and replica.length == 21 and replica.get(20) == b"next"
-    assert kinds(out) == ["sync"]  # nothing left to ask for
+    assert kinds(out) == []  # nothing left to ask for, and no sync the writer could predict
     assert mine.claims.blocks == set() and mine.blocks_received == 21
     assert mine.claims.arrivals[-1] == (20, 21)
 
@@ -516,3 +517,85 @@ def test_an_answer_outgrown_while_in_flight_is_asked_again_without_blame() -> No
         fetching.receive(
             rep.encode_blocks(data["id"], data["fork"], data["start"], values, data["uncles"])
         )
+
+
+# -- no sync answers an upgrade ----------------------------------------------------------------
+
+
+def test_a_server_counts_the_requester_at_the_length_it_proved() -> None:
+    """The requester of an upgrade sends no sync once it stored the answer, and the server
+    already counts it there; a later change is synced as usual."""
+    source, replica, theirs, mine = live_pair(20)
+    for extra in range(3):
+        source.append([b"more %d" % extra])
+        (sync,) = theirs.local_changed()
+        (ask,) = mine.receive(sync)[0]
+        (answer,) = theirs.receive(ask)[0]
+        assert theirs.remote_length == replica.length + 1
+        out, _ = mine.receive(answer)
+        assert kinds(out) == [] and replica.length == 21 + extra
+    # A sync that crossed the request keeps the sides in agreement: the replica moved (another
+    # peer), so the upgrade from its old state does not fit; it syncs, the server listens.
+    source.append([b"x"])
+    (sync,) = theirs.local_changed()
+    (ask,) = mine.receive(sync)[0]
+    (answer,) = theirs.receive(ask)[0]
+    source.append([b"y"])
+    side, other = LogSession(replica, claims=Claims()), LogSession(source)
+    shuttle(side.receive(other.start()[0])[0], other, side)
+    assert replica.length == 25
+    out, stored = mine.receive(answer)
+    assert not stored and kinds(out) == ["sync"]
+    theirs.receive(out[0])
+    assert theirs.remote_length == 25
+
+
+def shuttle(first: list[bytes], server: LogSession, client: LogSession) -> None:
+    """``first`` (from ``client``) to ``server``, and every answer back and forth until quiet."""
+    queue = first
+    while queue:
+        nxt: list[bytes] = []
+        for message in queue:
+            for reply in server.receive(message)[0]:
+                nxt += client.receive(reply)[0]
+        queue = nxt
+
+
+def test_a_range_asked_of_an_assumed_length_that_fails_blames_nobody() -> None:
+    """A server that counted the requester at its own length asks it for blocks up there; if
+    the requester did not get there (its state moved while the answer was on its way), its
+    honest answer cannot verify against the server's roots: no blame, nothing stored, and the
+    server asks again only within what the requester synced."""
+    def writer_at(length: int) -> Log:
+        log = Log.create(Storage.open_memory(), WRITER)  # the same log, block for block
+        log.append([b"b%d" % i for i in range(length)])
+        return log
+
+    requester = replica_of(writer_at(4))
+    run(LogSession(writer_at(4)), LogSession(requester))  # length 4, blocks 0..3
+    server = replica_of(writer_at(8))
+    server_up, writer_side = LogSession(server, eager=False), LogSession(writer_at(8))
+    run(writer_side, server_up)  # length 8, no blocks
+    shuttle(server_up.want(0, 4), writer_side, server_up)  # blocks 0..3, none above
+    assert [i for i in range(8) if server.has(i)] == [0, 1, 2, 3]
+    s_side, r_side = LogSession(server), LogSession(requester)
+    assert s_side.receive(r_side.start()[0])[0] == []  # nothing it can prove below 4
+    (ask,) = r_side.receive(s_side.start()[0])[0]
+    served = s_side.receive(ask)[0]
+    assert s_side.remote_length == 8 and kinds(served) == ["data", "range"]
+    assert rep.decode_message(served[1])["start"] == 4
+    # Meanwhile the requester reaches length 6 from the writer, ahead of the server's answer.
+    shuttle(LogSession(requester, claims=Claims()).start(), LogSession(writer_at(6)),
+            LogSession(requester, claims=Claims()))
+    up = LogSession(requester, claims=Claims())
+    shuttle(up.receive(LogSession(writer_at(6)).start()[0])[0], LogSession(writer_at(6)), up)
+    assert requester.length == 6 and all(requester.has(i) for i in range(6))
+    out, stored = r_side.receive(served[0])
+    assert not stored and kinds(out)[0] == "sync"  # the upgrade from 4 no longer fits
+    (reply,) = r_side.receive(served[1])[0]
+    assert kinds([reply]) == ["blocks"]  # blocks 4..5, proven up to the requester's roots
+    s_side.receive(reply)  # cannot verify against the server's roots: nobody's fault
+    assert not server.has(4) and s_side.remote_length == 4
+    # The requester's sync then tells the server where it really is.
+    s_side.receive(out[0])
+    assert s_side.remote_length == 6
