@@ -352,13 +352,7 @@ def test_a_relay_that_lacked_a_block_says_have_once_it_arrives() -> None:
     # ... and tells the leaf, which asks again and gets it.
     announced = relay_down.local_changed()
     assert [rep.decode_message(m)["t"] for m in announced] == ["have"]
-    queue = announced
-    while queue:
-        nxt: list[bytes] = []
-        for message in queue:
-            for reply in leaf_session.receive(message)[0]:
-                nxt += relay_down.receive(reply)[0]
-        queue = nxt
+    shuttle(announced, leaf_session, relay_down)
     assert [i for i in range(6) if leaf.has(i)] == [3]
 
 
