@@ -60,6 +60,7 @@ class FakeBase:
         self.checkpoints_pending = False
         self.sign_on_update = False
         self.published_at: list[float] = []
+        self.published = trio.Event()  # set by the next publish
 
     def writer_keys(self) -> list[bytes]:
         return []
@@ -76,6 +77,8 @@ class FakeBase:
             return False
         self.checkpoints_pending = False
         self.published_at.append(trio.current_time())
+        self.published.set()
+        self.published = trio.Event()
         return True
 
     async def wait_local_append(self, since: int) -> int:
@@ -98,6 +101,14 @@ async def _run_loop(base: FakeBase, replicator: FakeReplicator, script: Any) -> 
     return replication
 
 
+async def advance(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Let every task react to what just happened, then move the virtual clock on and let
+    every task that this wakes run until all wait again."""
+    await trio.testing.wait_all_tasks_blocked()
+    clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
 def test_publishes_soon_after_the_peers_go_quiet() -> None:
     async def main() -> None:
         base, replicator = FakeBase(), FakeReplicator()
@@ -106,8 +117,7 @@ def test_publishes_soon_after_the_peers_go_quiet() -> None:
         async def script() -> None:
             replicator.remote_change()  # data arrives: update signs a checkpoint
             start = trio.current_time()
-            await trio.sleep(1.0)
-            assert len(base.published_at) == 1
+            await base.published.wait()  # the virtual clock jumps to the loop's deadline
             waited = base.published_at[0] - start
             assert 0.02 <= waited <= 0.05 + 1e-9, waited
 
@@ -120,6 +130,7 @@ def test_publishes_soon_after_the_peers_go_quiet() -> None:
 def test_busy_peers_postpone_publishing() -> None:
     """Data arriving every 10 ms keeps the loop from publishing (the signatures would ride
     on the next node anyway); it publishes once the arrivals stop."""
+    clock = trio.testing.MockClock()
 
     async def main() -> None:
         base, replicator = FakeBase(), FakeReplicator()
@@ -128,21 +139,23 @@ def test_busy_peers_postpone_publishing() -> None:
         async def script() -> None:
             for _ in range(30):
                 replicator.remote_change()
-                await trio.sleep(0.01)
+                await advance(clock, 0.01)
             stopped = trio.current_time()
             assert base.published_at == []
-            await trio.sleep(1.0)
+            clock.autojump_threshold = 0  # from now on, time passes whenever all tasks wait
+            await base.published.wait()
             assert len(base.published_at) == 1
             assert base.published_at[0] >= stopped
 
         await _run_loop(base, replicator, script)
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(main, clock=clock)
 
 
 def test_a_trickle_of_writes_publishes_at_most_once_per_interval() -> None:
     """One remote write every 100 ms, each leaving a signature to publish: the loop publishes
     at most once per ``publish_interval`` (0.25 s), not once per write."""
+    clock = trio.testing.MockClock()
 
     async def main() -> None:
         base, replicator = FakeBase(), FakeReplicator()
@@ -151,8 +164,10 @@ def test_a_trickle_of_writes_publishes_at_most_once_per_interval() -> None:
         async def script() -> None:
             for _ in range(20):  # 2 seconds of writes
                 replicator.remote_change()
-                await trio.sleep(0.1)
-            await trio.sleep(1.0)
+                await advance(clock, 0.1)
+            clock.autojump_threshold = 0
+            while base.checkpoints_pending:  # the last signature gets published too
+                await base.published.wait()
 
         replication = await _run_loop(base, replicator, script)
         times = base.published_at
@@ -161,4 +176,4 @@ def test_a_trickle_of_writes_publishes_at_most_once_per_interval() -> None:
         assert all(gap >= replication.publish_interval - 1e-9 for gap in gaps), gaps
         assert not base.checkpoints_pending  # the last signature was published too
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(main, clock=clock)
