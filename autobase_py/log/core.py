@@ -414,6 +414,7 @@ class Log:
         trusted: dict[int, ProofNode] = {}
         learned: list[Node] = []
         header: tuple[int, int, bytes | None] | None = None  # (length, byte length, signature)
+        roots = self._roots  # of the header, once an upgrade is verified
         length = self.length
         if proof.upgrade is not None:
             header = self._verify_upgrade(
@@ -425,6 +426,7 @@ class Log:
                 learned=learned,
             )
             length = header[0]
+            roots = self._upgraded_roots(length, learned, fork_change)
             for node in learned:
                 trusted[node.index] = (node.size, node.hash)
             if fork_change:
@@ -470,8 +472,7 @@ class Log:
                 # its leaf was stored already
                 storage.put_block(self._id, _leaf_pos(block.index), block.value)
             if header is not None:
-                storage.write_header(self._id, header[0], proof.fork, header[1], header[2])
-                self.reload()
+                self._adopt_header(header, proof.fork, manifest, roots, fork_change)
 
     def range_proof(self, start: int, end: int, upgrade_from: int | None = None) -> RangeProof:
         """A proof for blocks ``[start, end)`` (all stored here) and/or an upgrade from
@@ -577,10 +578,7 @@ class Log:
                 trusted_tree_hash=trusted_tree_hash,
                 learned=learned,
             )
-            proven = {n.index: n for n in learned}
-            if not fork_change:
-                proven.update((r.index, r) for r in self._roots if r.index not in proven)
-            anchors = [proven[i] for i in flat_tree.full_roots(header[0])]
+            anchors = self._upgraded_roots(header[0], learned, fork_change)
             if fork_change:
                 kept = self._unchanged_subtrees(
                     header[0], {n.index: (n.size, n.hash) for n in learned}
@@ -609,14 +607,34 @@ class Log:
             node_rows.sort(key=_first)  # stable: a repeated node keeps its last row last
             storage.put_tree(self._id, node_rows)
             if header is not None:
-                storage.write_header(self._id, header[0], fork, header[1], header[2])
-                # the new header and roots were just verified: take them without re-reading
-                self.length, self.byte_length, self.signature = header
-                if fork_change:
-                    self._recent = {}
-                self.fork = fork
-                self.manifest = known
-                self._roots = list(anchors)
+                self._adopt_header(header, fork, known, list(anchors), fork_change)
+
+    def _upgraded_roots(self, length: int, learned: list[Node], fork_change: bool) -> list[Node]:
+        """The roots of ``length`` after a verified upgrade: the nodes it proved, plus (same
+        fork) the old roots it kept."""
+        proven = {n.index: n for n in learned}
+        if not fork_change:
+            proven.update((r.index, r) for r in self._roots if r.index not in proven)
+        return [proven[i] for i in flat_tree.full_roots(length)]
+
+    def _adopt_header(
+        self,
+        header: tuple[int, int, bytes | None],
+        fork: int,
+        manifest: Manifest,
+        roots: list[Node],
+        fork_change: bool,
+    ) -> None:
+        """Store a verified (length, byte length, signature) and take it, with the roots it
+        was verified with, in memory without re-reading anything (inside the caller's
+        transaction, which reloads us if it rolls back)."""
+        self.storage.write_header(self._id, header[0], fork, header[1], header[2])
+        self.length, self.byte_length, self.signature = header
+        if fork_change:
+            self._recent = {}
+        self.fork = fork
+        self.manifest = manifest
+        self._roots = roots
 
     def _unchanged_subtrees(
         self, length: int, proven: dict[int, ProofNode]
