@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -124,6 +125,19 @@ def tamper_upgrade(upgrade: Any, target: str, bit: int) -> Any:
     raise AssertionError(target)
 
 
+def assert_refused(apply: Callable[[], None], state: Callable[[], Any], target: str) -> None:
+    """``apply`` (of a proof with ``target`` changed) raises a VerificationError and leaves
+    ``state()`` as it was."""
+    before = state()
+    try:
+        apply()
+    except VerificationError:
+        pass
+    else:
+        raise AssertionError(f"changed {target} was accepted")
+    assert state() == before
+
+
 def tamper(proof: Proof, target: str, bit: int) -> Proof | None:
     """``proof`` with one bit flipped in ``target``; None when the proof has no such part."""
     block, upgrade = proof.block, proof.upgrade
@@ -179,14 +193,7 @@ def test_any_flipped_bit_is_refused_and_changes_nothing(
     bad = tamper(proof, target, bit)
     if bad is None or (target == "root_hash" and not proof.upgrade.nodes):  # type: ignore[union-attr]
         return
-    before = snapshot(replica)
-    try:
-        replica.apply_proof(bad)
-    except VerificationError:
-        pass
-    else:
-        raise AssertionError(f"tampered {target} was accepted")
-    assert snapshot(replica) == before
+    assert_refused(lambda: replica.apply_proof(bad), lambda: snapshot(replica), target)
     replica.apply_proof(proof)  # the untampered proof still works afterwards
     assert replica.get(index) == writer.get(index)
 
@@ -516,14 +523,7 @@ def test_any_change_to_a_range_proof_is_refused_and_stores_nothing(
                 ]
                 assert not replica.has(end - 1) or replica.get(end - 1) == writer.get(end - 1)
         return
-    before = stored(replica)
-    try:
-        replica.apply_range(bad)
-    except VerificationError:
-        pass
-    else:
-        raise AssertionError(f"changed {target} was accepted")
-    assert stored(replica) == before
+    assert_refused(lambda: replica.apply_range(bad), lambda: stored(replica), target)
     replica.apply_range(proof)  # the untampered proof still works afterwards
     assert [replica.get(i) for i in range(start, end)] == [
         writer.get(i) for i in range(start, end)
