@@ -184,10 +184,22 @@ async def test_failed_append_keeps_the_batch_and_a_retry_flushes_it() -> None:
     assert len(await collect(bee.range())) == 21
 
 
+class _StepCounter(trio.abc.Instrument):
+    """Counts the times one task resumes (one per schedule point it passed)."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
 async def test_every_flush_is_a_cancel_point_and_lets_other_tasks_run() -> None:
     log = MemoryLog()
     bee = Bee(log)
-    for attempt in range(3):
+    for attempt in range(3):  # the first cancelled flush does not yield, the others do
         batch = bee.batch()
         batch.put(k(attempt), b"v")
         with trio.CancelScope() as scope:
@@ -208,9 +220,29 @@ async def test_every_flush_is_a_cancel_point_and_lets_other_tasks_run() -> None:
         nursery.start_soon(other)
         await trio.lowlevel.checkpoint()
         start = ran
-        for i in range(8):  # no other await: only the flushes let `other` run
+        for i in range(8):  # no other await: the flushes after the first let `other` run
             await bee.put(k(1000 + i), b"v")
-        assert ran - start >= 7
+        # seven yields; each lets `other` take one step, the last one maybe only after this
+        assert ran - start >= 6
+        me = trio.lowlevel.current_task()
+        steps = _StepCounter(me)
+        trio.lowlevel.add_instrument(steps)
+        for i in range(8):  # another schedule point of this task before each flush
+            await trio.lowlevel.checkpoint()
+            before = steps.steps
+            await bee.put(k(2000 + i), b"v")
+            assert steps.steps == before  # the flush did not yield a second time
+            with trio.CancelScope() as scope:  # but it is still a cancel point
+                scope.cancel()
+                await bee.put(k(3000 + i), b"v")
+            assert scope.cancelled_caught
+        before = steps.steps
+        await bee.put(k(4000), b"v")  # the cancelled flushes yielded (trio's cancel path)
+        await bee.put(k(4001), b"v")
+        assert steps.steps == before + 1  # the second of two flushes in a row yields
+        trio.lowlevel.remove_instrument(steps)
+        assert await bee.get(k(2007)) == b"v"
+        assert await bee.get(k(3000)) is None
         nursery.cancel_scope.cancel()
 
 
