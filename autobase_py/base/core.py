@@ -122,6 +122,31 @@ class _StopError(Exception):
         self.reason = reason
 
 
+
+class _Turn:
+    """``async with _Turn(lock):`` one schedule point (the cancellation check of the call),
+    then the lock: taken at once when free, else waited for. ``async with lock`` would yield
+    a second time, and a cycle takes two locks; the saved passes through the scheduler are
+    ~2 % of a one-value append. ``checkpoint=False`` for a lock taken right after another."""
+
+    __slots__ = ("_checkpoint", "_lock")
+
+    def __init__(self, lock: trio.Lock, *, checkpoint: bool = True) -> None:
+        self._lock = lock
+        self._checkpoint = checkpoint
+
+    async def __aenter__(self) -> None:
+        if self._checkpoint:
+            await trio.lowlevel.checkpoint()
+        try:
+            self._lock.acquire_nowait()  # fair: a released lock passes straight to a waiter
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
 class Autobase(Generic[V]):
     """A multi-writer base over one store. Open with :meth:`open`."""
 
@@ -321,7 +346,7 @@ class Autobase(Generic[V]):
         re-applied, or holding writes the cycle could still roll back. Inside ``reading()``
         appends and updates wait, and the view is exactly what the last committed cycle left.
         Keep such reads short: writers wait for them."""
-        async with self._lock:
+        async with _Turn(self._lock):
             self._check_usable()
             yield self.view
 
@@ -359,7 +384,7 @@ class Autobase(Generic[V]):
 
     async def update(self) -> None:
         """Take in what replication brought, apply it, and ack if that helps confirmation."""
-        async with self._lock:
+        async with _Turn(self._lock):
             self._check_usable()
             await self._cycle(None)
 
@@ -373,7 +398,7 @@ class Autobase(Generic[V]):
             raise LocalError("append needs at least one value")
         if not all(isinstance(v, (bytes, bytearray)) for v in values):
             raise LocalError("values must be bytes")
-        async with self._lock:
+        async with _Turn(self._lock):
             self._check_usable()
             if not self.writable:
                 raise NotWritableError(f"{ids.encode(self.local_key)} is not a writer of this base")
@@ -382,7 +407,7 @@ class Autobase(Generic[V]):
 
     async def ack(self) -> bool:
         """Append an ack now if one would help confirmation; True if one was appended."""
-        async with self._lock:
+        async with _Turn(self._lock):
             self._check_usable()
             before = self.local_log.length
             await self._cycle(None, ack_now=True)
@@ -395,7 +420,7 @@ class Autobase(Generic[V]):
 
     async def publish_checkpoints(self) -> bool:
         """Append an ack carrying checkpoint signatures nobody has seen yet (indexers only)."""
-        async with self._lock:
+        async with _Turn(self._lock):
             self._check_usable()
             if not self.checkpoints_pending:
                 return False
@@ -433,7 +458,7 @@ class Autobase(Generic[V]):
         with trio.CancelScope(shield=True):
             # the transaction spans awaits (``apply``): other writers of this storage in this
             # process (replication sessions) take turns with it through the fair write lock
-            async with write_lock(self.storage):
+            async with _Turn(write_lock(self.storage), checkpoint=False):
                 await self._cycle_shielded(values, force_ack=force_ack, ack_now=ack_now)
 
     async def _cycle_shielded(
@@ -811,7 +836,7 @@ class Autobase(Generic[V]):
         }
 
     async def close(self) -> None:
-        async with self._lock:
+        async with _Turn(self._lock):
             self._closed = True
             self._events.close()
             self._wakeup.set()

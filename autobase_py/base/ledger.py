@@ -95,20 +95,25 @@ class CheckpointLedger:
         one verification per missing vote, not one per signature that arrives."""
         newest = self.signed_length
         own = self._key_pair.public_key
+        pooled = False  # only a new entry can complete a certificate
         for sig in signatures:
             boundary = sig.confirmed_length
             open_link = (b := self._boundaries.get(boundary)) is not None and b.link
             if boundary <= newest and not open_link:
                 continue
-            if sig.public_key == own:  # from our own oplog: we made it, no need to verify
-                self._pool.setdefault(boundary, {})[self._local_key] = (sig, True)
-                continue
             pool = self._pool.setdefault(boundary, {})
+            if sig.public_key == own:  # from our own oplog: we made it, no need to verify
+                if pool.get(self._local_key) != (sig, True):
+                    pool[self._local_key] = (sig, True)
+                    pooled = True
+                continue
             signer = sig.signer
             if pool.get(signer, (None, False))[1]:
                 continue  # a verified one from this signer is already here
             pool[signer] = (sig, False)
-        self._certify()
+            pooled = True
+        if pooled:
+            self._certify()
 
     def take_pending(self) -> tuple[CheckpointSignature, ...]:
         """The signatures the next local oplog node carries (the newest few)."""
