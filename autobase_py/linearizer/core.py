@@ -169,14 +169,17 @@ class Linearizer:
         """How many nodes of ``writer`` this linearizer has (confirmed or not)."""
         return self._known.get(writer, 0)
 
-    def add(self, node: Node) -> bool:
+    def add(self, node: Node, *, trusted: bool = False) -> bool:
         """Add a node whose own previous node and heads are already added.
 
         Returns ``False`` for a node already known (re-adding is harmless). Raises
         ``MissingDependencyError`` if a dependency is missing and ``InvalidNodeError`` for a
         malformed node or one that conflicts with the stored node of the same key.
+        ``trusted``: the caller checked the node's structure already (``trusted_node``), so
+        ``check_node`` is skipped; the DAG rules below are checked either way.
         """
-        check_node(node)
+        if not trusted:
+            check_node(node)
         writer, length = node.writer, node.length
         known = self._known.get(writer, 0)
         if length <= known:

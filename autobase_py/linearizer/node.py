@@ -103,5 +103,31 @@ def check_node(node: object) -> Node:
     return node
 
 
+def trusted_node(
+    writer: bytes,
+    length: int,
+    heads: tuple[NodeKey, ...],
+    batch: int,
+    value: bytes | None,
+) -> Node:
+    """A :class:`Node` from fields the caller already checked field by field (the base's
+    ``decode_block``: heads a tuple of ``(32-byte key, int >= 1)`` pairs, ``batch >= 1``, an
+    ack's batch 1), without the normalisation of ``Node(...)``: ~1 us less per node, which is
+    a few percent of a value in a 100-value append. Pair it with ``Linearizer.add(node,
+    trusted=True)`` only if the caller also refused a head on the node's own writer at or
+    after the node (the one rule of :func:`check_node` that needs the writer)."""
+    node = _new_node(Node)
+    _set(node, "writer", writer)
+    _set(node, "length", length)
+    _set(node, "heads", heads)
+    _set(node, "batch", batch)
+    _set(node, "value", value)
+    return node
+
+
+_new_node = object.__new__
+_set = object.__setattr__
+
+
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -363,6 +363,23 @@ async def test_undecodable_block_is_reported_and_the_rest_keeps_working(
     assert a.status()["bad_writers"]
 
 
+async def test_block_naming_itself_as_a_head_is_reported_not_waited_for(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await indexers(cluster, 3)
+    # decodes fine, but its head on its own log is the block itself: it can never be added
+    own_next = c.local_log.length + 1
+    c.local_log.append(
+        [encode_block(OplogBlock(heads=((c.local_key, own_next),), value=kv.put(b"x", b"1")))]
+    )
+    await converge([a, b, c])
+    assert "its own writer" in a.bad_writers[c.local_key]
+    assert await kv.get(a.view, b"x") is None
+    await a.append(kv.put(b"still", b"fine"))
+    await converge([a, b])
+    assert a.unconfirmed_values == 0
+
+
 async def test_certificate_verifies_from_the_registry_key_after_two_rotations(
     cluster: Cluster,
 ) -> None:
