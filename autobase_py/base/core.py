@@ -786,15 +786,8 @@ class Autobase(Generic[V]):
             blocks = [OplogBlock(heads=heads, checkpoints=checkpoints)]
         else:
             count = len(values)
-            blocks = [
-                OplogBlock(
-                    heads=heads if i == 0 else (),
-                    batch=count - i,
-                    value=value,
-                    checkpoints=checkpoints if i == 0 else (),
-                )
-                for i, value in enumerate(values)
-            ]
+            blocks = [OplogBlock(heads, count, values[0], checkpoints)]
+            blocks += [OplogBlock((), count - i, values[i], ()) for i in range(1, count)]
         start = self.local_log.length
         self.local_log.append([encode_block(b) for b in blocks])
         self._own_blocks.update(enumerate(blocks, start))
