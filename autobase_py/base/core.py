@@ -726,8 +726,12 @@ class Autobase(Generic[V]):
                 self._memberships.append((length, self.membership.copy()))
                 self._put_membership(length, self.membership)
         view_length = self.view_log.length
-        for node in unit:
-            self._push_record(node, view_length)
+        applied = self._applied_length
+        self._dirty_from = min(self._dirty_from, applied)
+        self._records += [
+            Record(n.writer, n.length, view_length, n.value is not None) for n in unit
+        ]
+        self._applied_length = applied + len(unit)
 
     def _put_membership(self, length: int, membership: Membership) -> None:
         self.storage.put(_MEMBERSHIP + _BE64.pack(length), membership.encode())

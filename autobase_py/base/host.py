@@ -9,15 +9,15 @@ base reports it as an ``error`` event, and every peer refuses identically.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import ids
 from .system import Membership
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyNode:
-    """A value node as ``apply`` sees it (acks never reach apply)."""
+class ApplyNode(NamedTuple):
+    """A value node as ``apply`` sees it (acks never reach apply). A named tuple: one is
+    built per applied value."""
 
     writer: bytes
     length: int
