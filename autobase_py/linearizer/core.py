@@ -204,7 +204,7 @@ class Linearizer:
                     f"node {length} breaks the batch countdown ({prev.node.batch} -> "
                     f"{node.batch}) or is an ack inside a batch"
                 )
-            if any(head != (writer, length - 1) for head in node.heads):
+            if node.heads and any(head != (writer, length - 1) for head in node.heads):
                 raise InvalidNodeError("only the first node of a batch may carry heads")
         else:
             prev = None  # the node opens a new unit
