@@ -265,20 +265,21 @@ class Linearizer:
     def _place_in_batch(self, entry: Entry, prev: Entry) -> None:
         """``_place`` for a batch member: its past is its predecessor's plus itself, and it
         keeps the predecessor's round (a batch is one vertex)."""
-        clk = list(prev.clk)
-        rv = list(prev.rv)
         node = entry.node
         me = self._index.get(node.writer)
+        # ``rv`` equals the predecessor's (whose ``rv[me]`` is its round, which a batch member
+        # keeps), and no vector is changed once placed, so the list is shared, not copied
+        entry.rv = prev.rv
         entry.round = -1
-        if me is not None:
-            rnd = prev.round
+        if me is None:
+            entry.clk = prev.clk
+        else:
+            clk = list(prev.clk)
             clk[me] = node.length
-            rv[me] = rnd
-            entry.round = rnd
-        entry.clk = clk
-        entry.rv = rv
-        # no round step to record: ``rv`` equals the predecessor's (whose own entry already
-        # holds its round), and a step function only changes where a round grows
+            entry.clk = clk
+            entry.round = prev.round
+        # no round step to record: ``rv`` is the predecessor's, and a step function only
+        # changes where a round grows
 
     def _place(self, entry: Entry) -> None:
         """Compute the entry's clock, round vector and round; update the round tables."""

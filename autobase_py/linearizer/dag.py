@@ -31,7 +31,7 @@ class Entry:
         # included); only meaningful for unconfirmed targets (confirmed deps count as 0)
         self.clk: list[int] = []
         # per indexer: round of that indexer's newest node in the past (self included), or -1
-        self.rv: list[int] = []
+        self.rv: list[int] = []  # ``clk`` and ``rv`` are never changed once placed (shared)
         self.round = -1  # the node's round when written by an indexer of the epoch
 
 
