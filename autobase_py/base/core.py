@@ -702,11 +702,14 @@ class Autobase(Generic[V]):
             raise AssertionError("the linearizer exposed an incomplete batch")
 
     async def _apply_unit(self, unit: list[Node]) -> None:
-        values = [
-            ApplyNode(n.writer, n.length, n.value)
-            for n in unit
-            if n.value is not None and self.membership.is_writer(n.writer)
-        ]
+        writer = unit[0].writer  # a unit is one writer's batch (or one ack)
+        if unit[-1].writer != writer:
+            raise AssertionError("the linearizer exposed a unit of several writers")
+        values = (
+            [ApplyNode(writer, n.length, n.value) for n in unit if n.value is not None]
+            if self.membership.is_writer(writer)
+            else []
+        )
         if values:
             host = ApplyHost(self.membership)
             try:
@@ -747,9 +750,10 @@ class Autobase(Generic[V]):
     def _on_confirmed(self, before: int, after: int) -> None:
         floor = self._floor()
         value_end = self._value_end
-        for position in range(before, after):
+        for position in range(after - 1, before - 1, -1):  # the newest value confirmed now
             if self._records[position - floor].is_value:
                 value_end = position + 1
+                break
         new_view_length = self._view_length_at(after)
         if value_end > self._value_end:
             self._value_end = value_end
