@@ -679,7 +679,7 @@ class Autobase(Generic[V]):
         """
         floor, applied = self._floor(), self._applied_length
         lo, hi = self._rows_lo, self._rows_hi
-        if floor > lo:
+        if min(floor, hi) > lo:  # (no statement for an empty range: the common case)
             self.storage.delete_range(_TIP + _BE64.pack(lo), _TIP + _BE64.pack(min(floor, hi)))
         if hi > max(applied, floor):
             self.storage.delete_range(_TIP + _BE64.pack(max(applied, floor)), _TIP + _BE64.pack(hi))
