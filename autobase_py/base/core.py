@@ -72,7 +72,7 @@ from . import round_steps
 from .checkpoint import Certificate, Checkpoint
 from .events import Event, EventHub
 from .host import ApplyHost, ApplyNode
-from .ledger import CheckpointLedger
+from .ledger import CERTIFICATE_KEY, CheckpointLedger
 from .oplog import OplogBlock, decode_block, encode_block
 from .system import Membership
 
@@ -81,7 +81,13 @@ ApplyFn = Callable[[list[ApplyNode], V, ApplyHost], Awaitable[None]]
 OpenView = Callable[[Log], V]
 
 _META = b"base/meta"
-_STATE = b"base/state"
+# The records written every cycle: round steps (``base/steps/…``) and tip rows (``base/tip/…``)
+# grow at the right end of their ranges, and the state and certificate records sort after
+# both ("~" follows every letter), so they share the page those rows dirty: one WAL frame
+# less per commit (7.1 -> 6.1 for a single writer). Bases written before kept them at
+# ``base/state`` and ``base/certificate``; ``_restore`` moves them.
+_STATE = b"base/~state"
+_LEGACY_RECORDS = ((b"base/state", _STATE), (b"base/certificate", CERTIFICATE_KEY))
 _TIP = b"base/tip/"  # + u64be(position): applied-order record of an unconfirmed position
 _MEMBERSHIP = b"base/membership/"  # + u64be(order length): membership after that many nodes
 ROUND_WINDOW = round_steps.WINDOW  # round steps per writer the linearizer keeps in memory
@@ -244,6 +250,14 @@ class Autobase(Generic[V]):
         return base
 
     def _restore(self) -> None:
+        storage = self.storage
+        if any(storage.get(old) is not None for old, _ in _LEGACY_RECORDS):
+            with storage.transaction():
+                for old, new in _LEGACY_RECORDS:
+                    value = storage.get(old)
+                    if value is not None:
+                        storage.put(new, value)
+                        storage.delete(old)
         raw = self.storage.get(_STATE)
         if raw is None:
             raise DecodeError("base: storage has a base but no state record")

@@ -11,7 +11,7 @@ verification per vote it needed, not one per signature that arrived. A boundary 
 membership changed the indexer set is a *link*: its certificate joins ``chain``, which lets a
 reader verify any later certificate from the registry key alone (``checkpoint.verify_chain``).
 
-Storage: certificates and links are records of their own (``base/certificate``, written once
+Storage: certificates and links are records of their own (``base/~certificate``, written once
 per cycle by ``write_records``, and ``base/link/<boundary>``); the rest (pending signatures,
 open boundaries, newest checkpoint) travels in the base's state record through
 ``to_wire``/``restore``.
@@ -31,7 +31,7 @@ from .events import EventHub
 from .system import Membership, majority
 
 _LINK = b"base/link/"  # + u64be(boundary): certificate of an indexer-set change
-_CERT = b"base/certificate"
+CERTIFICATE_KEY = _CERT = b"base/~certificate"  # after the per-cycle rows: see core._STATE
 _BE64 = struct.Struct(">Q")
 MAX_CARRIED = 8  # signatures one oplog node carries at most
 
@@ -217,4 +217,4 @@ class CheckpointLedger:
             self.certificate = Certificate.from_wire(self._key, encoding.decode(cert))
 
 
-__all__ = ["CheckpointLedger"]
+__all__ = ["CERTIFICATE_KEY", "CheckpointLedger"]

@@ -380,6 +380,27 @@ async def test_block_naming_itself_as_a_head_is_reported_not_waited_for(
     assert a.unconfirmed_values == 0
 
 
+async def test_state_records_under_their_old_keys_are_moved_on_open(cluster: Cluster) -> None:
+    from autobase_py.base.core import _LEGACY_RECORDS
+
+    (a,) = await indexers(cluster, 1)
+    await a.append(kv.put(b"k", b"v"))
+    applied, signed = a.applied_length, a.signed_length
+    assert signed > 0
+    storage = a.storage
+    with storage.transaction():  # as a base written before the keys moved left them
+        for old, new in _LEGACY_RECORDS:
+            value = storage.get(new)
+            assert value is not None
+            storage.put(old, value)
+            storage.delete(new)
+    a = await cluster.restart("a")
+    assert (a.applied_length, a.signed_length) == (applied, signed)
+    assert all(a.storage.get(old) is None for old, _ in _LEGACY_RECORDS)
+    await a.append(kv.put(b"k2", b"v2"))
+    assert await kv.get(a.view, b"k") == b"v" and a.unconfirmed_values == 0
+
+
 async def test_certificate_verifies_from_the_registry_key_after_two_rotations(
     cluster: Cluster,
 ) -> None:
