@@ -208,6 +208,26 @@ def _insert_trees(
     batch.clear()
 
 
+class _FlatLevel:
+    """An inner level of a flat transaction: no savepoint, an escaping exception dooms the
+    whole transaction (a class: cheaper to enter than a generator context manager)."""
+
+    __slots__ = ("_level", "_storage")
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._level = storage._depth
+
+    def __enter__(self) -> None:
+        self._storage._depth = self._level + 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        storage = self._storage
+        storage._depth = self._level
+        if exc_type is not None:
+            storage._doomed = True
+
+
 class Storage:
     """One storage folder: an exclusive lock and one SQLite database holding every log."""
 
@@ -383,8 +403,7 @@ class Storage:
             os.close(fd)
         self.syncs += 1
 
-    @contextlib.contextmanager
-    def transaction(self, *, flat: bool = False) -> Iterator[None]:
+    def transaction(self, *, flat: bool = False) -> contextlib.AbstractContextManager[None]:
         """Re-entrant transaction; the outermost level commits (with one fsync if anything in it
         called ``require_sync``), inner levels are savepoints. Any exception rolls the level
         back and reloads enlisted participants.
@@ -395,17 +414,13 @@ class Storage:
         transaction: if it is caught and the outermost level still exits normally, everything
         is rolled back and :class:`StorageError` raised, so a half-done inner write can never
         commit."""
+        if self._depth and self._flat:  # the hot case (appends inside a base's cycle)
+            return _FlatLevel(self)
+        return self._transaction(flat)
+
+    @contextlib.contextmanager
+    def _transaction(self, flat: bool) -> Iterator[None]:
         level = self._depth
-        if level and self._flat:
-            self._depth = level + 1
-            try:
-                yield
-            except BaseException:
-                self._doomed = True
-                raise
-            finally:
-                self._depth = level
-            return
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE" if level == 0 else f"SAVEPOINT s{level}")

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ _LEAF = b"\x00"
 _PARENT = b"\x01"
 _ROOT = b"\x02"
 _blake2b = hashlib.blake2b
+_U64_PAIR = struct.Struct("<QQ").pack
 
 
 class Node(NamedTuple):
@@ -65,10 +67,9 @@ def parent_node(index: int, left: Node, right: Node) -> Node:
 
 def tree_hash(roots: list[Node] | tuple[Node, ...]) -> bytes:
     h = _blake2b(_ROOT, digest_size=32)
+    update = h.update
     for root in roots:
-        h.update(root.hash)
-        h.update(root.index.to_bytes(8, "little"))
-        h.update(root.size.to_bytes(8, "little"))
+        update(root.hash + _U64_PAIR(root.index, root.size))  # hash, u64le index, u64le size
     return h.digest()
 
 
