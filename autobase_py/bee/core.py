@@ -269,14 +269,18 @@ class Bee:
             del hashes[last]
 
     def _remember(self, node: Node) -> None:
+        if len(self._cache) >= self._cache_nodes:
+            self._shrink_cache()
+        self._cache[node.seq] = node  # type: ignore[index]
+
+    def _shrink_cache(self) -> None:
+        """Drop the older half of the node cache and the cached roots."""
         cache = self._cache
-        if len(cache) >= self._cache_nodes:
-            keep = list(cache.items())[len(cache) // 2 :]
-            cache.clear()
-            cache.update(keep)
-            self._roots.clear()
-            self._recount_slots()
-        cache[node.seq] = node  # type: ignore[index]
+        keep = list(cache.items())[len(cache) // 2 :]
+        cache.clear()
+        cache.update(keep)
+        self._roots.clear()
+        self._recount_slots()
 
     def _recount_slots(self) -> None:
         """Slot counts of exactly the blocks something is cached from (blocks, roots, nodes)."""
@@ -312,12 +316,13 @@ class Bee:
         if len(old) > OLD_NODES:
             for address in list(old)[: len(old) - OLD_NODES // 2]:
                 del old[address]
-        for node in nodes:
-            self._remember(node)
-        slots = self._slots
-        for node in nodes:  # after _remember: a cache trim rebuilds the slot counts
+        limit = self._cache_nodes
+        for node in nodes:  # _remember, inlined: a flush stores a few nodes every time
+            if len(cache) >= limit:
+                self._shrink_cache()  # rebuilds the slot counts of what stays cached
             at: int = node.seq  # type: ignore[assignment]
-            slots[at >> SLOT_BITS] = (at & SLOT_MASK) + 1
+            cache[at] = node
+            self._slots[at >> SLOT_BITS] = (at & SLOT_MASK) + 1
         length = self.log.length
         self._roots[length - 1] = nodes[-1]
         self._trim()
