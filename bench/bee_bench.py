@@ -3,7 +3,8 @@
 Prints one JSON object per line: puts/s (1 and 100 per flush, random and sequential keys),
 the base's apply pattern (1-put flushes into an unsigned, non-durable log, one storage
 transaction per flush, without and with every round of three flushes truncated and re-applied;
-also as process CPU per flush, the figure to compare on a shared machine),
+also as process CPU per flush, the figure to compare on a shared machine; and once more with
+another schedule point before each flush, as in a base cycle),
 gets/s on 100,000 keys (hot cache), range scan entries/s, bytes on disk per entry, blocks per
 flush, and blocks touched / blocks and bytes fetched per sparse lookup at 10,000 and 100,000
 entries.
@@ -115,12 +116,14 @@ async def bench_apply(root: Path) -> None:
     (unsigned, non-durable appends) inside an open storage transaction; three writers with
     their own increasing key ranges interleave. ``undo`` additionally truncates the view back
     over each round of three flushes and re-applies the round in another order, as a base does
-    when the linearizer reorders (every value is then applied twice)."""
+    when the linearizer reorders (every value is then applied twice). ``cycle`` (no undo) passes
+    another schedule point before each flush, as a single writer's base does (its cycle takes a
+    lock first), so the flush itself need not yield."""
     n = 1500 if QUICK else 6000
     per = n // 3
     names = [[f"model-{w * per + j:08d}".encode() for j in range(per)] for w in range(3)]
-    for undo in (False, True):
-        store = Store.open(root / f"apply-{undo}")
+    for undo, cycle in ((False, False), (True, False), (False, True)):
+        store = Store.open(root / f"apply-{undo}-{cycle}")
         log = store.get(name="view")
         log.durable_appends = False
         log.signed_appends = False
@@ -137,6 +140,8 @@ async def bench_apply(root: Path) -> None:
                 if at:
                     log.truncate(before)
                 for k, v in order:
+                    if cycle:
+                        await trio.lowlevel.checkpoint()
                     with storage.transaction(flat=True):
                         batch = bee.batch()
                         batch.put(k, v)
@@ -144,11 +149,14 @@ async def bench_apply(root: Path) -> None:
                     flushes += 1
         took = time.perf_counter() - start
         cpu_us = (time.process_time() - cpu) / flushes * 1e6
-        figure = "apply_flushes_per_s_unsigned_" + ("with_undo" if undo else "no_undo")
+        figure = "apply_flushes_per_s_unsigned_" + (
+            "with_undo" if undo else "one_per_cycle" if cycle else "no_undo")
         emit("bee", figure, flushes / took, "flushes/s", n=n, flushes=flushes,
              cpu_us_per_flush=round(cpu_us, 1),
              note="1 put per flush, one flat storage transaction per flush (as a base applies)" + (
-                 "; each round of 3 flushes truncated and re-applied once" if undo else ""))
+                 "; each round of 3 flushes truncated and re-applied once" if undo else
+                 "; another schedule point before each flush (a base cycle's lock)" if cycle
+                 else ""))
         store.close()
 
 
