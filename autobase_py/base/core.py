@@ -488,7 +488,7 @@ class Autobase(Generic[V]):
                 await self._drain()
                 if values or force_ack:
                     self._append_local(values or [])
-                    self._ingest()
+                    self._ingest_own()
                     await self._drain()
                 if values:
                     self.ack_due = False  # our value node voted just as an ack would
@@ -500,7 +500,7 @@ class Autobase(Generic[V]):
                         self.ack_due = True  # ack on the next cycle unless we write first
                         break
                     self._append_local([])
-                    self._ingest()
+                    self._ingest_own()
                     await self._drain()
                 self._steps.save(self.lin.take_round_steps())
                 self._write_tip()
@@ -545,6 +545,14 @@ class Autobase(Generic[V]):
             for key in self.writer_keys():
                 if key not in self.bad_writers and self._ingest_writer(key):
                     progressed = True
+
+    def _ingest_own(self) -> None:
+        """Ingest what this cycle just appended locally. Only the local oplog can have grown
+        since the cycle's full ``_ingest``, and no other writer's node can depend on a node
+        it has not seen, so there is nothing else to take in (a writer that apply added
+        meanwhile is read by the next cycle, as in an update)."""
+        if self.local_key not in self.bad_writers:
+            self._ingest_writer(self.local_key)
 
     def _ingest_writer(self, key: bytes) -> bool:
         log = self._log(key)
