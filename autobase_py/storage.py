@@ -38,26 +38,33 @@ primary seed): every commit is then only as durable as RocksDB's default ``sync=
 writes, which is what the JS stack runs with; a power loss may drop the last commits, and a
 writer whose signed blocks already reached a peer would then fork its log.
 
-Layout. ``logs`` holds one header row per log (key, manifest, name, length, fork, byte
-length, signature, frozen). Each log's tree lives in a table of its own, ``log_<id>``: one row
-per stored node, keyed by its *position* (the order in which appends create nodes: each
-block's leaf, then the parents it completes; :func:`autobase_py.log.flat_tree.post_order`),
-with size, hash, and for a leaf whose block is stored the block itself in ``data``. Callers
-pass positions, not flat indices. So an append's block and new parents are one run of rows at
-the right end of its log's own B-tree: the rows go to the last page, and a full last page
-grows by one new page (SQLite's cheap right-end split) instead of being rebalanced with its
-neighbours, as the tail of a log in the middle of a shared table was. A commit's cost is about
-proportional to the pages it dirtied (WAL frames). A truncation is one range delete, and a
-subtree is one range. Every stored block has its leaf node (the log stores a block only with,
-or after, verifying or computing that leaf). Views ``nodes`` (rowid ``log_id << 42 |
-position``, size, hash, data) and ``blocks`` (the same rowid, data) show every log's rows for
-inspection (only while a folder has at most 400 logs: SQLite caps a compound SELECT). Schema
+Layout. ``logs`` holds one row per log (key, name, manifest, fork, frozen, and the signature
+of its empty tree); each log's tree lives in a table of its own, ``log_<id>``: one row per
+stored node, keyed by its *position* (the order in which appends create nodes: each block's
+leaf, then the parents it completes; :func:`autobase_py.log.flat_tree.post_order`), with
+size, hash, for a leaf whose block is stored the block itself in ``data``, and in the row of
+the last root of the log's length its signature. Callers pass positions, not flat indices.
+So an append's block and new parents are one run of rows at the right end of its log's own
+B-tree: the rows go to the last page, and a full last page grows by one new page (SQLite's
+cheap right-end split) instead of being rebalanced with its neighbours, as the tail of a log in
+the middle of a shared table was. A commit's cost is about proportional to the pages it
+dirtied (WAL frames), so an append writes nothing else (and a header can never disagree with
+the rows, crash or not): its length is the one whose last root
+is the table's last row (appends create ``2 n - popcount(n)`` nodes for ``n`` blocks:
+:func:`length_at` inverts it), its byte length the sum of that length's roots, its signature
+the one in that row (each signed append's last row keeps the signature it was made with; only
+the last row's counts). The ``logs`` row changes only with the fork (a truncation, a replica
+following a new fork), the frozen flag, and the signature of an empty log. A truncation is one
+range delete, and a subtree is one range. Every stored block has its leaf node (the log stores
+a block only with, or after, verifying or computing that leaf). :meth:`Storage.tree_rows`
+lists the rows of one log or of all for inspection (no view spans the per-log tables: a view
+would be rebuilt, a schema change that re-prepares every statement, on each new log). Schema
 versions 1 to 3 (one shared node table, blocks in a table of their own or not, nodes by flat
-index or by position) are migrated by ``open``. ``records`` is a small ordered key-value table
-(bytes -> bytes) for other modules' state (linearizer, system state); modules prefix their
-keys with their own name (``b"base/..."``). A Storage object
-is used by one thread at a time (callers may move calls to a worker thread with
-``trio.to_thread.run_sync``, never two at once).
+index or by position) and 4 (the header in ``logs``, inspection views) are migrated by
+``open``. ``records`` is a small ordered key-value table (bytes -> bytes) for other modules'
+state (linearizer, system state); modules prefix their keys with their own name
+(``b"base/..."``). A Storage object is used by one thread at a time (callers may move calls
+to a worker thread with ``trio.to_thread.run_sync``, never two at once).
 """
 
 from __future__ import annotations
@@ -66,33 +73,34 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .errors import StorageClosedError, StorageError, StorageLockedError
 
-SCHEMA_VERSION = 4
-NODE_SHIFT = 42  # node position < 2**42 (rowids of the inspection views)
+SCHEMA_VERSION = 5
+NODE_SHIFT = 42  # node positions < 2**42 (the schema 1 to 3 rowids: log_id << 42 | node)
 MAX_LOGS = 1 << 21  # log ids fit beside a node position in a signed 64-bit rowid
-MAX_VIEW_LOGS = 400  # the inspection views cover at most this many logs
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS logs (
+_LOGS = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,
     key BLOB NOT NULL UNIQUE,
     name TEXT UNIQUE,
     manifest BLOB,
-    length INTEGER NOT NULL,
     fork INTEGER NOT NULL,
-    byte_length INTEGER NOT NULL,
     signature BLOB,
     frozen INTEGER NOT NULL
-);
+)"""
+_SCHEMA = f"""{_LOGS.format(name="logs")};
 CREATE TABLE IF NOT EXISTS records (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
 _FLAT_MASK = (1 << NODE_SHIFT) - 1
+
+NodeRow = tuple[int, int, bytes, bytes | None]  # (position, size, hash, leaf's block)
+SignedRow = tuple[int, int, bytes, bytes | None, bytes | None]  # a NodeRow and a signature
 
 
 def _tree(log_id: int) -> str:
@@ -101,25 +109,27 @@ def _tree(log_id: int) -> str:
     return f"log_{int(log_id)}"
 
 
-def _create_tree(db: sqlite3.Connection, log_id: int) -> None:
+def _create_tree(db: sqlite3.Connection, log_id: int, *, version: int = SCHEMA_VERSION) -> None:
+    signature = ", signature BLOB" if version >= 5 else ""
     db.execute(
         f"CREATE TABLE IF NOT EXISTS {_tree(log_id)} (id INTEGER PRIMARY KEY,"
-        " size INTEGER NOT NULL, hash BLOB NOT NULL, data BLOB)"
+        f" size INTEGER NOT NULL, hash BLOB NOT NULL, data BLOB{signature})"
     )
 
 
-def _refresh_views(db: sqlite3.Connection) -> None:
-    """(Re)create the ``nodes`` and ``blocks`` inspection views over every log's table."""
-    db.execute("DROP VIEW IF EXISTS blocks")
-    db.execute("DROP VIEW IF EXISTS nodes")
-    ids = [row[0] for row in db.execute("SELECT id FROM logs ORDER BY id")]
-    if len(ids) > MAX_VIEW_LOGS:
-        return
-    parts = [
-        f"SELECT ({i} << {NODE_SHIFT}) + id AS id, size, hash, data FROM {_tree(i)}" for i in ids
-    ] or ["SELECT NULL AS id, NULL AS size, NULL AS hash, NULL AS data WHERE 0"]
-    db.execute(f"CREATE VIEW nodes AS {' UNION ALL '.join(parts)}")
-    db.execute("CREATE VIEW blocks AS SELECT id, data FROM nodes WHERE data IS NOT NULL")
+def _opt(value: bytes | None) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def length_at(position: int) -> int:
+    """The length whose last root is the node at ``position``: the inverse of
+    ``leaf_post_order(length) - 1`` (appends create ``2 n - popcount(n)`` nodes for n blocks,
+    a strictly increasing count, so the last stored position gives the length)."""
+    created = position + 1
+    length = (created + 1) // 2
+    while 2 * length - length.bit_count() < created:
+        length += 1
+    return length
 
 
 class Participant(Protocol):
@@ -152,6 +162,15 @@ def _prefix_end(prefix: bytes) -> bytes | None:
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a folder of schema ``version`` (1 to 4) to the current one, one version step per
+    transaction (a crash leaves a complete older version, which the next open carries on
+    from)."""
+    if version < 4:
+        _migrate_to_4(db, version)
+    _migrate_to_5(db)
+
+
+def _migrate_to_4(db: sqlite3.Connection, version: int) -> None:
     """Move the trees of schema 1 (``blocks`` by ``log_id << 40 | index``, ``nodes`` by
     ``log_id << 42 | flat index``), 2 (``nodes`` by flat index, blocks in their leaf's row)
     or 3 (``nodes`` by ``log_id << 42 | position``, blocks in their leaf's row) into one table
@@ -162,7 +181,7 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         for (log_id,) in db.execute("SELECT id FROM logs").fetchall():
-            _create_tree(db, log_id)
+            _create_tree(db, log_id, version=4)
         if version == 1:
             rows = db.execute(
                 "SELECT n.id, n.size, n.hash, b.data FROM nodes n LEFT JOIN blocks b"
@@ -192,8 +211,49 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         else:
             db.execute("DROP VIEW IF EXISTS blocks")
         db.execute("DROP TABLE nodes")
-        _refresh_views(db)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("PRAGMA user_version=4")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _migrate_to_5(db: sqlite3.Connection) -> None:
+    """Schema 4 -> 5: each log's signature moves from its ``logs`` row into the row of its
+    last root (its length and byte length are no longer stored: the last row's position and
+    the roots give them), and the ``nodes``/``blocks`` views go. No tree row moves: one added
+    column and one updated row per log, whatever the folder's size. Rows past a log's stored
+    length (never written by schema 4, but they could not be trusted) are dropped."""
+    from .log.flat_tree import leaf_post_order  # here: autobase_py.log imports this module
+
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DROP VIEW IF EXISTS blocks")
+        db.execute("DROP VIEW IF EXISTS nodes")
+        logs = db.execute("SELECT id, length, signature FROM logs").fetchall()
+        for log_id, length, signature in logs:
+            table = _tree(log_id)
+            db.execute(f"ALTER TABLE {table} ADD COLUMN signature BLOB")
+            end = leaf_post_order(length)
+            db.execute(f"DELETE FROM {table} WHERE id >= ?", (end,))
+            if not length:
+                continue
+            moved = db.execute(
+                f"UPDATE {table} SET signature = ? WHERE id = ?", (signature, end - 1)
+            )
+            if moved.rowcount != 1:
+                raise StorageError(
+                    f"cannot migrate storage schema 4: log {log_id} lacks the last root of "
+                    f"its length {length}"
+                )
+        db.execute(_LOGS.format(name="logs_5"))
+        db.execute(
+            "INSERT INTO logs_5 SELECT id, key, name, manifest, fork,"
+            " CASE WHEN length = 0 THEN signature END, frozen FROM logs"
+        )
+        db.execute("DROP TABLE logs")
+        db.execute("ALTER TABLE logs_5 RENAME TO logs")
+        db.execute("PRAGMA user_version=5")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -292,7 +352,7 @@ class Storage:
             db.execute("PRAGMA wal_autocheckpoint=8192")
             db.execute(f"PRAGMA journal_size_limit={32 * 1024 * 1024}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version in (1, 2, 3):
+            if version in (1, 2, 3, 4):
                 _migrate(db, version)
             elif version not in (0, SCHEMA_VERSION):
                 raise StorageError(
@@ -302,7 +362,6 @@ class Storage:
                 )
             if version == 0:
                 db.executescript(_SCHEMA)
-                _refresh_views(db)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, StorageError) as exc:
             if db is not None:  # its exclusive lock on the file goes with it
@@ -321,7 +380,6 @@ class Storage:
             ":memory:", isolation_level=None, check_same_thread=False, cached_statements=1024
         )
         db.executescript(_SCHEMA)
-        _refresh_views(db)
         return cls(Path(":memory:"), db, -1)
 
     def close(self) -> None:
@@ -546,63 +604,89 @@ class Storage:
     # --- log tables (used by autobase_py.log) ------------------------------------------------
 
     def find_log(self, *, key: bytes | None = None, name: str | None = None) -> LogRow | None:
+        """The header of the log with this key (or name). Its length is the one whose last
+        root is the log's last stored row, its byte length the sum of that length's roots, its
+        signature the one in that row (the ``logs`` row's while the log stores no row)."""
+        db = self.db
         if key is not None:
-            row = self.db.execute("SELECT * FROM logs WHERE key = ?", (key,)).fetchone()
+            row = db.execute("SELECT * FROM logs WHERE key = ?", (key,)).fetchone()
         else:
-            row = self.db.execute("SELECT * FROM logs WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT * FROM logs WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
+        log_id, signature = row[0], row[5]
+        length = byte_length = 0
+        last = db.execute(
+            f"SELECT id, signature FROM log_{log_id} ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if last is not None:
+            from .log.flat_tree import full_roots, post_order  # autobase_py.log imports us
+
+            position, signature = last
+            length = length_at(position)
+            if 2 * length - length.bit_count() != position + 1:
+                raise StorageError(
+                    f"log {log_id}'s last stored node (position {position}) is not the last "
+                    "root of any length: the folder is damaged"
+                )
+            positions = [post_order(i) for i in full_roots(length)]
+            byte_length = sum(self.get_nodes(log_id, positions)[p][0] for p in positions)
         return LogRow(
-            id=row[0],
+            id=log_id,
             key=bytes(row[1]),
             name=row[2],
             manifest=None if row[3] is None else bytes(row[3]),
-            length=row[4],
-            fork=row[5],
-            byte_length=row[6],
-            signature=None if row[7] is None else bytes(row[7]),
-            frozen=bool(row[8]),
+            length=length,
+            fork=row[4],
+            byte_length=byte_length,
+            signature=None if signature is None else bytes(signature),
+            frozen=bool(row[6]),
         )
 
     def create_log(self, key: bytes, manifest: bytes | None, name: str | None = None) -> LogRow:
         with self.transaction():
             cursor = self.db.execute(
-                "INSERT INTO logs (key, name, manifest, length, fork, byte_length, signature,"
-                " frozen) VALUES (?, ?, ?, 0, 0, 0, NULL, 0)",
+                "INSERT INTO logs (key, name, manifest, fork, signature, frozen)"
+                " VALUES (?, ?, ?, 0, NULL, 0)",
                 (key, name, manifest),
             )
             log_id = cursor.lastrowid
             if log_id is None or log_id >= MAX_LOGS:
                 raise StorageError("too many logs in one storage folder")
             _create_tree(self.db, log_id)
-            _refresh_views(self.db)
         return LogRow(log_id, key, name, manifest, 0, 0, 0, None, False)
 
-    def write_header(
-        self,
-        log_id: int,
-        length: int,
-        fork: int,
-        byte_length: int,
-        signature: bytes | None,
-        *,
-        frozen: bool = False,
+    def write_log_state(
+        self, log_id: int, fork: int, signature: bytes | None, *, frozen: bool = False
     ) -> None:
+        """Store the ``logs`` row's part of a header: the fork, the frozen flag, and the
+        signature of the empty tree (used only while the log stores no row)."""
         self.db.execute(
-            "UPDATE logs SET length = ?, fork = ?, byte_length = ?, signature = ?, frozen = ?"
-            " WHERE id = ?",
-            (length, fork, byte_length, signature, int(frozen), log_id),
+            "UPDATE logs SET fork = ?, signature = ?, frozen = ? WHERE id = ?",
+            (fork, signature, int(frozen), log_id),
+        )
+
+    def set_signature(self, log_id: int, position: int, signature: bytes | None) -> None:
+        """Store the signature of the log's length (None: unsigned) in the row at
+        ``position``, that length's last root (a missing row is left alone)."""
+        self.db.execute(
+            f"UPDATE log_{log_id} SET signature = ? WHERE id = ?", (signature, position)
         )
 
     def set_manifest(self, log_id: int, manifest: bytes) -> None:
         self.db.execute("UPDATE logs SET manifest = ? WHERE id = ?", (manifest, log_id))
 
-    def put_tree(self, log_id: int, rows: list[tuple[int, int, bytes, bytes | None]]) -> None:
-        """Store (position, size, hash, block) rows: nodes, and the block of each leaf row that
-        has one (None keeps the leaf's stored block, if any). One statement: the hot path of
-        appends and replicated ranges."""
+    def append_tree(self, log_id: int, rows: Sequence[SignedRow]) -> None:
+        """Store (position, size, hash, block, signature) rows that are all new (an append's:
+        the right end of the log's table) in one statement."""
+        self.db.executemany(f"INSERT INTO log_{log_id} VALUES (?, ?, ?, ?, ?)", rows)
+
+    def put_tree(self, log_id: int, rows: Sequence[NodeRow]) -> None:
+        """Store (position, size, hash, block) rows, new or not: nodes, and the block of each
+        leaf row that has one (None keeps the leaf's stored block, if any); a row's signature
+        stays. One statement: the hot path of replicated ranges."""
         self.db.executemany(
-            f"INSERT INTO log_{log_id} VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            f"INSERT INTO log_{log_id} VALUES (?, ?, ?, ?, NULL) ON CONFLICT (id) DO UPDATE SET"
             " size = excluded.size, hash = excluded.hash, data = coalesce(excluded.data, data)",
             rows,
         )
@@ -677,9 +761,37 @@ class Storage:
         row = self.db.execute(f"SELECT count(data) FROM log_{log_id}").fetchone()
         return int(row[0])
 
+    def tree_rows(
+        self, log_id: int | None = None
+    ) -> list[tuple[int, int, int, bytes, bytes | None, bytes | None]]:
+        """Every stored row of the log ``log_id`` (of every log when None) as (log id,
+        position, size, hash, block or None, signature or None), by log then position: for
+        inspection and tests (a folder's logs have a table each; no view spans them)."""
+        ids = (
+            [log_id]
+            if log_id is not None
+            else [i for (i,) in self.db.execute("SELECT id FROM logs ORDER BY id")]
+        )
+        return [
+            (i, position, size, bytes(digest), _opt(data), _opt(signature))
+            for i in ids
+            for position, size, digest, data, signature in self.db.execute(
+                f"SELECT id, size, hash, data, signature FROM {_tree(i)} ORDER BY id"
+            )
+        ]
+
     def log_keys(self) -> list[tuple[bytes, str | None]]:
         """(key, name) of every log in the folder, in creation order."""
         return [(bytes(k), n) for k, n in self.db.execute("SELECT key, name FROM logs ORDER BY id")]
 
 
-__all__ = ["NODE_SHIFT", "LogRow", "Participant", "Storage"]
+__all__ = [
+    "NODE_SHIFT",
+    "SCHEMA_VERSION",
+    "LogRow",
+    "NodeRow",
+    "Participant",
+    "SignedRow",
+    "Storage",
+    "length_at",
+]

@@ -2,33 +2,37 @@
 
 Theory of operation
 -------------------
-State. A log's header (length, fork, byte length, signature, frozen) lives in the ``logs`` row
-and its tree in a table of its own (one row per node, each block in its leaf node's row), so
-memory holds only the header and the roots of the current length (at most 64 nodes). Storage
-keys nodes by their :func:`~.flat_tree.post_order` position (the order appends create them),
-so an append writes one run of rows at the table's right end and a truncation deletes one
-range; this module speaks flat indices and converts at each storage call (``_nodes``,
-``_pos``). A *writable* log holds its signer's key pair and stores every block and every node;
-a *replica* knows only the key until a proof brings the manifest, and may be sparse: it stores
-the blocks it was sent plus every node it verified (the roots of its length, upgrade nodes,
-and the uncles on each block's path).
+State. A log's tree lives in a table of its own (one row per node, each block in its leaf
+node's row) and so does most of its header: the length is the one whose last root is the last
+row, the byte length the sum of its roots, the signature is kept in that row; the fork and
+the frozen flag are in the ``logs`` row (see :mod:`autobase_py.storage`). Memory holds only
+the header and the roots of the current length (at most 64 nodes). Storage keys nodes by
+their :func:`~.flat_tree.post_order` position (the order appends create them), so an append
+writes one run of rows at the table's right end and a truncation deletes one range; this
+module speaks flat indices and converts at each storage call (``_nodes``, ``_pos``). A
+*writable* log holds its signer's key pair and stores every block and every node; a *replica*
+knows only the key until a proof brings the manifest, and may be sparse: it stores the blocks
+it was sent plus every node it verified (the roots of its length, upgrade nodes, and the
+uncles on each block's path).
 
 Invariant: every stored node is trusted (verified against a signed tree or computed locally),
 and the roots of the current length are stored. That is what lets a replica verify a block
-proof by hashing up to *any* stored node, and serve proofs for the blocks it holds.
+proof by hashing up to *any* stored node, and serve proofs for the blocks it holds; and, as
+every stored node lies in the tree of the current length, the last stored row is the last
+root, which is how the stored rows give the length.
 
 Writes. ``append`` hashes the new leaves, folds completed subtrees into parents (a new length
 ``n`` folds ``trailing_zeros(n)`` times), signs the new tree hash once per call, and writes
-the tree rows (blocks in their leaves) with one ``executemany`` and the header with one
-``UPDATE``, in one storage transaction (joining the caller's if one is open). ``truncate``
-cuts blocks and the nodes whose span reaches past the cut (one ``DELETE``), bumps the fork and
-re-signs. ``apply_proof`` verifies everything (manifest, fork, upgrade nodes, signature, block
-path) with pure functions from :mod:`.proof` before it touches storage, then stores the result
-in one transaction. ``apply_range`` / ``apply_blocks`` do the same for a contiguous range: the
-same checks, then the blocks hashed bottom-up once up to the trusted roots (every node of the
-proof used), then blocks and nodes stored with one ``executemany``. In-memory state
-changes only inside those transactions and the log enlists in them, so a rollback anywhere
-reloads it from disk.
+the tree rows (blocks in their leaves, the signature in the last) with one ``executemany``
+of plain INSERTs at the table's right end, and nothing else, in one storage transaction
+(joining the caller's if one is open). ``truncate`` cuts blocks and the nodes whose span
+reaches past the cut (one ``DELETE``), bumps the fork and re-signs. ``apply_proof`` verifies
+everything (manifest, fork, upgrade nodes, signature, block path) with pure functions from
+:mod:`.proof` before it touches storage, then stores the result in one transaction.
+``apply_range`` / ``apply_blocks`` do the same for a contiguous range: the same checks, then
+the blocks hashed bottom-up once up to the trusted roots (every node of the proof used), then
+blocks and nodes stored with one ``executemany``. In-memory state changes only inside those
+transactions and the log enlists in them, so a rollback anywhere reloads it from disk.
 
 Forks. A replica follows a newer fork only through an upgrade from 0 (all roots); it keeps
 the subtrees under new roots it already stores with equal hashes and drops the rest.
@@ -57,7 +61,7 @@ from ..errors import (
     NotWritableError,
     OutOfRangeError,
 )
-from ..storage import LogRow, Storage
+from ..storage import LogRow, SignedRow, Storage
 from . import flat_tree
 from .merkle import Manifest, Node, signable, tree_hash
 from .proof import (
@@ -250,10 +254,11 @@ class Log:
         if not blocks:
             return self.length
         roots = list(self._roots)
-        # Rows go straight to storage as (position, size, hash, block), each block in its
-        # leaf's row; the new nodes' positions are consecutive
+        # Rows go straight to storage as (position, size, hash, block, signature), each block
+        # in its leaf's row, the signature in the last (the new last root's); the new nodes'
+        # positions are consecutive
         row = _leaf_pos(self.length)
-        rows: list[tuple[int, int, bytes, bytes | None]] = []
+        rows: list[SignedRow] = []
         add = rows.append
         length = self.length
         byte_length = self.byte_length
@@ -266,7 +271,7 @@ class Log:
             digest = blake2b(
                 b"\x00" + size.to_bytes(8, "little") + block, digest_size=32
             ).digest()
-            add((row, size, digest, block))
+            add((row, size, digest, block, None))
             row += 1
             byte_length += size
             length += 1
@@ -279,7 +284,7 @@ class Log:
                 digest = blake2b(
                     b"\x01" + size.to_bytes(8, "little") + left.hash + digest, digest_size=32
                 ).digest()
-                add((row, size, digest, None))
+                add((row, size, digest, None, None))
                 row += 1
                 depth += 1
                 folds -= 1
@@ -291,13 +296,16 @@ class Log:
             if self.signed_appends
             else None
         )
+        if signature is not None:
+            rows[-1] = (*rows[-1][:4], signature)
         storage = self.storage
         with storage.transaction():
             storage.enlist(self)
             if self.durable_appends:
                 storage.require_sync()
-            storage.put_tree(self._id, rows)
-            storage.write_header(self._id, length, self.fork, byte_length, signature)
+            # the signature goes into the row of the new last root (the last row written,
+            # at the table's right end); no header row is written
+            storage.append_tree(self._id, rows)
             recent = self._recent
             recent[self.length] = self._roots
             if len(recent) > _RECENT:
@@ -328,7 +336,11 @@ class Log:
             if self.durable_appends:
                 storage.require_sync()
             storage.truncate_log(self._id, _leaf_pos(length))
-            storage.write_header(self._id, length, fork, byte_length, signature)
+            storage.write_log_state(
+                self._id, fork, None if length else signature, frozen=self.frozen
+            )
+            if length:  # the previous last root is gone, or it is this one
+                storage.set_signature(self._id, _leaf_pos(length) - 1, signature)
             # lengths above the cut will hold other blocks
             self._recent = {n: r for n, r in self._recent.items() if n < length}
             self.length = length
@@ -628,7 +640,14 @@ class Log:
         """Store a verified (length, byte length, signature) and take it, with the roots it
         was verified with, in memory without re-reading anything (inside the caller's
         transaction, which reloads us if it rolls back)."""
-        self.storage.write_header(self._id, header[0], fork, header[1], header[2])
+        length, _, signature = header
+        storage = self.storage
+        if fork_change or not length:
+            storage.write_log_state(
+                self._id, fork, None if length else signature, frozen=self.frozen
+            )
+        if length:  # even None: the row may hold the signature of an earlier length
+            storage.set_signature(self._id, _leaf_pos(length) - 1, signature)
         self.length, self.byte_length, self.signature = header
         if fork_change:
             self._recent = {}
@@ -711,8 +730,8 @@ class Log:
     def _freeze(self) -> None:
         with self.storage.transaction():
             self.storage.enlist(self)
-            self.storage.write_header(
-                self._id, self.length, self.fork, self.byte_length, self.signature, frozen=True
+            self.storage.write_log_state(
+                self._id, self.fork, None if self.length else self.signature, frozen=True
             )
             self.frozen = True
 

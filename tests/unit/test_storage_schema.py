@@ -1,10 +1,13 @@
-"""Storage schema 4: a table per log, nodes keyed by creation (post-order) position, each
-block in its leaf node's row; folders of versions 1 (one node table by flat index, blocks in a
-table of their own), 2 (blocks in leaf rows) and 3 (nodes by position) are migrated on open;
-unknown versions are refused."""
+"""Storage schema 5: a table per log, nodes keyed by creation (post-order) position, each
+block in its leaf node's row, the log's signature in its last root's row (length and byte
+length follow from the rows), no view spanning the logs (``Storage.tree_rows`` inspects them);
+folders of versions 1 (one node table by flat index, blocks in a table of their own), 2
+(blocks in leaf rows), 3 (nodes by position) and 4 (a table per log, the header in ``logs``,
+inspection views) are migrated on open; unknown versions are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -46,20 +49,44 @@ _SCHEMA_2 = (
 _SCHEMA_3 = _SCHEMA_2.replace("user_version=2", "user_version=3") + (
     "CREATE VIEW blocks (id, data) AS SELECT id, data FROM nodes WHERE data IS NOT NULL;"
 )
+_SCHEMA_4 = "\n".join(  # the logs and records tables of schema 1, a table per log (below)
+    line
+    for line in _SCHEMA_1.replace("user_version=1", "user_version=4").splitlines()
+    if not line.startswith(("CREATE TABLE blocks", "CREATE TABLE nodes"))
+)
 
 
 def _write_old(folder: Path, source: Storage, version: int) -> None:
-    """A folder of schema ``version`` (1 to 3) holding what ``source`` holds."""
+    """A folder of schema ``version`` (1 to 4) holding what ``source`` holds."""
     folder.mkdir()
     db = sqlite3.connect(folder / "db.sqlite")
-    db.executescript({1: _SCHEMA_1, 2: _SCHEMA_2, 3: _SCHEMA_3}[version])
+    db.executescript({1: _SCHEMA_1, 2: _SCHEMA_2, 3: _SCHEMA_3, 4: _SCHEMA_4}[version])
     src = source.db
-    db.executemany("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?)", src.execute("SELECT * FROM logs"))
+    for (key,) in src.execute("SELECT key FROM logs ORDER BY id").fetchall():
+        row = source.find_log(key=key)
+        assert row is not None
+        # LogRow's fields are the columns of schema 1 to 4's logs table, in order
+        db.execute("INSERT INTO logs VALUES (?,?,?,?,?,?,?,?,?)", dataclasses.astuple(row))
+        if version == 4:
+            db.execute(
+                f"CREATE TABLE log_{row.id} (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,"
+                " hash BLOB NOT NULL, data BLOB)"
+            )
+    if version == 4:  # its inspection views, as schema 4 kept them
+        parts = " UNION ALL ".join(
+            f"SELECT ({i} << 42) + id AS id, size, hash, data FROM log_{i}"
+            for (i,) in src.execute("SELECT id FROM logs ORDER BY id")
+        )
+        db.execute(f"CREATE VIEW nodes AS {parts}")
+        db.execute("CREATE VIEW blocks AS SELECT id, data FROM nodes WHERE data IS NOT NULL")
     db.executemany("INSERT INTO records VALUES (?,?)", src.execute("SELECT * FROM records"))
-    mask = (1 << NODE_SHIFT) - 1
-    for rowid, size, digest, data in src.execute("SELECT * FROM nodes"):
-        log_id, flat = rowid >> NODE_SHIFT, FLAT[rowid & mask]
+    for log_id, position, size, digest, data, _ in source.tree_rows():
+        rowid = (log_id << NODE_SHIFT) + position
+        flat = FLAT[position]
         old_rowid = (log_id << NODE_SHIFT) + flat  # schema 1 and 2: nodes by flat index
+        if version == 4:
+            db.execute(f"INSERT INTO log_{log_id} VALUES (?,?,?,?)", (position, size, digest, data))
+            continue
         if version == 3:  # the views' rowids: log_id << 42 | position
             db.execute("INSERT INTO nodes VALUES (?,?,?,?)", (rowid, size, digest, data))
             continue
@@ -108,45 +135,122 @@ def test_an_append_writes_one_run_of_rows_in_creation_order(tmp_path: Path) -> N
         ]
         writer.append([b"g"])  # leaf 3, parents flat 5 and 3: positions 4, 5, 6
         assert storage.db.execute(f"SELECT max(id) FROM {table}").fetchone()[0] == 6
-        # the inspection view: rowid log_id << 42 | position
-        base = writer._id << NODE_SHIFT
-        assert storage.db.execute("SELECT * FROM blocks ORDER BY id").fetchall() == [
-            (base + p, b) for p, b in [(0, b"a"), (1, b"bc"), (3, b"def"), (4, b"g")]
+        assert [(r[1], r[4]) for r in storage.tree_rows(writer._id) if r[4] is not None] == [
+            (0, b"a"),
+            (1, b"bc"),
+            (3, b"def"),
+            (4, b"g"),
         ]
         # a truncation keeps exactly the positions below the cut's leaf
         writer.truncate(3)
         kept = [i for (i,) in storage.db.execute(f"SELECT id FROM {table} ORDER BY id")]
         assert kept == [0, 1, 2, 3]
-        assert storage.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert storage.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
-def test_an_uncle_leaf_never_erases_the_block_stored_in_its_row() -> None:
-    writer = Log.create(Storage.open_memory(), crypto.key_pair(bytes([3]) * 32))
-    writer.append([b"b%d" % i for i in range(8)])
-    replica = Log.replica(Storage.open_memory(), writer.key)
-    replica.apply_proof(writer.proof(5, upgrade_from=0))
-    # block 4's range proof carries leaf 10 (block 5) as an uncle, without block 5
-    replica.apply_range(writer.range_proof(4, 5))
-    # block 4's per-block proof: its leaf is stored already (trusted), so the block goes
-    # into that row
-    replica.apply_proof(writer.proof(4))
-    assert [replica.get(i) for i in (4, 5)] == [b"b4", b"b5"]
-    assert replica.storage.count_blocks(replica._id) == 2
+def _last_row(storage: Storage, log: Log) -> tuple[int, bytes | None] | None:
+    """(position, signature) of the last tree row of ``log``, if any."""
+    rows = storage.tree_rows(log._id)
+    return (rows[-1][1], rows[-1][5]) if rows else None
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+def _end(length: int) -> int:
+    return flat_tree.leaf_post_order(length) - 1  # the position of length's last root
+
+
+def test_the_header_lives_in_the_last_root_row(tmp_path: Path) -> None:
+    """An append writes no ``logs`` row: its last row (the new last root) holds the new
+    signature; length and byte length come from the rows on reopen. Only while a log stores
+    no row does its signature live in ``logs`` (its fork always does)."""
+    with Storage.open(tmp_path / "s") as storage:
+        writer = Log.create(storage, crypto.key_pair(bytes([4]) * 32))
+        logs_row = storage.db.execute("SELECT * FROM logs").fetchall()
+        for n in (1, 2, 3, 4, 5):
+            writer.append([b"%d" % n] * n)
+            assert storage.db.execute("SELECT * FROM logs").fetchall() == logs_row
+            assert _last_row(storage, writer) == (_end(writer.length), writer.signature)
+        writer.truncate(7)  # fork 1: the cut's last root holds the new signature
+        assert _last_row(storage, writer) == (_end(7), writer.signature)
+        assert storage.db.execute("SELECT fork, signature FROM logs").fetchall() == [(1, None)]
+        header = (writer.length, writer.fork, writer.byte_length, writer.signature)
+    with Storage.open(tmp_path / "s") as storage:
+        again = Log.create(storage, crypto.key_pair(bytes([4]) * 32))
+        assert (again.length, again.fork, again.byte_length, again.signature) == header
+        assert again.byte_length == sum(len(again.get(i)) for i in range(7))
+        again.truncate(0)
+        assert _last_row(storage, again) is None
+        assert storage.db.execute("SELECT fork, signature FROM logs").fetchall() == [
+            (2, again.signature)
+        ]
+        assert again.signature is not None
+        again.append([b"x"])
+        assert _last_row(storage, again) == (0, again.signature)
+        pair = crypto.key_pair(bytes([5]) * 32)
+        view = Log.create(storage, pair)
+        view.signed_appends = False
+        view.append([b"v"] * 5)
+        assert [r[5] for r in storage.tree_rows(view._id)] == [None] * 8
+    with Storage.open(tmp_path / "s") as storage:
+        view = Log.create(storage, pair)
+        assert (view.length, view.byte_length, view.signature) == (5, 5, None)
+
+
+def test_a_replica_keeps_its_signature_in_its_last_root_row() -> None:
+    source = Log.create(Storage.open_memory(), crypto.key_pair(bytes([6]) * 32))
+    source.append([b"s%d" % i for i in range(6)])
+    storage = Storage.open_memory()
+    replica = Log.replica(storage, source.key)
+    replica.apply_proof(source.proof(2, upgrade_from=0))
+    assert _last_row(storage, replica) == (_end(6), source.signature)
+    source.append([b"more"] * 5)
+    replica.apply_range(source.range_proof(6, 11, upgrade_from=6))
+    assert _last_row(storage, replica) == (_end(11), source.signature)
+    source.truncate(9)  # a newer fork: the replica follows with an upgrade from 0
+    source.append([b"new"])
+    replica.apply_proof(source.proof(None, upgrade_from=0))
+    assert _last_row(storage, replica) == (_end(10), source.signature)
+    # a certified upgrade whose signature is not checked stores none
+    source.append([b"cert"])
+    upgrade = source.proof(None, upgrade_from=10)
+    assert upgrade.upgrade is not None
+    unsigned = dataclasses.replace(
+        upgrade, upgrade=dataclasses.replace(upgrade.upgrade, signature=bytes(64))
+    )
+    replica.apply_proof(unsigned, trusted_tree_hash=source.tree_hash())
+    assert _last_row(storage, replica) == (_end(11), None)
+    reread = storage.find_log(key=source.key)
+    assert reread is not None
+    assert (reread.length, reread.fork, reread.byte_length, reread.signature) == (
+        source.length,
+        source.fork,
+        source.byte_length,
+        None,
+    )
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_old_folder_is_migrated_on_open(tmp_path: Path, version: int) -> None:
     storage, writer, replica = _filled(tmp_path)
-    expected = {
-        table: storage.db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-        for table in ("logs", "blocks", "nodes")
-    }
+
+    def content(storage: Storage) -> tuple[object, ...]:
+        """Every header, and every tree row without its signature (a migration keeps only a
+        log's current signature, in its last root's row; appends leave theirs)."""
+        keys = [bytes(k) for (k,) in storage.db.execute("SELECT key FROM logs ORDER BY id")]
+        return (
+            [storage.find_log(key=k) for k in keys],
+            [r[:5] for r in storage.tree_rows()],
+        )
+
+    expected = content(storage)
     _write_old(tmp_path / "old", storage, version)
     storage.close()
     with Storage.open(tmp_path / "old") as migrated:
         assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        for table, rows in expected.items():
-            assert migrated.db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall() == rows
+        assert content(migrated) == expected
+        assert (
+            migrated.db.execute("SELECT name FROM sqlite_schema WHERE type = 'view'").fetchall()
+            == []
+        )
         assert migrated.get(b"test/record") == b"kept"
         again = Log.create(migrated, crypto.key_pair(bytes([1]) * 32))
         assert (again.length, again.fork, again.tree_hash()) == (
@@ -186,14 +290,35 @@ def test_a_version_1_block_without_its_leaf_node_stops_the_migration(tmp_path: P
 def test_an_unknown_schema_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     Storage.open(tmp_path / "s").close()
     db = sqlite3.connect(tmp_path / "s" / "db.sqlite")
-    db.execute("PRAGMA user_version=5")
+    db.execute("PRAGMA user_version=6")
     db.close()
     for _ in range(2):  # the failed open released the folder's lock and SQLite's
-        with pytest.raises(StorageError, match="schema version 5 is not supported"):
+        with pytest.raises(StorageError, match="schema version 6 is not supported"):
             Storage.open(tmp_path / "s")
 
 
-def test_every_log_has_its_own_table_and_the_views_cover_them(tmp_path: Path) -> None:
+def test_a_version_4_log_without_the_last_root_of_its_length_stops_the_migration(
+    tmp_path: Path,
+) -> None:
+    storage, writer, _ = _filled(tmp_path)
+    _write_old(tmp_path / "old", storage, 4)
+    storage.close()
+    db = sqlite3.connect(tmp_path / "old" / "db.sqlite")
+    last = flat_tree.leaf_post_order(writer.length) - 1
+    db.execute(f"DELETE FROM log_{writer._id} WHERE id = ?", (last,))
+    db.commit()
+    db.close()
+    with pytest.raises(StorageError, match="lacks the last root of its length 21"):
+        Storage.open(tmp_path / "old")
+    db = sqlite3.connect(tmp_path / "old" / "db.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4  # rolled back, untouched
+    assert db.execute("SELECT length FROM logs WHERE id = ?", (writer._id,)).fetchone()[0] == 21
+    # every block but the deleted leaf's (block 20: length 21's last root is a leaf)
+    assert db.execute("SELECT count(*) FROM blocks").fetchone()[0] == writer.length + 2 + 6000 - 1
+    db.close()
+
+
+def test_every_log_has_its_own_table_and_tree_rows_cover_them(tmp_path: Path) -> None:
     with Storage.open(tmp_path / "s") as storage:
         logs = [Log.create(storage, crypto.key_pair(bytes([i]) * 32)) for i in (5, 6, 7)]
         for n, log in enumerate(logs):
@@ -203,8 +328,8 @@ def test_every_log_has_its_own_table_and_the_views_cover_them(tmp_path: Path) ->
             for (name,) in storage.db.execute("SELECT name FROM sqlite_schema WHERE type='table'")
         }
         assert {f"log_{log._id}" for log in logs} <= tables
-        views = storage.db.execute("SELECT id >> ?, count(*) FROM blocks GROUP BY 1", (NODE_SHIFT,))
-        assert views.fetchall() == [(log._id, n + 1) for n, log in enumerate(logs)]
+        blocks = [(r[0], r[4]) for r in storage.tree_rows() if r[4] is not None]
+        assert blocks == [(log._id, b"%d" % n) for n, log in enumerate(logs) for _ in range(n + 1)]
         with pytest.raises(KeyError), storage.transaction():
             gone = Log.create(storage, crypto.key_pair(bytes([8]) * 32))
             raise KeyError  # a log created in a rolled-back transaction leaves no table
@@ -213,6 +338,26 @@ def test_every_log_has_its_own_table_and_the_views_cover_them(tmp_path: Path) ->
             name
             for (name,) in storage.db.execute("SELECT name FROM sqlite_schema WHERE type='table'")
         }
-        assert storage.db.execute("SELECT count(*) FROM blocks").fetchone()[0] == 6
-    with Storage.open(tmp_path / "s") as storage:  # reopened: same tables, same views
-        assert storage.db.execute("SELECT count(*) FROM blocks").fetchone()[0] == 6
+        assert storage.tree_rows(logs[2]._id) == [
+            r for r in storage.tree_rows() if r[0] == logs[2]._id
+        ]
+    with Storage.open(tmp_path / "s") as storage:  # reopened: the same rows
+        assert sum(r[4] is not None for r in storage.tree_rows()) == 6
+
+
+def test_creating_logs_changes_no_other_schema_and_inspection_covers_them_all() -> None:
+    """Past 400 logs too (the views of schema 4 stopped there: SQLite caps a compound
+    SELECT); a new log adds its own table and nothing else."""
+    storage = Storage.open_memory()
+    logs = []
+    for i in range(450):
+        schema = storage.db.execute("SELECT type, name, sql FROM sqlite_schema").fetchall()
+        log = Log.create(storage, crypto.key_pair(i.to_bytes(32, "big")))
+        added = set(storage.db.execute("SELECT type, name, sql FROM sqlite_schema")) - set(schema)
+        assert [(t, n) for t, n, _ in added] == [("table", f"log_{log._id}")]
+        logs.append(log)
+    for log in logs[::50] + logs[-1:]:
+        log.append([log.key])
+    assert [(r[0], r[4]) for r in storage.tree_rows() if r[4] is not None] == [
+        (log._id, log.key) for log in logs[::50] + logs[-1:]
+    ]
