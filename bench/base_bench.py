@@ -20,6 +20,9 @@ Figures (JSON lines):
 - ``reopen``: time to reopen the single-writer base from disk (no replay), at this N.
 - ``peak_rss_mib``: ru_maxrss of the process.
 
+The three-indexer figures also print ``applies_per_value``: how many times each peer passed a
+value to ``apply`` on average (1.0 = never re-applied; an undo re-applies what it rolled back).
+
 ``--no-fsync`` opens the stores with ``fsync=False`` (commits atomic and ``kill -9``-safe, not
 power-loss durable: RocksDB's default, which the JS stack uses); every figure says which.
 
@@ -71,7 +74,11 @@ def open_view(log: Log) -> Bee:
     return Bee(log)
 
 
+APPLIED = {"values": 0}  # values passed to apply, re-applies after an undo included
+
+
 async def apply(nodes: list[ApplyNode], view: Bee, host: ApplyHost) -> None:
+    APPLIED["values"] += len(nodes)
     batch = view.batch()
     for node in nodes:
         op = json.loads(node.value)
@@ -139,7 +146,7 @@ async def three_indexers(root: Path, n: int, chunk: int) -> None:
     for _ in range(4):
         await sync(*bases)
     assert all(b.is_indexer for b in bases)
-    t0, c0 = time.perf_counter(), cpu()
+    t0, c0, applied0 = time.perf_counter(), cpu(), APPLIED["values"]
     per = n // 3
     i = 0
     while i < per:
@@ -167,6 +174,7 @@ async def three_indexers(root: Path, n: int, chunk: int) -> None:
     emit("b_three_indexers", n=per * 3, chunk=chunk, ops_per_s=round(per * 3 / elapsed),
          seconds=round(elapsed, 2), append_phase_s=round(appended, 2),
          converge_rounds=rounds, cpu_s=round(used, 2),
+         applies_per_value=round((APPLIED["values"] - applied0) / (per * 3 * 3), 2),
          oplog_lengths=[b.local_log.length for b in bases])
     for store, base in opened:
         await base.close()
@@ -205,7 +213,7 @@ async def three_indexers_live(root: Path, n: int, chunk: int) -> None:
         await _poll(lambda: _all_indexers(bases))
         setup_values = bases[0].applied_length
         per = n // 3
-        t0, c0 = time.perf_counter(), cpu()
+        t0, c0, applied0 = time.perf_counter(), cpu(), APPLIED["values"]
 
         async def writer(w: int) -> None:
             for start in range(0, per, chunk):
@@ -221,6 +229,7 @@ async def three_indexers_live(root: Path, n: int, chunk: int) -> None:
         elapsed, used = time.perf_counter() - t0, cpu() - c0
         emit("b_three_indexers_live", n=per * 3, chunk=chunk, ops_per_s=round(per * 3 / elapsed),
              seconds=round(elapsed, 2), append_phase_s=round(appended, 2), cpu_s=round(used, 2),
+             applies_per_value=round((APPLIED["values"] - applied0) / (per * 3 * 3), 2),
              oplog_lengths=[b.local_log.length for b in bases],
              updates=[r.updates for r in replications])
         nursery.cancel_scope.cancel()
