@@ -59,11 +59,19 @@ class ReplicatedBase(Protocol):
     def wakeup(self) -> None: ...
 
 
-def track(base: ReplicatedBase, replicator: Replicator) -> None:
+def track(base: ReplicatedBase, replicator: Replicator, *, scan_store: bool = True) -> None:
     """Make sure every log of the base's store and every writer's oplog (opened here if the
-    base has not read it yet) is replicated, and announce the local ones."""
+    base has not read it yet) is replicated, and announce the local ones.
+
+    ``scan_store=False`` skips listing the store's logs (a query) and checks only the writers'
+    oplogs: once the store was scanned, a base opens new logs only for writers it adds or
+    needs, which ``writer_keys`` lists (``BaseReplication`` scans once, then runs this after
+    every append and update)."""
     store = base.store
-    for key in {*store.log_keys(), *base.writer_keys()}:
+    keys = set(base.writer_keys())
+    if scan_store:
+        keys.update(store.log_keys())
+    for key in keys:
         if not replicator.has_key(key):
             replicator.add(store.get(key=key))
     for item in replicator.logs:
@@ -117,7 +125,7 @@ class BaseReplication:
                 length = await self.base.wait_local_append(length)
             except ClosedError:
                 return
-            track(self.base, self.replicator)
+            track(self.base, self.replicator, scan_store=False)
 
     async def _follow_peers(self) -> None:
         base, replicator = self.base, self.replicator
@@ -128,7 +136,7 @@ class BaseReplication:
                 seen = replicator.remote_changes
                 await base.update()
                 base.wakeup()
-                track(base, replicator)
+                track(base, replicator, scan_store=False)
                 self.updates += 1
                 self._updated.set()
                 self._updated = trio.Event()
@@ -170,7 +178,7 @@ class BaseReplication:
     async def append(self, value: bytes | Sequence[bytes]) -> int:
         """``base.append`` and send it to the peers at once (new writers included)."""
         length = await self.base.append(value)
-        track(self.base, self.replicator)
+        track(self.base, self.replicator, scan_store=False)
         return length
 
     async def wait_for(self, predicate: Callable[[], Awaitable[bool]]) -> None:
