@@ -197,13 +197,7 @@ def test_a_well_formed_blocks_message_decodes() -> None:
 
 
 def _stored(log: Log) -> tuple[object, ...]:
-    db = log.storage.db
-    return (
-        log.length,
-        log.fork,
-        db.execute("SELECT * FROM blocks ORDER BY id").fetchall(),
-        db.execute("SELECT * FROM nodes ORDER BY id").fetchall(),
-    )
+    return (log.length, log.fork, log.storage.tree_rows())
 
 
 def _asking(replica: Log, source: Log, start: int, end: int) -> tuple[LogSession, bytes]:
