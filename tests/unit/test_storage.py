@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,17 @@ def test_log_created_in_a_rolled_back_transaction_still_works(tmp_path: Path) ->
     s.close()
     s = Storage.open(tmp_path)
     assert Log.create(s, crypto.key_pair(bytes(32))).get(0) == b"kept"
+
+
+def test_bytes_and_none_parameters_bind_unchanged_through_the_identity_adapters() -> None:
+    """Storage registers identity adapters for bytes and None (they spare sqlite3 a failed
+    attribute lookup per parameter); values must reach SQLite exactly as given."""
+    for value in (b"", b"\x00abc", bytes(range(256))):
+        assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)](value) is value
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    s = Storage.open_memory()
+    row = s.db.execute("SELECT ?, typeof(?), typeof(?), ?", (b"\x00x", b"", None, None))
+    assert row.fetchone() == (b"\x00x", "blob", "null", None)
+    s.put(b"\xffkey", b"\x00value")
+    assert s.get(b"\xffkey") == b"\x00value"
+    assert s.iterate(b"\xff") == [(b"\xffkey", b"\x00value")]
