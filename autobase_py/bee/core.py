@@ -8,6 +8,10 @@ through a :class:`Batch`: ``put``/``delete`` only record the operation (they are
 the operations are applied to a copy-on-write :class:`~.tree.TreeWriter` at the next async call
 on the batch, and ``flush`` seals the changed nodes into blocks and appends them with ONE
 ``log.append`` call (one signature). A flush whose operations change nothing appends nothing.
+A flush is always a cancel point, before it writes anything, and a schedule point unless its
+task already passed one since this bee's previous flush (trio counts them per task): a loop
+of flushes lets other tasks run between any two, and a flush that follows another yield (a
+base cycle takes its lock first) does not pay for a second one.
 
 Read-your-writes: ``batch.get`` and ``batch.range`` read the batch's own tree, so they see the
 batch's pending puts and deletes (the registry's ``apply`` relies on it). A batch remembers the
@@ -93,8 +97,8 @@ class InvalidEntryError(LocalError):
 
 def _schedule_points(task: trio.lowlevel.Task) -> int:
     """How many schedule points ``task`` has passed (trio counts them per task for its own
-    checkpoint assertions); -2, never equal to a recorded count, if this trio has no count,
-    so that every flush yields."""
+    checkpoint assertions). A trio without that count gives -2 every time, so a flush always
+    finds the count it recorded and always yields (the behaviour before this rule)."""
     points: int = getattr(task, "_schedule_points", -2)
     return points
 
