@@ -356,7 +356,7 @@ class Autobase(Generic[V]):
     async def reading(self) -> AsyncIterator[V]:
         """``async with base.reading() as view:`` reads the view between two cycles.
 
-        A cycle spans awaits (a bee yields to other tasks once per flush), so a task that
+        A cycle spans awaits (a bee flush may yield to other tasks), so a task that
         reads ``view`` while one runs may see it half-way: rolled back for an undo and partly
         re-applied, or holding writes the cycle could still roll back. Inside ``reading()``
         appends and updates wait, and the view is exactly what the last committed cycle left.
