@@ -175,6 +175,97 @@ async def test_graceful_close_drains_everything_sent_before_it() -> None:
     assert received == [b"%d" % i for i in range(200)]
 
 
+async def test_a_final_that_arrives_with_everything_still_lets_the_handler_consume_it() -> None:
+    # The client queues every message and closes without yielding in between: the peer reads
+    # them and the FINAL at once, and its handler still gets them all before it is stopped.
+    received: list[bytes] = []
+    finished = trio.Event()
+
+    async def sink(channel: Channel) -> None:
+        async for message in channel:
+            received.append(message)
+        finished.set()
+
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            protocols = {"sink": sink}
+            async with open_connection(right, SERVER, initiator=False, protocols=protocols) as c:
+                await c.closed.wait()
+
+        nursery.start_soon(serve)
+        async with open_connection(left, CLIENT, initiator=True) as client:
+            channel = await client.open_channel(("sink", b""))
+            channel.send_now([b"%d" % i for i in range(300)])
+        with trio.fail_after(10):
+            await finished.wait()
+    assert received == [b"%d" % i for i in range(300)]
+
+
+class CountingStream(trio.abc.Stream):
+    """Counts the ``send_all`` calls (socket writes) made on it."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@asynccontextmanager
+async def counted_sink() -> AsyncIterator[tuple[Connection, Channel, CountingStream, list[bytes]]]:
+    """A client connection whose socket writes are counted, and a channel to a server that
+    keeps every message."""
+    received: list[bytes] = []
+    streams: list[CountingStream] = []
+
+    async def sink(channel: Channel) -> None:
+        async for message in channel:
+            received.append(message)
+
+    def pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        left, right = trio.testing.memory_stream_pair()
+        streams.append(CountingStream(left))
+        return streams[0], right
+
+    async with connected(pair, {"sink": sink}) as (client, _):
+        channel = await client.open_channel(("sink", b""))
+        await trio.testing.wait_all_tasks_blocked()
+        yield client, channel, streams[0], received
+
+
+async def test_deferred_calls_run_right_before_the_write_and_share_it() -> None:
+    async with counted_sink() as (client, channel, stream, received):
+        before = stream.writes
+        calls: list[int] = []
+
+        def news() -> None:
+            calls.append(len(received))
+            channel.send_now([b"deferred %d" % len(calls)])
+
+        client.defer(news)
+        channel.send_now([b"now"])  # queued at once, so it goes first
+        client.defer(news)
+        assert calls == []  # nothing ran in the caller's task
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls == [0, 0] and received == [b"now", b"deferred 1", b"deferred 2"]
+        assert stream.writes == before + 1
+    client.defer(news)  # closed: dropped
+    assert calls == [0, 0]
+
+
 async def test_handshake_times_out_on_a_silent_peer(autojump_clock: trio.testing.MockClock) -> None:
     left, _right = trio.testing.memory_stream_pair()
     start = trio.current_time()
