@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -52,6 +53,7 @@ class _Live:
     session: LogSession
     channel: Channel
     wake: trio.Event = field(default_factory=trio.Event)
+    news_due: bool = False  # a ``_send_news`` is deferred to the connection's next write
 
 
 class Replicator:
@@ -138,24 +140,47 @@ class Replicator:
                     connection.spawn(self._open, connection, item)
 
     def announce(self, item: Log) -> None:
-        """``item`` changed locally (an append): tell the peers, wake the waiters.
+        """``item`` changed locally (an append, blocks stored): tell the peers, wake the waiters.
 
-        Each session's news (``local_changed``) is queued on its channel right here, in the
-        caller's task, rather than by waking the session's pusher task: a task switch per
-        session per change saved. Only when a connection has too much queued already does
-        the pusher send it, after waiting for the socket (backpressure)."""
+        Each session's news (``local_changed``: a sync, "have", requests) is computed right
+        before its connection's next write (``Connection.defer``), once for every change made
+        meanwhile: a burst of appends costs each peer one sync, not one per append, and no
+        task switch. Only when a connection has too much queued already does the session's
+        pusher send it, after waiting for the socket (backpressure)."""
         dk = item.discovery_key
         for live in self._sessions.get(dk, ()):
-            if live.wake.is_set():
-                continue  # the pusher is due anyway and will look
+            if live.wake.is_set() or live.news_due:
+                continue  # the pusher or the deferred call is due anyway and will look
             if live.channel.can_send_now:
-                live.channel.send_now(live.session.local_changed())
+                live.news_due = True
+                live.channel.connection.defer(partial(self._send_news, live))
             elif not live.channel.closed.is_set():
                 live.wake.set()
         event = self._updated.get(dk)
         if event is not None:
             event.set()
             self._updated[dk] = trio.Event()
+
+    def _send_news(self, live: _Live) -> None:
+        """The deferred half of ``announce``: runs in the connection's writer before a write.
+        Not while a transaction is open (a base's cycle spanning awaits, whose appends are
+        not committed yet): then once it ends."""
+        live.news_due = False
+        channel = live.channel
+        if channel.closed.is_set() or live.wake.is_set():
+            return
+        storage = live.session.log.storage
+        if storage.in_transaction:
+            live.news_due = True
+            storage.call_when_idle(partial(self._news_after_transaction, live))
+        elif channel.can_send_now:
+            channel.send_now(live.session.local_changed())
+        else:
+            live.wake.set()
+
+    def _news_after_transaction(self, live: _Live) -> None:
+        if live.news_due and not live.channel.closed.is_set():
+            live.channel.connection.defer(partial(self._send_news, live))
 
     def announce_if_changed(self, item: Log) -> None:
         """``announce`` unless ``item``'s (length, fork) is what this method last announced
@@ -221,18 +246,29 @@ class Replicator:
                 nursery.start_soon(self._push, live)
                 await self._send(channel, session.start())
                 storage = item.storage
+                lock = write_lock(storage)
                 async for data in channel:
                     # A base's apply cycle holds its transaction across awaits: take turns with
                     # it (fairly: a cycle running back to back cannot starve us) rather than
                     # write into it, where a peer's garbage would doom the cycle's whole
-                    # transaction and our batch could not roll back on its own.
-                    async with write_lock(storage):
-                        while storage.in_transaction:  # someone writing without taking turns
-                            idle = trio.Event()
-                            storage.call_when_idle(idle.set)
-                            await idle.wait()
+                    # transaction and our batch could not roll back on its own. A free lock
+                    # has no waiters, and the batch never awaits: then it simply runs (the
+                    # lock's two scheduler passes saved; the channel's receive is one).
+                    if lock.locked() or storage.in_transaction:
+                        async with lock:
+                            while storage.in_transaction:  # someone writing without turns
+                                idle = trio.Event()
+                                storage.call_when_idle(idle.set)
+                                await idle.wait()
+                            out, kick = self._receive_batch(session, channel, data)
+                    else:
                         out, kick = self._receive_batch(session, channel, data)
-                    await self._send(channel, out)
+                    if out:
+                        # queued at once unless the socket is backlogged (then wait for it)
+                        if channel.can_send_now:
+                            channel.send_now(out)
+                        else:
+                            await channel.send_many(out)
                     if kick:
                         self.announce(item)
                         self.remote_changes += 1

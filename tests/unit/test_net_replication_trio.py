@@ -191,9 +191,9 @@ async def test_announce_if_changed_announces_only_when_the_log_moved(
 async def test_announce_sends_at_once_or_through_the_pusher_when_the_socket_is_busy(
     monkeypatch: pytest.MonkeyPatch, socket_busy: bool
 ) -> None:
-    # Not busy: ``announce`` queues the news itself, so a live append reaches the peer even
-    # with the pushers stopped. Busy (the connection over its high-water mark): it leaves the
-    # news to the pusher, which waits for the socket.
+    # Not busy: ``announce`` hands the news to the connection's writer, so a live append
+    # reaches the peer even with the pushers stopped. Busy (the connection over its
+    # high-water mark): it leaves the news to the pusher, which waits for the socket.
     pushed: list[bool] = []
     real_push = Replicator._push
 
@@ -220,6 +220,66 @@ async def test_announce_sends_at_once_or_through_the_pusher_when_the_socket_is_b
                     replica, lambda lg, n=length: right.complete(lg) and lg.length == n
                 )
     assert pushed and [replica.get(i) for i in (5, 6, 7)] == [b"live 0", b"live 1", b"live 2"]
+
+
+def record_syncs(monkeypatch: pytest.MonkeyPatch, replica: Log) -> list[int]:
+    """The lengths of the syncs that ``replica``'s sessions receive, in order."""
+    synced: list[int] = []
+    real = replication.LogSession.receive
+
+    def receive(self: replication.LogSession, data: bytes) -> tuple[list[bytes], bool]:
+        msg = replication.decode_message(data)
+        if self.log is replica and msg["t"] == "sync":
+            synced.append(msg["length"])
+        return real(self, data)
+
+    monkeypatch.setattr(replication.LogSession, "receive", receive)
+    return synced
+
+
+async def test_a_burst_of_appends_costs_each_peer_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The news of an announce is computed when the connection next writes: appends announced
+    # one after another without a scheduler pass in between reach the peer as one sync.
+    source = writer(b"u", 5)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    synced = record_syncs(monkeypatch, replica)
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 5 and right.complete(lg))
+            await trio.testing.wait_all_tasks_blocked()
+            synced.clear()
+            for i in range(10):
+                source.append([b"burst %d" % i])
+                left.announce(source)
+            await right.wait_for(replica, lambda lg: lg.length == 15 and right.complete(lg))
+            await trio.testing.wait_all_tasks_blocked()
+    assert synced == [15]
+    assert [replica.get(i) for i in (5, 14)] == [b"burst 0", b"burst 9"]
+
+
+async def test_news_waits_for_another_tasks_open_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A task holding a transaction across awaits (a base's cycle) may have appended without
+    # committing yet: the news of an announce made meanwhile goes out once it ends.
+    source = writer(b"v", 3)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    synced = record_syncs(monkeypatch, replica)
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 3 and right.complete(lg))
+            await trio.testing.wait_all_tasks_blocked()
+            synced.clear()
+            with source.storage.transaction(flat=True):
+                source.append([b"late"])
+                left.announce(source)
+                for _ in range(100):
+                    await trio.lowlevel.checkpoint()
+                assert synced == []  # not even told of it
+            await right.wait_for(replica, lambda lg: lg.length == 4 and right.complete(lg))
+    assert synced == [4] and replica.get(3) == b"late"
 
 
 @pytest.mark.parametrize("lying", [False, True])
