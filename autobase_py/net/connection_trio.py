@@ -68,6 +68,9 @@ log = logging.getLogger("autobase_py.net")
 RECEIVE_BYTES = 65536
 CHANNEL_BUFFER = 1024
 HIGH_WATER = 1024 * 1024
+NEWS_SECONDS = 0.002  # a write of deferred news alone waits at most this long for more,
+NEWS_PASSES = 64  # and at most this many scheduler passes, while other tasks are runnable
+_NEWS_WAITING = trio.lowlevel.RunVar[int]("autobase_py.net.news_waiting", default=0)
 DEFAULT_CLOSE_TIMEOUT = 5.0
 
 ChannelHandler = Callable[["Channel"], Awaitable[None]]
@@ -319,7 +322,8 @@ class Connection:
     def defer(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (once) right before the next socket write, after the writer let
         other tasks add to it: news that may change again meanwhile (a log's length, say) is
-        computed once per write rather than once per change."""
+        computed once per write rather than once per change. With nothing else to write, a
+        busy process waits a little longer for more (``_news_can_wait``)."""
         if self.is_closed:
             return
         self._deferred.append(callback)
@@ -374,7 +378,8 @@ class Connection:
         is queued. Woken, it lets the tasks already runnable go first (one scheduler pass), so
         the answers of every session woken by the same arrival share one socket write: about
         a fifth fewer writes (and reads at the peer) in the live three-indexer benchmark. The
-        ``defer``-ed callbacks run right before the write."""
+        ``defer``-ed callbacks run right before the write; a write of nothing else may wait
+        longer while the process is busy (``_news_can_wait``)."""
         core, stream = self.core, self.stream
         while True:
             if not core.pending_bytes and not self._deferred:
@@ -382,6 +387,8 @@ class Connection:
                 await trio.lowlevel.wait_task_rescheduled(self._writer_abort)
                 await trio.lowlevel.cancel_shielded_checkpoint()
             if self._deferred:
+                if not core.pending_bytes:
+                    await _news_can_wait()  # answers queued meanwhile go in this write
                 self._run_deferred()
             data = core.data_to_send()
             if data:
@@ -550,6 +557,35 @@ class Connection:
             self._finish()
             self._scope.cancel()
             await self._close_stream()
+
+
+async def _news_can_wait() -> None:
+    """A write would carry only ``defer``-ed news (no answer is queued, nothing a peer waits
+    for by request): while the process is busy, wait for more changes to tell in the same
+    write. Returns at once if no other task is runnable; else after two scheduler passes in
+    a row that found none (a task running after us in a pass is not seen in that pass, so
+    one empty look proves little), at most ``NEWS_PASSES`` passes or ``NEWS_SECONDS``.
+    Writers waiting here do not count as work for each other. In the live three-indexer
+    benchmark: half the syncs and socket writes. Answers and RPC are not delayed."""
+    statistics = trio.lowlevel.current_statistics
+    if statistics().tasks_runnable <= _NEWS_WAITING.get():
+        return
+    _NEWS_WAITING.set(_NEWS_WAITING.get() + 1)
+    try:
+        deadline = trio.current_time() + NEWS_SECONDS
+        quiet = 0
+        for _ in range(NEWS_PASSES):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if statistics().tasks_runnable >= _NEWS_WAITING.get():
+                quiet = 0
+            else:
+                quiet += 1
+                if quiet == 2:
+                    return
+            if trio.current_time() > deadline:
+                return
+    finally:
+        _NEWS_WAITING.set(_NEWS_WAITING.get() - 1)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

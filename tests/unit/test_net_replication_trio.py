@@ -258,6 +258,38 @@ async def test_a_burst_of_appends_costs_each_peer_one_sync(monkeypatch: pytest.M
     assert [replica.get(i) for i in (5, 14)] == [b"burst 0", b"burst 9"]
 
 
+async def test_news_waits_while_the_process_is_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Appends a scheduler pass apart, while another task always has work (an apply loop):
+    # the writer, with only news to send, waits for more, so the peer gets fewer syncs than
+    # appends (one write per pass sent about one sync per two appends); once nothing else
+    # runs, the last of it goes out at once.
+    source = writer(b"x", 5)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
+    synced = record_syncs(monkeypatch, replica)
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 5 and right.complete(lg))
+            await trio.testing.wait_all_tasks_blocked()
+            synced.clear()
+            stop = trio.Event()
+
+            async def busy() -> None:
+                while not stop.is_set():
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(busy)
+                for i in range(20):
+                    source.append([b"busy %d" % i])
+                    left.announce(source)
+                    await trio.lowlevel.checkpoint()
+                stop.set()
+            await right.wait_for(replica, lambda lg: lg.length == 25 and right.complete(lg))
+    assert synced[-1] == 25 and len(synced) <= 6
+    assert [replica.get(i) for i in (5, 24)] == [b"busy 0", b"busy 19"]
+
+
 async def test_news_waits_for_another_tasks_open_transaction(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
