@@ -22,7 +22,9 @@ Per message the work is kept small, messages being nearly all the traffic: a rec
 frame on an open channel goes straight into its channel's buffer (``Mux.message_payload``, no
 event object), our answers are encrypted once per batch of frames handled, the writer parks
 as a bare task (no ``trio.Event`` per write) and the progress events are created only when
-someone waits on them.
+someone waits on them. News that may change again before the write (a log's length) is
+computed by ``defer``-ed callbacks right before it, and a write of nothing else waits a
+little while the process is busy, so several changes share one message.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ every connection it is attached to (``attach``/``replicate``), including logs ``
 later. Each session runs in the connection's task group: a reader (peer messages into the
 core) and a pusher. ``announce(log)`` tells every session of a log that it changed locally
 (after an append, or after a peer's blocks were stored): the session's news (sync, "have",
-new requests) is queued on its channel right in the announcing task; only a connection with
-too much queued for its socket leaves it to the pusher, which waits for the socket first.
+new requests) is computed right before its connection's next write (``Connection.defer``),
+so changes made until then share one sync; only a connection with too much queued for its
+socket leaves it to the pusher, which waits for the socket first.
 Waiting is by events: ``wait_for(log, predicate)`` and ``fetch(log, index)`` (a sparse read:
 asks the peers that have the block, then waits until it is verified and stored).
 
