@@ -142,6 +142,7 @@ class _Turn:
         self._lock = lock
         self._checkpoint = checkpoint
 
+    @trio.lowlevel.enable_ki_protection  # as trio's own lock manager: no Ctrl-C in between
     async def __aenter__(self) -> None:
         if self._checkpoint:
             await trio.lowlevel.checkpoint()
@@ -150,6 +151,7 @@ class _Turn:
         except trio.WouldBlock:
             await self._lock.acquire()
 
+    @trio.lowlevel.enable_ki_protection
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
 
@@ -183,6 +185,9 @@ class Autobase(Generic[V]):
         self._closed = False
         self.bad_writers: dict[bytes, str] = {}
         self._wanted: dict[bytes, int] = {}
+        # apply or a confirmed indexer change may have added a writer whose oplog already
+        # holds blocks: the cycle ingests again before it ends (``_drain_all``)
+        self._writers_grew = False
         # applied state
         self.membership = Membership.genesis(key)
         self._memberships: list[tuple[int, Membership]] = [(0, self.membership.copy())]
@@ -485,11 +490,11 @@ class Autobase(Generic[V]):
         try:
             with self.storage.transaction(flat=True):
                 self._ingest()
-                await self._drain()
+                await self._drain_all()
                 if values or force_ack:
                     self._append_local(values or [])
                     self._ingest_own()
-                    await self._drain()
+                    await self._drain_all()
                 if values:
                     self.ack_due = False  # our value node voted just as an ack would
                 for _ in range(MAX_ACKS_PER_CYCLE):
@@ -501,7 +506,7 @@ class Autobase(Generic[V]):
                         break
                     self._append_local([])
                     self._ingest_own()
-                    await self._drain()
+                    await self._drain_all()
                 self._steps.save(self.lin.take_round_steps())
                 self._write_tip()
                 self.ledger.write_records()
@@ -604,6 +609,17 @@ class Autobase(Generic[V]):
         self._events.publish("error", writer=ids.encode(key), index=index, reason=reason)
 
     # --- drain: undo / apply / confirm ------------------------------------------------------
+
+    async def _drain_all(self) -> None:
+        """``_drain``, then, while it added writers, ingest and drain again: a writer that
+        apply adds (or re-adds) may have blocks stored already, and nothing else would make
+        a cycle take them in until some other change arrived."""
+        self._writers_grew = False
+        await self._drain()
+        while self._writers_grew:
+            self._writers_grew = False
+            self._ingest()
+            await self._drain()
 
     async def _drain(self) -> None:
         while True:
@@ -747,6 +763,7 @@ class Autobase(Generic[V]):
             for key in host.added:
                 self._log(key)
             if host.changed:
+                self._writers_grew = self._writers_grew or bool(host.added)
                 length = self._applied_length + len(unit)
                 self._memberships.append((length, self.membership.copy()))
                 self._put_membership(length, self.membership)
@@ -801,6 +818,7 @@ class Autobase(Generic[V]):
                 old_epoch = self.lin.epoch
                 self._steps.indexer_count = len(membership.indexers)
                 self.lin.set_indexers(membership.indexers, at=at)
+                self._writers_grew = True
                 self._steps.drop_epoch(old_epoch)
         # positions below ``after`` are confirmed: forget their records (rows: _write_tip)
         del self._records[: after - floor]

@@ -380,6 +380,24 @@ async def test_block_naming_itself_as_a_head_is_reported_not_waited_for(
     assert a.unconfirmed_values == 0
 
 
+async def test_a_re_added_writers_stored_blocks_are_taken_in_by_the_same_cycle(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.open("a")
+    c = await cluster.open("c", a.key)
+    await a.append(kv.add_writer(c.local_key, indexer=False))
+    await converge([a, c])
+    await a.append(kv.remove_writer(c.local_key))
+    await c.append(kv.put(b"late", b"1"))  # c has not seen its removal yet
+    sync_stores(a.store, c.store)
+    await a.update()
+    assert await kv.get(a.view, b"late") is None  # not a writer any more: skipped
+    # re-adding c: its block is already stored here, and no other change will arrive to
+    # trigger another cycle, so the re-adding append itself must take it in
+    await a.append(kv.add_writer(c.local_key, indexer=False))
+    assert await kv.get(a.view, b"late") == b"1"
+
+
 async def test_state_records_under_their_old_keys_are_moved_on_open(cluster: Cluster) -> None:
     from autobase_py.base.core import _LEGACY_RECORDS
 
