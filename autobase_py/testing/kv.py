@@ -13,10 +13,14 @@ import struct
 from typing import Any
 
 from .. import encoding
+from ..base.core import Autobase
 from ..base.host import ApplyHost, ApplyNode
 from ..bee import Bee
 from ..errors import DecodeError
 from ..log import Log
+from ..store import Store
+from .cluster import Cluster
+from .sync import converge
 
 _COUNT = b"~count"
 _ORDER = b"~order/"
@@ -30,6 +34,26 @@ class KVError(Exception):
 
 def open_view(log: Log) -> Bee:
     return Bee(log)
+
+
+async def open_base(store: Store, bootstrap: bytes | None = None) -> Autobase[Bee]:
+    """A base of this app on ``store`` (the bootstrap writer's when ``bootstrap`` is None)."""
+    base: Autobase[Bee] = await Autobase.open(store, bootstrap, apply=apply, open_view=open_view)
+    return base
+
+
+async def indexers(cluster: Cluster[Autobase[Bee]], n: int) -> list[Autobase[Bee]]:
+    """``n`` bases of ``cluster`` named a, b, c, ..., all indexers (a, the bootstrap, adds the
+    others), converged."""
+    a = await cluster.open("a")
+    others = [await cluster.open(chr(ord("a") + i), a.key) for i in range(1, n)]
+    if others:
+        await a.append([add_writer(b.local_key) for b in others])
+    bases = [a, *others]
+    await converge(bases)
+    for b in bases:
+        assert b.is_indexer and len(b.indexers) == n
+    return bases
 
 
 def put(key: bytes, value: bytes) -> bytes:
@@ -113,9 +137,11 @@ __all__ = [
     "delete",
     "fail",
     "get",
+    "indexers",
     "interrupt",
     "journal",
     "note",
+    "open_base",
     "open_view",
     "put",
     "remove_writer",

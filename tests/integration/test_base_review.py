@@ -39,9 +39,8 @@ OLD_STATE, OLD_CERTIFICATE = b"base/state", b"base/certificate"
 NEW_STATE = b"base/~state"
 
 
-async def open_kv_base(store: Store, bootstrap: bytes | None = None) -> Base:
-    base: Base = await Autobase.open(store, bootstrap, apply=kv.apply, open_view=kv.open_view)
-    return base
+open_kv_base = kv.open_base
+indexers = kv.indexers
 
 
 @pytest.fixture
@@ -49,18 +48,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(tmp_path, open_kv_base)
     yield c
     await c.close()
-
-
-async def indexers(cluster: Cluster, n: int) -> list[Base]:
-    a = await cluster.open("a")
-    others = [await cluster.open(chr(ord("a") + i), a.key) for i in range(1, n)]
-    if others:
-        await a.append([kv.add_writer(b.local_key) for b in others])
-    bases = [a, *others]
-    await converge(bases)
-    for b in bases:
-        assert b.is_indexer and len(b.indexers) == n
-    return bases
 
 
 class StepCounter(trio.abc.Instrument):

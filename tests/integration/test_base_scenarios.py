@@ -17,7 +17,6 @@ from autobase_py.base.core import Autobase
 from autobase_py.base.oplog import OplogBlock, encode_block
 from autobase_py.bee import Bee
 from autobase_py.errors import ApplyError, NotWritableError
-from autobase_py.store import Store
 from autobase_py.testing import kv
 from autobase_py.testing.cluster import Cluster as NodeCluster
 from autobase_py.testing.sync import converge, sync, sync_stores
@@ -25,9 +24,8 @@ from autobase_py.testing.sync import converge, sync, sync_stores
 Base = Autobase[Bee]
 
 
-async def open_kv_base(store: Store, bootstrap: bytes | None = None) -> Base:
-    base: Base = await Autobase.open(store, bootstrap, apply=kv.apply, open_view=kv.open_view)
-    return base
+open_kv_base = kv.open_base
+indexers = kv.indexers
 
 
 Cluster = NodeCluster[Base]
@@ -38,19 +36,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(tmp_path, open_kv_base)
     yield c
     await c.close()
-
-
-async def indexers(cluster: Cluster, n: int) -> list[Base]:
-    """A base with ``n`` indexers (the bootstrap adds the others), converged."""
-    a = await cluster.open("a")
-    others = [await cluster.open(chr(ord("a") + i), a.key) for i in range(1, n)]
-    if others:
-        await a.append([kv.add_writer(b.local_key) for b in others])
-    bases = [a, *others]
-    await converge(bases)
-    for b in bases:
-        assert b.is_indexer and len(b.indexers) == n
-    return bases
 
 
 def view_hash(base: Base, length: int | None = None) -> bytes:
