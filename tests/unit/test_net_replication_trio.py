@@ -237,23 +237,34 @@ def record_syncs(monkeypatch: pytest.MonkeyPatch, replica: Log) -> list[int]:
     return synced
 
 
-async def test_a_burst_of_appends_costs_each_peer_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The news of an announce is computed when the connection next writes: appends announced
-    # one after another without a scheduler pass in between reach the peer as one sync.
-    source = writer(b"u", 5)
+@asynccontextmanager
+async def caught_up(
+    monkeypatch: pytest.MonkeyPatch, seed: bytes, blocks: int
+) -> AsyncIterator[tuple[Log, Log, Replicator, Replicator, list[int]]]:
+    """A writer of ``blocks`` blocks and its replica, linked and caught up, within a 30 s
+    limit; yields (source, replica, their replicators, the syncs the replica receives from
+    then on)."""
+    source = writer(seed, blocks)
     replica = Log.replica(Storage.open_memory(), source.key)
     left, right = Replicator(logs=[source]), Replicator(logs=[replica])
     synced = record_syncs(monkeypatch, replica)
     async with linked(left, right):
         with trio.fail_after(30):
-            await right.wait_for(replica, lambda lg: lg.length == 5 and right.complete(lg))
+            await right.wait_for(replica, lambda lg: lg.length == blocks and right.complete(lg))
             await trio.testing.wait_all_tasks_blocked()
             synced.clear()
-            for i in range(10):
-                source.append([b"burst %d" % i])
-                left.announce(source)
-            await right.wait_for(replica, lambda lg: lg.length == 15 and right.complete(lg))
-            await trio.testing.wait_all_tasks_blocked()
+            yield source, replica, left, right, synced
+
+
+async def test_a_burst_of_appends_costs_each_peer_one_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The news of an announce is computed when the connection next writes: appends announced
+    # one after another without a scheduler pass in between reach the peer as one sync.
+    async with caught_up(monkeypatch, b"u", 5) as (source, replica, left, right, synced):
+        for i in range(10):
+            source.append([b"burst %d" % i])
+            left.announce(source)
+        await right.wait_for(replica, lambda lg: lg.length == 15 and right.complete(lg))
+        await trio.testing.wait_all_tasks_blocked()
     assert synced == [15]
     assert [replica.get(i) for i in (5, 14)] == [b"burst 0", b"burst 9"]
 
@@ -263,29 +274,21 @@ async def test_news_waits_while_the_process_is_busy(monkeypatch: pytest.MonkeyPa
     # the writer, with only news to send, waits for more, so the peer gets fewer syncs than
     # appends (one write per pass sent about one sync per two appends); once nothing else
     # runs, the last of it goes out at once.
-    source = writer(b"x", 5)
-    replica = Log.replica(Storage.open_memory(), source.key)
-    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
-    synced = record_syncs(monkeypatch, replica)
-    async with linked(left, right):
-        with trio.fail_after(30):
-            await right.wait_for(replica, lambda lg: lg.length == 5 and right.complete(lg))
-            await trio.testing.wait_all_tasks_blocked()
-            synced.clear()
-            stop = trio.Event()
+    async with caught_up(monkeypatch, b"x", 5) as (source, replica, left, right, synced):
+        stop = trio.Event()
 
-            async def busy() -> None:
-                while not stop.is_set():
-                    await trio.lowlevel.checkpoint()
+        async def busy() -> None:
+            while not stop.is_set():
+                await trio.lowlevel.checkpoint()
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(busy)
-                for i in range(20):
-                    source.append([b"busy %d" % i])
-                    left.announce(source)
-                    await trio.lowlevel.checkpoint()
-                stop.set()
-            await right.wait_for(replica, lambda lg: lg.length == 25 and right.complete(lg))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy)
+            for i in range(20):
+                source.append([b"busy %d" % i])
+                left.announce(source)
+                await trio.lowlevel.checkpoint()
+            stop.set()
+        await right.wait_for(replica, lambda lg: lg.length == 25 and right.complete(lg))
     assert synced[-1] == 25 and len(synced) <= 6
     assert [replica.get(i) for i in (5, 24)] == [b"busy 0", b"busy 19"]
 
@@ -295,22 +298,14 @@ async def test_news_waits_for_another_tasks_open_transaction(
 ) -> None:
     # A task holding a transaction across awaits (a base's cycle) may have appended without
     # committing yet: the news of an announce made meanwhile goes out once it ends.
-    source = writer(b"v", 3)
-    replica = Log.replica(Storage.open_memory(), source.key)
-    left, right = Replicator(logs=[source]), Replicator(logs=[replica])
-    synced = record_syncs(monkeypatch, replica)
-    async with linked(left, right):
-        with trio.fail_after(30):
-            await right.wait_for(replica, lambda lg: lg.length == 3 and right.complete(lg))
-            await trio.testing.wait_all_tasks_blocked()
-            synced.clear()
-            with source.storage.transaction(flat=True):
-                source.append([b"late"])
-                left.announce(source)
-                for _ in range(100):
-                    await trio.lowlevel.checkpoint()
-                assert synced == []  # not even told of it
-            await right.wait_for(replica, lambda lg: lg.length == 4 and right.complete(lg))
+    async with caught_up(monkeypatch, b"v", 3) as (source, replica, left, right, synced):
+        with source.storage.transaction(flat=True):
+            source.append([b"late"])
+            left.announce(source)
+            for _ in range(100):
+                await trio.lowlevel.checkpoint()
+            assert synced == []  # not even told of it
+        await right.wait_for(replica, lambda lg: lg.length == 4 and right.complete(lg))
     assert synced == [4] and replica.get(3) == b"late"
 
 

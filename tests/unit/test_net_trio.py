@@ -148,7 +148,11 @@ async def test_unknown_protocol_is_refused_and_connection_survives() -> None:
         assert await channel.receive() == b"ko"
 
 
-async def test_graceful_close_drains_everything_sent_before_it() -> None:
+@asynccontextmanager
+async def sink_server() -> AsyncIterator[tuple[trio.abc.Stream, list[bytes], trio.Event]]:
+    """A server whose "sink" protocol keeps every message of its channel; yields (the stream
+    to open a client connection on, the messages received, set when the sink's channel
+    ended)."""
     received: list[bytes] = []
     finished = trio.Event()
 
@@ -166,7 +170,12 @@ async def test_graceful_close_drains_everything_sent_before_it() -> None:
                 await c.closed.wait()
 
         nursery.start_soon(serve)
-        async with open_connection(left, CLIENT, initiator=True) as client:
+        yield left, received, finished
+
+
+async def test_graceful_close_drains_everything_sent_before_it() -> None:
+    async with sink_server() as (stream, received, finished):
+        async with open_connection(stream, CLIENT, initiator=True) as client:
             channel = await client.open_channel(("sink", b""))
             for i in range(200):
                 await channel.send(b"%d" % i)
@@ -178,24 +187,8 @@ async def test_graceful_close_drains_everything_sent_before_it() -> None:
 async def test_a_final_that_arrives_with_everything_still_lets_the_handler_consume_it() -> None:
     # The client queues every message and closes without yielding in between: the peer reads
     # them and the FINAL at once, and its handler still gets them all before it is stopped.
-    received: list[bytes] = []
-    finished = trio.Event()
-
-    async def sink(channel: Channel) -> None:
-        async for message in channel:
-            received.append(message)
-        finished.set()
-
-    left, right = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            protocols = {"sink": sink}
-            async with open_connection(right, SERVER, initiator=False, protocols=protocols) as c:
-                await c.closed.wait()
-
-        nursery.start_soon(serve)
-        async with open_connection(left, CLIENT, initiator=True) as client:
+    async with sink_server() as (stream, received, finished):
+        async with open_connection(stream, CLIENT, initiator=True) as client:
             channel = await client.open_channel(("sink", b""))
             channel.send_now([b"%d" % i for i in range(300)])
         with trio.fail_after(10):
