@@ -77,6 +77,11 @@ def open_view(log: Log) -> Bee:
 APPLIED = {"values": 0}  # values passed to apply, re-applies after an undo included
 
 
+def applies_per_value(since: int, values: int, peers: int = 3) -> float:
+    """Values each peer passed to apply since ``APPLIED["values"]`` was ``since``, per value."""
+    return round((APPLIED["values"] - since) / (values * peers), 2)
+
+
 async def apply(nodes: list[ApplyNode], view: Bee, host: ApplyHost) -> None:
     APPLIED["values"] += len(nodes)
     batch = view.batch()
@@ -174,7 +179,7 @@ async def three_indexers(root: Path, n: int, chunk: int) -> None:
     emit("b_three_indexers", n=per * 3, chunk=chunk, ops_per_s=round(per * 3 / elapsed),
          seconds=round(elapsed, 2), append_phase_s=round(appended, 2),
          converge_rounds=rounds, cpu_s=round(used, 2),
-         applies_per_value=round((APPLIED["values"] - applied0) / (per * 3 * 3), 2),
+         applies_per_value=applies_per_value(applied0, per * 3),
          oplog_lengths=[b.local_log.length for b in bases])
     for store, base in opened:
         await base.close()
@@ -229,7 +234,7 @@ async def three_indexers_live(root: Path, n: int, chunk: int) -> None:
         elapsed, used = time.perf_counter() - t0, cpu() - c0
         emit("b_three_indexers_live", n=per * 3, chunk=chunk, ops_per_s=round(per * 3 / elapsed),
              seconds=round(elapsed, 2), append_phase_s=round(appended, 2), cpu_s=round(used, 2),
-             applies_per_value=round((APPLIED["values"] - applied0) / (per * 3 * 3), 2),
+             applies_per_value=applies_per_value(applied0, per * 3),
              oplog_lengths=[b.local_log.length for b in bases],
              updates=[r.updates for r in replications])
         nursery.cancel_scope.cancel()

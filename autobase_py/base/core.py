@@ -256,13 +256,12 @@ class Autobase(Generic[V]):
 
     def _restore(self) -> None:
         storage = self.storage
-        if any(storage.get(old) is not None for old, _ in _LEGACY_RECORDS):
+        legacy = [(o, n, v) for o, n in _LEGACY_RECORDS if (v := storage.get(o)) is not None]
+        if legacy:
             with storage.transaction():
-                for old, new in _LEGACY_RECORDS:
-                    value = storage.get(old)
-                    if value is not None:
-                        storage.put(new, value)
-                        storage.delete(old)
+                for old, new, value in legacy:
+                    storage.put(new, value)
+                    storage.delete(old)
         raw = self.storage.get(_STATE)
         if raw is None:
             raise DecodeError("base: storage has a base but no state record")
@@ -554,8 +553,8 @@ class Autobase(Generic[V]):
     def _ingest_own(self) -> None:
         """Ingest what this cycle just appended locally. Only the local oplog can have grown
         since the cycle's full ``_ingest``, and no other writer's node can depend on a node
-        it has not seen, so there is nothing else to take in (a writer that apply added
-        meanwhile is read by the next cycle, as in an update)."""
+        it has not seen, so there is nothing else to take in (writers that apply adds are
+        taken in by ``_drain_all``)."""
         if self.local_key not in self.bad_writers:
             self._ingest_writer(self.local_key)
 
@@ -762,8 +761,8 @@ class Autobase(Generic[V]):
                 self._events.publish("error", reason=refusal)
             for key in host.added:
                 self._log(key)
+                self._writers_grew = True
             if host.changed:
-                self._writers_grew = self._writers_grew or bool(host.added)
                 length = self._applied_length + len(unit)
                 self._memberships.append((length, self.membership.copy()))
                 self._put_membership(length, self.membership)
