@@ -176,56 +176,64 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     transaction (a crash leaves a complete older version, which the next open carries on
     from)."""
     if version < 4:
-        _migrate_to_4(db, version)
-    _migrate_to_5(db)
+        with _migration_step(db):
+            _migrate_to_4(db, version)
+    with _migration_step(db):
+        _migrate_to_5(db)
+
+
+@contextlib.contextmanager
+def _migration_step(db: sqlite3.Connection) -> Iterator[None]:
+    """One migration step, all or nothing."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _migrate_to_4(db: sqlite3.Connection, version: int) -> None:
     """Move the trees of schema 1 (``blocks`` by ``log_id << 40 | index``, ``nodes`` by
     ``log_id << 42 | flat index``), 2 (``nodes`` by flat index, blocks in their leaf's row)
     or 3 (``nodes`` by ``log_id << 42 | position``, blocks in their leaf's row) into one table
-    per log, in one transaction: a crash leaves the old version, which the next open migrates
-    again."""
+    per log, in one transaction (``_migration_step``): a crash leaves the old version, which
+    the next open migrates again."""
     from .log.flat_tree import post_order  # here: autobase_py.log imports this module
 
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for (log_id,) in db.execute("SELECT id FROM logs").fetchall():
-            _create_tree(db, log_id, version=4)
-        if version == 1:
-            rows = db.execute(
-                "SELECT n.id, n.size, n.hash, b.data FROM nodes n LEFT JOIN blocks b"
-                " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)",
-                (_FLAT_MASK,),
+    for (log_id,) in db.execute("SELECT id FROM logs").fetchall():
+        _create_tree(db, log_id, version=4)
+    if version == 1:
+        rows = db.execute(
+            "SELECT n.id, n.size, n.hash, b.data FROM nodes n LEFT JOIN blocks b"
+            " ON (n.id & 1) = 0 AND b.id = ((n.id >> 42) << 40) + ((n.id & ?) >> 1)",
+            (_FLAT_MASK,),
+        )
+    else:
+        rows = db.execute("SELECT id, size, hash, data FROM nodes")
+    moved = 0
+    batch: dict[int, list[tuple[int, int, bytes, bytes | None]]] = {}
+    for count, (rowid, size, digest, data) in enumerate(rows, 1):  # streamed, in batches
+        flat_or_position = rowid & _FLAT_MASK
+        position = flat_or_position if version == 3 else post_order(flat_or_position)
+        batch.setdefault(rowid >> NODE_SHIFT, []).append((position, size, digest, data))
+        moved += data is not None
+        if count % 10_000 == 0:
+            _insert_trees(db, batch)
+    _insert_trees(db, batch)
+    if version == 1:
+        blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
+        if moved != blocks:
+            raise StorageError(
+                f"cannot migrate storage schema 1: {blocks - moved} stored blocks have no "
+                "leaf node"
             )
-        else:
-            rows = db.execute("SELECT id, size, hash, data FROM nodes")
-        moved = 0
-        batch: dict[int, list[tuple[int, int, bytes, bytes | None]]] = {}
-        for count, (rowid, size, digest, data) in enumerate(rows, 1):  # streamed, in batches
-            flat_or_position = rowid & _FLAT_MASK
-            position = flat_or_position if version == 3 else post_order(flat_or_position)
-            batch.setdefault(rowid >> NODE_SHIFT, []).append((position, size, digest, data))
-            moved += data is not None
-            if count % 10_000 == 0:
-                _insert_trees(db, batch)
-        _insert_trees(db, batch)
-        if version == 1:
-            blocks = db.execute("SELECT count(*) FROM blocks").fetchone()[0]
-            if moved != blocks:
-                raise StorageError(
-                    f"cannot migrate storage schema 1: {blocks - moved} stored blocks have no "
-                    "leaf node"
-                )
-            db.execute("DROP TABLE blocks")
-        else:
-            db.execute("DROP VIEW IF EXISTS blocks")
-        db.execute("DROP TABLE nodes")
-        db.execute("PRAGMA user_version=4")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+        db.execute("DROP TABLE blocks")
+    else:
+        db.execute("DROP VIEW IF EXISTS blocks")
+    db.execute("DROP TABLE nodes")
+    db.execute("PRAGMA user_version=4")
 
 
 def _migrate_to_5(db: sqlite3.Connection) -> None:
@@ -236,38 +244,30 @@ def _migrate_to_5(db: sqlite3.Connection) -> None:
     length (never written by schema 4, but they could not be trusted) are dropped."""
     from .log.flat_tree import leaf_post_order  # here: autobase_py.log imports this module
 
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("DROP VIEW IF EXISTS blocks")
-        db.execute("DROP VIEW IF EXISTS nodes")
-        logs = db.execute("SELECT id, length, signature FROM logs").fetchall()
-        for log_id, length, signature in logs:
-            table = _tree(log_id)
-            db.execute(f"ALTER TABLE {table} ADD COLUMN signature BLOB")
-            end = leaf_post_order(length)
-            db.execute(f"DELETE FROM {table} WHERE id >= ?", (end,))
-            if not length:
-                continue
-            moved = db.execute(
-                f"UPDATE {table} SET signature = ? WHERE id = ?", (signature, end - 1)
+    db.execute("DROP VIEW IF EXISTS blocks")
+    db.execute("DROP VIEW IF EXISTS nodes")
+    logs = db.execute("SELECT id, length, signature FROM logs").fetchall()
+    for log_id, length, signature in logs:
+        table = _tree(log_id)
+        db.execute(f"ALTER TABLE {table} ADD COLUMN signature BLOB")
+        end = leaf_post_order(length)
+        db.execute(f"DELETE FROM {table} WHERE id >= ?", (end,))
+        if not length:
+            continue
+        moved = db.execute(f"UPDATE {table} SET signature = ? WHERE id = ?", (signature, end - 1))
+        if moved.rowcount != 1:
+            raise StorageError(
+                f"cannot migrate storage schema 4: log {log_id} lacks the last root of "
+                f"its length {length}"
             )
-            if moved.rowcount != 1:
-                raise StorageError(
-                    f"cannot migrate storage schema 4: log {log_id} lacks the last root of "
-                    f"its length {length}"
-                )
-        db.execute(_LOGS.format(name="logs_5"))
-        db.execute(
-            "INSERT INTO logs_5 SELECT id, key, name, manifest, fork,"
-            " CASE WHEN length = 0 THEN signature END, frozen FROM logs"
-        )
-        db.execute("DROP TABLE logs")
-        db.execute("ALTER TABLE logs_5 RENAME TO logs")
-        db.execute("PRAGMA user_version=5")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    db.execute(_LOGS.format(name="logs_5"))
+    db.execute(
+        "INSERT INTO logs_5 SELECT id, key, name, manifest, fork,"
+        " CASE WHEN length = 0 THEN signature END, frozen FROM logs"
+    )
+    db.execute("DROP TABLE logs")
+    db.execute("ALTER TABLE logs_5 RENAME TO logs")
+    db.execute("PRAGMA user_version=5")
 
 
 def _insert_trees(
