@@ -210,6 +210,7 @@ class Connection:
         self._channels: dict[Key, Channel] = {}
         self._writer_task: trio.lowlevel.Task | None = None  # the writer, while it waits
         self._deferred: list[Callable[[], None]] = []  # run right before the next write
+        self._urgent = False  # some deferred news is data a peer waits for: no news delay
         self._handlers = 0  # handlers of channels the peer opened, still running
         self._handlers_done: trio.Event | None = None  # set when they all ended, if awaited
         # Set and dropped after every socket write / every frame that may change channel
@@ -321,15 +322,25 @@ class Connection:
         if core.pending_bytes:
             self._wake_writer()
 
-    def defer(self, callback: Callable[[], None]) -> None:
+    def defer(self, callback: Callable[[], None], *, urgent: bool = False) -> None:
         """Run ``callback`` (once) right before the next socket write, after the writer let
         other tasks add to it: news that may change again meanwhile (a log's length, say) is
         computed once per write rather than once per change. With nothing else to write, a
-        busy process waits a little longer for more (``_news_can_wait``)."""
+        busy process waits a little longer for more (``_news_can_wait``), unless some
+        deferred news is ``urgent`` (see :meth:`hurry`)."""
         if self.is_closed:
             return
         self._deferred.append(callback)
+        if urgent:
+            self._urgent = True
         self._wake_writer()
+
+    def hurry(self) -> None:
+        """The deferred news includes data a peer is waiting for (the answer to a held
+        request): the next write goes out after the writer's one pass, without the news
+        delay."""
+        if self._deferred:
+            self._urgent = True
 
     def _run_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -389,8 +400,9 @@ class Connection:
                 await trio.lowlevel.wait_task_rescheduled(self._writer_abort)
                 await trio.lowlevel.cancel_shielded_checkpoint()
             if self._deferred:
-                if not core.pending_bytes:
+                if not core.pending_bytes and not self._urgent:
                     await _news_can_wait()  # answers queued meanwhile go in this write
+                self._urgent = False
                 self._run_deferred()
             data = core.data_to_send()
             if data:

@@ -63,23 +63,29 @@ from ..errors import (
     OutOfRangeError,
     VerificationError,
 )
-from ..log import Log, Proof, ProofMismatchError, decode_proof, encode_proof
+from ..log import Log, Proof, ProofMismatchError, RangeProof, decode_proof, encode_proof
 from .replication_wire import (
     MAX_RANGE,
+    MAX_UINT,
+    V3_TYPES,
+    VERSION_MARK,
     WIRE_VERSION,
     InvalidPeerDataError,
     RangeTree,
     decode_message,
     encode_blocks,
     encode_data,
+    encode_follow,
     encode_have,
     encode_none,
     encode_range,
     encode_request,
     encode_sync,
+    encode_tip,
     pack_uncles,
     ranges,
     shared_uncles,
+    unpack_uncles,
 )
 
 PROTOCOL: Final = "log"
@@ -87,6 +93,7 @@ _CAPABILITY_TAG: Final = b"autobase_py/replicate/v1"
 DEFAULT_WINDOW: Final = 64  # requests in flight per session
 DEFAULT_RANGE: Final = 128  # blocks per range request
 MAX_ANSWER_BYTES: Final = 1 << 20  # a blocks answer stops growing past this many bytes
+TIP_BLOCKS: Final = MAX_RANGE  # blocks a tip carries at most (and MAX_ANSWER_BYTES)
 _MAX_OWED: Final = 1 << 16  # blocks we said "none" for and will announce with "have"
 _SCAN_OWED: Final = 256  # up to this many owed blocks are looked up one by one
 _MAX_ARRIVALS: Final = 1024  # stored ranges remembered for sessions that owe blocks
@@ -137,6 +144,7 @@ class Claims:
     releases: int = 0  # bumped whenever a claim is given back without the block stored
     arrivals: list[tuple[int, int]] = field(default_factory=list)  # recently stored ranges
     arrivals_start: int = 0  # the sequence number of ``arrivals[0]``
+    following: int = 0  # sessions with a follow in flight (they ask nobody for upgrades)
 
     def release(self, index: int) -> None:
         self.blocks.discard(index)
@@ -176,6 +184,7 @@ class _Request:
     end: int | None = None  # a range: blocks [index, end)
     syncs: int = -1  # an upgrade: how many syncs we had sent when we asked
     assumed: bool = False  # a range asked while the peer's length was only assumed
+    follow: bool = False  # a follow (``upgrade`` is its length): answered by "tip" or "none"
 
 
 class LogSession:
@@ -189,10 +198,14 @@ class LogSession:
         eager: bool = True,
         window: int = DEFAULT_WINDOW,
         range_size: int = DEFAULT_RANGE,
+        version: int = WIRE_VERSION,
     ) -> None:
         if not 1 <= range_size <= MAX_RANGE:
             raise LocalError(f"range_size must be 1..{MAX_RANGE}")
+        if version not in (3, WIRE_VERSION):
+            raise LocalError(f"wire version must be 3 or {WIRE_VERSION}")
         self.log = log
+        self.version = version  # 3: behave (and refuse messages) exactly as version 3 did
         self.claims = claims if claims is not None else Claims()
         self.eager = eager
         self.window = window
@@ -220,16 +233,25 @@ class LogSession:
         self._refused: set[int] = set()  # blocks this peer said it cannot serve (until sync)
         self._owed: set[int] = set()  # blocks we said "none" for: announce when stored
         self._arrivals_seen = 0  # how far ``claims.arrivals`` was looked at for owed blocks
+        self.tips_received = 0
+        self.tips_sent = 0
+        self._peer_follows = False  # the peer sent VERSION_MARK: it understands "follow"
+        self._follow: int | None = None  # the id of our follow in flight
+        self._follow_refused: int | None = None  # the fork at which the peer said "none" to it
+        self._held: tuple[int, int, int] | None = None  # the peer's follow: id, length, fork
 
     # -- outgoing ----------------------------------------------------------------------------
 
     def start(self) -> list[bytes]:
-        return self.local_changed()
+        out = self.local_changed()
+        return [VERSION_MARK, *out] if self.version >= 4 else out
 
     def local_changed(self) -> list[bytes]:
         """A sync if our (length, fork) changed since we last told the peer, plus "have" for
         owed blocks now stored, plus requests."""
         out: list[bytes] = []
+        if self._held is not None:
+            out += self._answer_held()  # a tip is also our sync (it updates ``_sent_state``)
         state = (self.log.length, self.log.fork)
         if state != self._sent_state:
             self._sent_state = state
@@ -326,7 +348,11 @@ class LogSession:
             return out
         log = self.log
         claimed, refused, has = self.claims.blocks, self._refused, log.has
-        if self._remote_ahead() and not self._upgrading and not self._upgrade_refused:
+        # While a follow is in flight (here or in another session of this log: the writer's
+        # tip is coming) nobody is asked for an upgrade, which the tip would race.
+        ahead = self._remote_ahead()
+        following = self.claims.following
+        if ahead and not self._upgrading and not self._upgrade_refused and not following:
             start = log.length if self.remote_fork == log.fork else 0
             # Following a live log (eager, same fork, past the first upgrade, which carries
             # the manifest and precedes a bulk download in ranges): the upgrade also asks for
@@ -350,12 +376,23 @@ class LogSession:
             if run_start >= 0:
                 out.append(self._ask_range(run_start, run_end))
                 run_start = -1
-            if len(self._inflight) >= self.window:
+            if self.inflight >= self.window:
                 break
             claimed.add(index)
             run_start, run_end = index, index + 1
         if run_start >= 0:
             out.append(self._ask_range(run_start, run_end))
+        if (
+            not ahead
+            and self._peer_follows
+            and self.eager
+            and self._follow is None
+            and not self._upgrading
+            and log.length > 0
+            and self.remote_fork == log.fork
+            and self._follow_refused != log.fork
+        ):
+            out.append(self._ask_follow())
         if not self.eager:
             self._wanted = [(s, e) for s, e in self._wanted if not self._range_done(s, e)]
         return out
@@ -377,6 +414,19 @@ class LogSession:
         if block is not None:
             self.claims.blocks.add(block)
         return encode_request(request_id, block, start)
+
+    def _ask_follow(self) -> bytes:
+        """A standing upgrade request from our length: the peer (the log's writer) holds it
+        until it grows, then sends the upgrade and the new blocks in one ``tip``."""
+        log = self.log
+        request_id = self._next_id
+        self._next_id += 1
+        self._inflight[request_id] = _Request(
+            None, log.length, log.fork, log.length, syncs=self._syncs_sent, follow=True
+        )
+        self._follow = request_id
+        self.claims.following += 1
+        return encode_follow(request_id, log.length, log.fork)
 
     def _ask_range(self, start: int, end: int) -> bytes:
         request_id = self._next_id
@@ -400,6 +450,9 @@ class LogSession:
             self._release(request)
         self._inflight.clear()
         self._upgrading = 0
+        if self._follow is not None:
+            self._follow = None
+            self.claims.following -= 1
 
     # -- incoming ----------------------------------------------------------------------------
 
@@ -408,6 +461,8 @@ class LogSession:
         look again: something was stored, or a claimed block was given back)."""
         msg = decode_message(data)
         kind = msg["t"]
+        if self.version < 4 and kind not in V3_TYPES:
+            raise InvalidPeerDataError(f"malformed replication message: {kind!r} (version 3)")
         if kind == "sync":
             self._synced(msg["length"], msg["fork"])
             self._synced_state, self._assumed = (msg["length"], msg["fork"]), False
@@ -429,14 +484,32 @@ class LogSession:
             return [answer, *self.pump()], False
         if kind == "range":
             return [self._serve_range(msg["id"], msg["start"], msg["end"])], False
+        if kind == "follow":
+            return self._follow_asked(msg["id"], msg["length"], msg["fork"]), False
         if kind == "have":
+            if msg["start"] == MAX_UINT and self.version >= 4:  # VERSION_MARK
+                self._peer_follows = True
+                return self.pump(), False
             self._refused.difference_update(range(msg["start"], msg["end"]))
             self._frontier = min(self._frontier, msg["start"])
             return self.pump(), False
         request = self._inflight.pop(msg["id"], None)
         if request is None:
             raise InvalidPeerDataError(f"answer to request {msg['id']}, which is not pending")
-        if request.upgrade is not None:
+        if request.follow:
+            self._follow = None
+            self.claims.following -= 1
+            if kind == "none":
+                # Not the writer (or we are on different forks now): no more follows to this
+                # peer at this fork. Other sessions may ask for upgrades again.
+                if self.remote_fork == request.fork:
+                    self._follow_refused = request.fork
+                return self.pump(), not self.claims.following
+            if kind != "tip":
+                raise InvalidPeerDataError(f"a {kind!r} does not answer a follow")
+        elif kind == "tip":
+            raise InvalidPeerDataError("a tip answers only a follow")
+        elif request.upgrade is not None:
             self._upgrading -= 1
         if kind == "none":
             self._release(request)
@@ -450,19 +523,21 @@ class LogSession:
         try:
             if kind == "blocks":
                 stored = self._apply_blocks(msg, request)
+            elif kind == "tip":
+                stored = self._apply_tip(msg, request)
             else:
                 stored = self._apply_data(msg["proof"], request)
         except BaseException:
             self._release(request)
             raise
         if (
-            kind == "data"
+            kind != "blocks"
             and stored
             and request.syncs == self._syncs_sent
             and self._sent_state == (request.upgrade, request.fork)
             and self.log.fork == request.fork
         ):
-            # The server counted us at the length it proved (see _serve): no sync for that.
+            # The server counted us at the length it proved (see _serve, _tip): no sync.
             self._sent_state = (self.log.length, self.log.fork)
         return self.local_changed(), stored or kind == "blocks"
 
@@ -492,6 +567,64 @@ class LogSession:
             except (BlockNotAvailableError, OutOfRangeError):
                 return encode_none(request_id)
         return encode_data(request_id, encode_proof(proof))
+
+    def _follow_asked(self, request_id: int, length: int, fork: int) -> list[bytes]:
+        """The peer's follow: held until our length passes ``length`` (answered at once if it
+        has already). Only the writer holds follows; anyone else, or a follow from another
+        fork or from 0 (which would need the manifest), gets "none"."""
+        log = self.log
+        if self._held is not None:
+            raise InvalidPeerDataError("a second follow while one is held")
+        if not log.writable or length == 0 or fork != log.fork or length > log.length:
+            return [encode_none(request_id)]
+        self._held = (request_id, length, fork)
+        return self._answer_held()
+
+    def _answer_held(self) -> list[bytes]:
+        """The held follow's answer, if our state moved past it: a tip when we grew, "none"
+        when we moved to another fork (our sync, sent after it, says where)."""
+        assert self._held is not None
+        request_id, length, fork = self._held
+        log = self.log
+        if log.fork != fork or log.length < length:
+            self._held = None
+            return [encode_none(request_id)]
+        if log.length == length:
+            return []
+        self._held = None
+        return [self._tip(request_id, length)]
+
+    def _tip(self, request_id: int, length: int) -> bytes:
+        """The upgrade from ``length`` plus blocks ``[length, length + TIP_BLOCKS)`` (up to
+        ``MAX_ANSWER_BYTES``), with their uncles up to our roots. It doubles as our sync, and
+        as in :meth:`_serve` a peer asking from the state it last synced is counted at our
+        length from then on."""
+        log = self.log
+        counted = self.remote_synced and (self.remote_length, self.remote_fork) == (
+            length,
+            log.fork,
+        )
+        end = min(log.length, length + TIP_BLOCKS)
+        try:
+            proof = log.range_proof(length, end, length)
+            size = 0
+            for count, value in enumerate(proof.values, 1):
+                size += len(value) + 80
+                if size >= MAX_ANSWER_BYTES and count < len(proof.values):
+                    proof = log.range_proof(length, length + count, length)
+                    break
+            upgrade, values, nodes = proof.upgrade, list(proof.values), pack_uncles(proof.nodes)
+        except (BlockNotAvailableError, OutOfRangeError):  # we lack a block: the upgrade alone
+            upgrade, values, nodes = log.proof(None, length).upgrade, [], b""
+        state = (log.length, log.fork)
+        self._sent_state = state
+        self._syncs_sent += 1
+        if counted:
+            self._synced(*state)
+            self._assumed = True
+        self.tips_sent += 1
+        raw = encode_proof(Proof(fork=log.fork, upgrade=upgrade))
+        return encode_tip(request_id, raw, values, nodes)
 
     def _serve_range(self, request_id: int, start: int, end: int) -> bytes:
         """The longest prefix of ``[start, end)`` we hold, up to ``MAX_ANSWER_BYTES``."""
@@ -549,6 +682,49 @@ class LogSession:
         else:
             self._release(request)  # the block (if asked for) goes back to every session
         return stored
+
+    def _apply_tip(self, msg: dict[str, Any], request: _Request) -> bool:
+        """A follow's answer: the upgrade and the blocks after our old length, verified and
+        stored as one range (``Log.apply_range``: nothing stored unless all of it verifies).
+        It is also the peer's sync. From a state that moved since we asked (another session
+        was faster) nothing is stored and nobody blamed; the next pump asks what is missing."""
+        try:
+            proof = decode_proof(msg["proof"])
+        except DecodeError as exc:
+            raise InvalidPeerDataError(f"undecodable proof: {exc.message}") from exc
+        upgrade, values = proof.upgrade, msg["values"]
+        if upgrade is None or proof.block is not None or proof.manifest is not None:
+            raise InvalidPeerDataError("a tip's proof must carry an upgrade and nothing else")
+        if upgrade.start != request.upgrade or proof.fork != request.fork:
+            raise InvalidPeerDataError("tip does not start where the follow asked")
+        start = upgrade.start
+        stop = start + len(values)
+        if upgrade.length <= start or stop > upgrade.length:
+            raise InvalidPeerDataError("tip does not grow the log, or its blocks pass it")
+        self._synced(upgrade.length, proof.fork)
+        self._synced_state, self._assumed = (upgrade.length, proof.fork), False
+        log = self.log
+        if values:
+            rp = RangeProof(
+                proof.fork, start, tuple(values), upgrade.length,
+                tuple(unpack_uncles(msg["nodes"])), upgrade,
+            )
+            apply = lambda: log.apply_range(rp)  # noqa: E731
+        else:
+            apply = lambda: log.apply_proof(proof)  # noqa: E731
+        if not self._verified(apply, request, moved_is_race=True):
+            return False
+        self.upgrades_received += 1
+        self.tips_received += 1
+        if values:
+            self.blocks_received += len(values)
+            if self._scan_fork == proof.fork and start <= self._scan < stop:
+                self._scan = stop
+            claims = self.claims
+            claims.arrived(start, stop)
+            if start <= claims.contiguous < stop and claims.fork == proof.fork:
+                claims.contiguous = stop
+        return True
 
     def _apply_blocks(self, msg: dict[str, Any], request: _Request) -> bool:
         """Verify and store the blocks of one answer in one transaction; give back the claims
@@ -640,12 +816,23 @@ class LogSession:
         return True
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        """Requests in flight, not counting a follow (which may be held for ever)."""
+        return len(self._inflight) - (self._follow is not None)
+
+    @property
+    def following(self) -> bool:
+        """A follow of ours is in flight (held by the peer, or its answer on the way)."""
+        return self._follow is not None
+
+    @property
+    def holding(self) -> bool:
+        """We hold the peer's follow: our next growth is data it is waiting for."""
+        return self._held is not None
 
     @property
     def done(self) -> bool:
         """Nothing in flight and nothing more to ask this peer for right now."""
-        return not self._inflight and not self._remote_ahead()
+        return not self.inflight and not self._remote_ahead()
 
 
 __all__ = [
@@ -662,9 +849,11 @@ __all__ = [
     "decode_message",
     "encode_blocks",
     "encode_data",
+    "encode_follow",
     "encode_have",
     "encode_none",
     "encode_range",
     "encode_request",
     "encode_sync",
+    "encode_tip",
 ]

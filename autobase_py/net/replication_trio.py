@@ -150,11 +150,18 @@ class Replicator:
         pusher send it, after waiting for the socket (backpressure)."""
         dk = item.discovery_key
         for live in self._sessions.get(dk, ()):
-            if live.wake.is_set() or live.news_due:
-                continue  # the pusher or the deferred call is due anyway and will look
+            # A session holding the peer's follow has news the peer waits for (a tip): it
+            # goes out without the news delay of ``Connection.defer``.
+            urgent = live.session.holding
+            if live.wake.is_set():
+                continue  # the pusher is due anyway and will look
+            if live.news_due:
+                if urgent:
+                    live.channel.connection.hurry()
+                continue  # the deferred call is due anyway and will look
             if live.channel.can_send_now:
                 live.news_due = True
-                live.channel.connection.defer(partial(self._send_news, live))
+                live.channel.connection.defer(partial(self._send_news, live), urgent=urgent)
             elif not live.channel.closed.is_set():
                 live.wake.set()
         event = self._updated.get(dk)
@@ -181,7 +188,9 @@ class Replicator:
 
     def _news_after_transaction(self, live: _Live) -> None:
         if live.news_due and not live.channel.closed.is_set():
-            live.channel.connection.defer(partial(self._send_news, live))
+            live.channel.connection.defer(
+                partial(self._send_news, live), urgent=live.session.holding
+            )
 
     def announce_if_changed(self, item: Log) -> None:
         """``announce`` unless ``item``'s (length, fork) is what this method last announced

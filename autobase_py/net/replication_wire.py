@@ -4,12 +4,19 @@ Theory of operation
 -------------------
 Messages are canonical CBOR maps whose field ``t`` names the type. Wire version 2 is version
 1 plus ``range`` and ``blocks``; a version-1 peer treats those as malformed and drops the
-connection. Version 3 (what this module speaks) has version 2's messages, byte for byte, plus
+connection. Version 3 has version 2's messages, byte for byte, plus
 one rule (``replication``: "No sync answers an upgrade"): a requester that stored an upgrade
 answer does not sync the length it got to that server, which counts it there already. A
 version-2 server next to a version-3 requester is not told that length until the requester's
 next change (it asks that peer only within the length it knew: never wrong, at worst slower
-for blocks only that peer holds), so both ends should run version 3::
+for blocks only that peer holds), so both ends should run version 3.
+
+Version 4 (what this module speaks) is version 3 plus ``follow`` and ``tip`` (the standing
+upgrade request of :mod:`.replication`). A version-3 peer would drop those as malformed, so a
+version-4 session first says it speaks them with :data:`VERSION_MARK`, a ``have`` for the one
+block index no log can reach (``MAX_UINT``): a version-3 peer takes it as an announcement of a
+block it never asked for and ignores it (nothing is refused there), a version-4 peer learns
+that it may send ``follow``. A peer that never sent the mark is sent nothing new::
 
     sync     {t: "sync", length, fork}               my signed length and fork (sent on open
                                                      and whenever they change)
@@ -23,6 +30,16 @@ for blocks only that peer holds), so both ends should run version 3::
                                                      first block of a range) (yet)
     have     {t: "have", start, end}                 blocks [start, end) I said "none" for
                                                      are stored now: ask again
+    follow   {t: "follow", id, fork, length}         (v4) when you are past ``length`` at
+                                                     ``fork``, send the upgrade from there
+                                                     and the new blocks (``tip``) [or "none"]
+    tip      {t: "tip", id, proof, values, nodes}    (v4) answers a follow: ``proof`` is an
+                                                     ``encode_proof`` with only an upgrade
+                                                     from the follow's length L to N;
+                                                     ``values`` are blocks [L, L + n) (n may
+                                                     be 0), ``nodes`` their uncles up to the
+                                                     roots of N, packed like range uncles, in
+                                                     ``range_uncles(L, L + n, N)`` order
 
 Uncles in a ``blocks`` answer. ``uncles[k]`` packs the uncles of block ``start + k`` (nearest
 first) as 40-byte entries: size as u64 little-endian, then the 32-byte hash. The first block
@@ -59,7 +76,7 @@ from .. import encoding
 from ..errors import DecodeError, ProtocolError
 from ..log import Node, leaf_hash, parent_hash
 
-WIRE_VERSION: Final = 3
+WIRE_VERSION: Final = 4
 MAX_RANGE: Final = 1024  # blocks one range may ask for
 MAX_UINT: Final = (1 << 53) - 1  # as in proofs
 MAX_UNCLES: Final = 64  # a path climbs at most 64 levels
@@ -155,6 +172,20 @@ def encode_have(start: int, end: int) -> bytes:
         return encoding.encode({"t": "have", "start": start, "end": end})
 
 
+VERSION_MARK: Final = encode_have(MAX_UINT, MAX_UINT + 1)  # "I speak version 4" (see above)
+
+
+def encode_follow(request_id: int, length: int, fork: int) -> bytes:
+    return encoding.encode({"t": "follow", "id": request_id, "fork": fork, "length": length})
+
+
+def encode_tip(request_id: int, proof: bytes, values: list[bytes], nodes: bytes) -> bytes:
+    """A ``tip``: ``nodes`` is :func:`pack_uncles` of the range's uncles (``range_uncles``)."""
+    return encoding.encode_trusted(
+        {"t": "tip", "id": request_id, "proof": proof, "values": values, "nodes": nodes}
+    )
+
+
 def pack_uncles(nodes: tuple[tuple[int, bytes], ...] | list[tuple[int, bytes]]) -> bytes:
     return b"".join(_SIZE.pack(size) + digest for size, digest in nodes)
 
@@ -178,7 +209,11 @@ _FIELDS: Final = {
     "blocks": frozenset({"t", "id", "fork", "start", "values", "uncles"}),
     "none": frozenset({"t", "id"}),
     "have": frozenset({"t", "start", "end"}),
+    "follow": frozenset({"t", "id", "fork", "length"}),
+    "tip": frozenset({"t", "id", "proof", "values", "nodes"}),
 }
+V3_TYPES: Final = frozenset(_FIELDS) - {"follow", "tip"}  # what a version-3 peer accepts
+MAX_TIP_NODES: Final = 2 * MAX_UNCLES  # a range's uncles: at most two per tree level
 _UINTS: Final = ("length", "fork", "id", "start", "end")
 
 
@@ -189,6 +224,24 @@ def _uint_or_none(obj: dict[Any, Any], name: str, what: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise DecodeError(f"{what}: field {name!r} must be an unsigned integer or null")
     return value
+
+
+def _check_tip(obj: dict[Any, Any]) -> None:
+    encoding.field(obj, "proof", bytes, "tip")
+    values = encoding.field(obj, "values", list, "tip")
+    nodes = encoding.field(obj, "nodes", bytes, "tip")
+    if len(values) > MAX_RANGE:
+        raise DecodeError(f"tip: at most {MAX_RANGE} values")
+    for value in values:
+        if type(value) is not bytes:
+            raise DecodeError("tip: every value must be bytes")
+    if len(nodes) % UNCLE_BYTES or len(nodes) > MAX_TIP_NODES * UNCLE_BYTES:
+        raise DecodeError(f"tip: nodes must be at most {MAX_TIP_NODES} 40-byte entries")
+    if nodes and not values:
+        raise DecodeError("tip: uncles without values")
+    for pos in range(0, len(nodes), UNCLE_BYTES):
+        if _SIZE.unpack_from(nodes, pos)[0] > MAX_UINT:
+            raise DecodeError("tip: uncle size out of range")
 
 
 def _check_blocks(obj: dict[Any, Any]) -> None:
@@ -329,6 +382,8 @@ def decode_message(data: bytes) -> dict[str, Any]:
             encoding.field(obj, "proof", bytes, kind)
         elif kind == "blocks":
             _check_blocks(obj)
+        elif kind == "tip":
+            _check_tip(obj)
         elif kind == "have" and not obj["start"] < obj["end"]:
             raise DecodeError("have: empty range")
         elif kind == "range" and not 0 < obj["end"] - obj["start"] <= MAX_RANGE:
@@ -400,17 +455,22 @@ class RangeTree:
 
 __all__ = [
     "MAX_RANGE",
+    "MAX_UINT",
+    "V3_TYPES",
+    "VERSION_MARK",
     "WIRE_VERSION",
     "InvalidPeerDataError",
     "RangeTree",
     "decode_message",
     "encode_blocks",
     "encode_data",
+    "encode_follow",
     "encode_have",
     "encode_none",
     "encode_range",
     "encode_request",
     "encode_sync",
+    "encode_tip",
     "pack_uncles",
     "ranges",
     "shared_uncles",

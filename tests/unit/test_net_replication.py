@@ -50,7 +50,26 @@ def test_a_replica_downloads_everything_and_verifies_it() -> None:
     assert mine.upgrades_received == 1 and mine.blocks_received == 300
     assert mine.claims.contiguous == 300
     assert mine.done and mine.inflight == 0
-    # Live: the writer appends; a new sync pulls the rest.
+    assert mine.following and theirs.holding  # the writer holds the replica's follow
+    # Live: the writer appends; one message (the tip) brings the upgrade and the block.
+    source.append([b"late", b"later"])
+    out = theirs.local_changed()
+    assert [rep.decode_message(m)["t"] for m in out] == ["tip"]  # no sync: the tip is one
+    back, stored = mine.receive(out[0])
+    assert stored and replica.length == 302 and replica.get(301) == b"later"
+    assert mine.tips_received == 1 and mine.claims.contiguous == 302
+    # the replica follows again and does not sync the length the tip brought
+    assert [rep.decode_message(m)["t"] for m in back] == ["follow"]
+    assert theirs.receive(back[0]) == ([], False)
+    assert theirs.holding and theirs.local_changed() == []
+
+
+def test_a_version_3_pair_follows_a_live_log_with_sync_and_request() -> None:
+    source = writer_log(300)
+    replica = replica_of(source)
+    theirs, mine = LogSession(source, version=3), LogSession(replica, window=16, version=3)
+    run(theirs, mine)
+    assert replica.length == 300 and mine.done and not mine.following
     source.append([b"late"])
     out = theirs.local_changed()
     assert [rep.decode_message(m)["t"] for m in out] == ["sync"]
@@ -378,13 +397,14 @@ def test_a_peer_that_refuses_its_own_claimed_length_is_not_asked_in_a_loop() -> 
 
 
 # -- live following: the upgrade carries the first new block ---------------------------------
+# (wire version 3; a version-4 replica does the same with a peer that holds no follows)
 
 
-def live_pair(blocks: int) -> tuple[Log, Log, LogSession, LogSession]:
+def live_pair(blocks: int, version: int = 3) -> tuple[Log, Log, LogSession, LogSession]:
     """A writer and a replica that holds its first ``blocks`` blocks, with their sessions."""
     source = writer_log(blocks)
     replica = replica_of(source)
-    theirs, mine = LogSession(source), LogSession(replica)
+    theirs, mine = LogSession(source, version=version), LogSession(replica, version=version)
     run(theirs, mine)
     assert replica.length == blocks and all(replica.has(i) for i in range(blocks))
     return source, replica, theirs, mine
@@ -488,7 +508,7 @@ def test_an_answer_outgrown_while_in_flight_is_asked_again_without_blame() -> No
     run(LogSession(source), LogSession(peer))
     source.append([b"block 491"])
     replica = replica_of(source)
-    serving, fetching = LogSession(peer), LogSession(replica)
+    serving, fetching = LogSession(peer, version=3), LogSession(replica, version=3)
     (ask_upgrade,) = fetching.receive(serving.start()[0])[0]
     (upgrade,) = serving.receive(ask_upgrade)[0]
     asks = block_requests(fetching.receive(upgrade)[0])
@@ -535,7 +555,7 @@ def test_a_server_counts_the_requester_at_the_length_it_proved() -> None:
     (ask,) = mine.receive(sync)[0]
     (answer,) = theirs.receive(ask)[0]
     source.append([b"y"])
-    side, other = LogSession(replica, claims=Claims()), LogSession(source)
+    side, other = LogSession(replica, claims=Claims()), LogSession(source, version=3)
     shuttle(side.receive(other.start()[0])[0], other, side)
     assert replica.length == 25
     out, stored = mine.receive(answer)
@@ -572,7 +592,7 @@ def test_a_range_asked_of_an_assumed_length_that_fails_blames_nobody() -> None:
     run(writer_side, server_up)  # length 8, no blocks
     shuttle(server_up.want(0, 4), writer_side, server_up)  # blocks 0..3, none above
     assert [i for i in range(8) if server.has(i)] == [0, 1, 2, 3]
-    s_side, r_side = LogSession(server), LogSession(requester)
+    s_side, r_side = LogSession(server, version=3), LogSession(requester, version=3)
     assert s_side.receive(r_side.start()[0])[0] == []  # nothing it can prove below 4
     (ask,) = r_side.receive(s_side.start()[0])[0]
     served = s_side.receive(ask)[0]
@@ -582,7 +602,8 @@ def test_a_range_asked_of_an_assumed_length_that_fails_blames_nobody() -> None:
     shuttle(LogSession(requester, claims=Claims()).start(), LogSession(writer_at(6)),
             LogSession(requester, claims=Claims()))
     up = LogSession(requester, claims=Claims())
-    shuttle(up.receive(LogSession(writer_at(6)).start()[0])[0], LogSession(writer_at(6)), up)
+    first = LogSession(writer_at(6), version=3).start()[0]  # its sync
+    shuttle(up.receive(first)[0], LogSession(writer_at(6)), up)
     assert requester.length == 6 and all(requester.has(i) for i in range(6))
     out, stored = r_side.receive(served[0])
     assert not stored and kinds(out)[0] == "sync"  # the upgrade from 4 no longer fits

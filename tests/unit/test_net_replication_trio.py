@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from autobase_py import crypto
-from autobase_py.log import Log
+from autobase_py.log import Log, decode_proof
 from autobase_py.net import replication
 from autobase_py.net.connection_trio import (
     CHANNEL_BUFFER,
@@ -223,7 +223,8 @@ async def test_announce_sends_at_once_or_through_the_pusher_when_the_socket_is_b
 
 
 def record_syncs(monkeypatch: pytest.MonkeyPatch, replica: Log) -> list[int]:
-    """The lengths of the syncs that ``replica``'s sessions receive, in order."""
+    """The lengths that ``replica``'s sessions are told, in order: by syncs, and by tips (the
+    answer to a follow, which is the writer's sync too)."""
     synced: list[int] = []
     real = replication.LogSession.receive
 
@@ -231,6 +232,10 @@ def record_syncs(monkeypatch: pytest.MonkeyPatch, replica: Log) -> list[int]:
         msg = replication.decode_message(data)
         if self.log is replica and msg["t"] == "sync":
             synced.append(msg["length"])
+        if self.log is replica and msg["t"] == "tip":
+            upgrade = decode_proof(msg["proof"]).upgrade
+            assert upgrade is not None
+            synced.append(upgrade.length)
         return real(self, data)
 
     monkeypatch.setattr(replication.LogSession, "receive", receive)
