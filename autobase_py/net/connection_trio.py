@@ -210,7 +210,7 @@ class Connection:
         self._channels: dict[Key, Channel] = {}
         self._writer_task: trio.lowlevel.Task | None = None  # the writer, while it waits
         self._deferred: list[Callable[[], None]] = []  # run right before the next write
-        self._urgent = False  # some deferred news is data a peer waits for: no news delay
+        self._urgent = False  # the next write carries data a peer waits for: no news delay
         self._handlers = 0  # handlers of channels the peer opened, still running
         self._handlers_done: trio.Event | None = None  # set when they all ended, if awaited
         # Set and dropped after every socket write / every frame that may change channel
@@ -327,7 +327,7 @@ class Connection:
         other tasks add to it: news that may change again meanwhile (a log's length, say) is
         computed once per write rather than once per change. With nothing else to write, a
         busy process waits a little longer for more (``_news_can_wait``), unless some
-        deferred news is ``urgent`` (see :meth:`hurry`)."""
+        deferred news is ``urgent`` (:meth:`hurry`)."""
         if self.is_closed:
             return
         self._deferred.append(callback)
@@ -336,11 +336,13 @@ class Connection:
         self._wake_writer()
 
     def hurry(self) -> None:
-        """The deferred news includes data a peer is waiting for (the answer to a held
-        request): the next write goes out after the writer's one pass, without the news
-        delay."""
-        if self._deferred:
-            self._urgent = True
+        """The next write carries data a peer is waiting for (the answer to a request it left
+        with us): it goes out after the writer's one pass, without the news delay (a delay
+        under way ends at its next pass)."""
+        self._urgent = True
+
+    def _is_urgent(self) -> bool:
+        return self._urgent
 
     def _run_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -401,10 +403,11 @@ class Connection:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             if self._deferred:
                 if not core.pending_bytes and not self._urgent:
-                    await _news_can_wait()  # answers queued meanwhile go in this write
-                self._urgent = False
+                    # answers queued meanwhile go in this write
+                    await _news_can_wait(self._is_urgent)
                 self._run_deferred()
             data = core.data_to_send()
+            self._urgent = False
             if data:
                 await stream.send_all(data)
             self._made_progress()
@@ -573,14 +576,15 @@ class Connection:
             await self._close_stream()
 
 
-async def _news_can_wait() -> None:
+async def _news_can_wait(urgent: Callable[[], bool]) -> None:
     """A write would carry only ``defer``-ed news (no answer is queued, nothing a peer waits
     for by request): while the process is busy, wait for more changes to tell in the same
     write. Returns at once if no other task is runnable; else after two scheduler passes in
     a row that found none (a task running after us in a pass is not seen in that pass, so
     one empty look proves little), at most ``NEWS_PASSES`` passes or ``NEWS_SECONDS``.
     Writers waiting here do not count as work for each other. In the live three-indexer
-    benchmark: half the syncs and socket writes. Answers and RPC are not delayed."""
+    benchmark: half the syncs and socket writes. Answers and RPC are not delayed, and the wait
+    ends once ``urgent()`` (data a peer waits for was queued meanwhile)."""
     statistics = trio.lowlevel.current_statistics
     if statistics().tasks_runnable <= _NEWS_WAITING.get():
         return
@@ -590,6 +594,8 @@ async def _news_can_wait() -> None:
         quiet = 0
         for _ in range(NEWS_PASSES):
             await trio.lowlevel.cancel_shielded_checkpoint()
+            if urgent():
+                return
             if statistics().tasks_runnable >= _NEWS_WAITING.get():
                 quiet = 0
             else:

@@ -36,6 +36,7 @@ from .replication import (
     DEFAULT_RANGE,
     DEFAULT_WINDOW,
     PROTOCOL,
+    WIRE_VERSION,
     Claims,
     InvalidPeerDataError,
     LogSession,
@@ -68,10 +69,12 @@ class Replicator:
         eager: bool = True,
         window: int = DEFAULT_WINDOW,
         range_size: int = DEFAULT_RANGE,
+        version: int = WIRE_VERSION,
     ) -> None:
         self.eager = eager
         self.window = window
         self.range_size = range_size
+        self.version = version  # 3: speak wire version 3 (interop tests)
         self._logs: dict[bytes, Log] = {}
         self._keys: set[bytes] = set()  # the keys of ``_logs``' logs
         self._announced: dict[bytes, tuple[int, int]] = {}  # see ``announce_if_changed``
@@ -247,7 +250,7 @@ class Replicator:
         dk = item.discovery_key
         session = LogSession(
             item, self._claims[dk], eager=self.eager, window=self.window,
-            range_size=self.range_size,
+            range_size=self.range_size, version=self.version,
         )
         live = _Live(session, channel)
         self._sessions[dk].add(live)
@@ -264,6 +267,7 @@ class Replicator:
                     # transaction and our batch could not roll back on its own. A free lock
                     # has no waiters, and the batch never awaits: then it simply runs (the
                     # lock's two scheduler passes saved; the channel's receive is one).
+                    tips = session.tips_sent
                     if lock.locked() or storage.in_transaction:
                         async with lock:
                             while storage.in_transaction:  # someone writing without turns
@@ -273,6 +277,8 @@ class Replicator:
                             out, kick = self._receive_batch(session, channel, data)
                     else:
                         out, kick = self._receive_batch(session, channel, data)
+                    if session.tips_sent != tips:  # a held follow answered: not news to delay
+                        channel.connection.hurry()
                     if out:
                         # queued at once unless the socket is backlogged (then wait for it)
                         if channel.can_send_now:

@@ -2,12 +2,14 @@
 
 Usage: python tests/integration/_net_replica.py --storage DIR [--write N | --log HEX --expect N]
            [--connect HOST:PORT ...] [--later HOST:PORT ...] [--tamper | --tamper-blocks]
-           [--range-size N]
+           [--range-size N] [--live N] [--wire-version 3|4]
 
 Prints JSON lines: {"port", "key", "log"} once listening; {"closed": "HOST:PORT", "error"} when
 a dialled connection ends; {"done": length, "digest"} once a replica holds every block. It
 serves until killed. With --tamper every proof it serves has one bit flipped; with
---tamper-blocks only block values in range answers do (its upgrades are honest).
+--tamper-blocks only block values in range answers do (its upgrades are honest). A writer with
+--live N appends N more blocks one at a time (announcing each, 2 ms apart) once a peer
+connected: a replica then follows a live log.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import trio
 from autobase_py import crypto
 from autobase_py.log import Log, decode_proof, encode_proof
 from autobase_py.net import replication
+from autobase_py.net.connection_trio import Connection
 from autobase_py.net.endpoint_trio import open_endpoint
 from autobase_py.net.replication_trio import Replicator
 from autobase_py.store import Store
@@ -105,10 +108,23 @@ async def main(args: argparse.Namespace) -> None:
         install_tamper()
     elif args.tamper_blocks:
         install_block_tamper()
-    replicator = Replicator(store, range_size=args.range_size)
+    replicator = Replicator(store, range_size=args.range_size, version=args.wire_version)
     key_pair = crypto.key_pair()
+    connected = trio.Event()
+
+    async def on_connection(connection: Connection) -> None:
+        connected.set()
+        await replicator.replicate(connection)
+
+    async def live() -> None:
+        await connected.wait()
+        for index in range(log.length, log.length + args.live):
+            log.append([b"block %d" % index])
+            replicator.announce(log)
+            await trio.sleep(0.002)
+
     async with open_endpoint(
-        key_pair, protocols=replicator.protocols, on_connection=replicator.replicate
+        key_pair, protocols=replicator.protocols, on_connection=on_connection
     ) as endpoint:
         port = await endpoint.listen("127.0.0.1")
         say(port=port, key=key_pair.public_key.hex(), log=log.key.hex())
@@ -123,6 +139,8 @@ async def main(args: argparse.Namespace) -> None:
                     nursery.start_soon(dial, endpoint, target)
 
             nursery.start_soon(later)
+            if args.live:
+                nursery.start_soon(live)
             if not args.write:
                 await replicator.wait_for(
                     log, lambda lg: lg.length >= args.expect and replicator.complete(lg)
@@ -142,4 +160,6 @@ if __name__ == "__main__":
     parser.add_argument("--tamper", action="store_true")
     parser.add_argument("--tamper-blocks", action="store_true")
     parser.add_argument("--range-size", type=int, default=replication.DEFAULT_RANGE)
+    parser.add_argument("--live", type=int, default=0)
+    parser.add_argument("--wire-version", type=int, default=replication.WIRE_VERSION)
     trio.run(main, parser.parse_args())

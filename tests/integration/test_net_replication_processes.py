@@ -1,6 +1,7 @@
 """Replication between real processes over TCP on 127.0.0.1: two and three nodes with 10,000
-blocks, a tampering peer (every proof, or only block values in range answers), and garbage
-clients next to an honest replication."""
+blocks, a live writer followed by a replica (wire versions 4 and 3 mixed), a tampering peer
+(every proof, or only block values in range answers), and garbage clients next to an honest
+replication."""
 
 from __future__ import annotations
 
@@ -116,6 +117,27 @@ async def test_two_processes_replicate_10000_blocks_despite_garbage_clients(
                 )
                 done = await replica.until("done")
             assert done == {"done": BLOCKS, "digest": expected_digest(BLOCKS)}
+
+
+@pytest.mark.parametrize(("writer_version", "replica_version"), [(4, 4), (3, 4), (4, 3)])
+async def test_a_replica_follows_a_live_writer_in_another_process(
+    tmp_path: Path, writer_version: int, replica_version: int
+) -> None:
+    # The writer appends one block at a time once the replica is connected: version 4 on both
+    # ends follows it with tips; a version-3 end on either side still replicates it (sync,
+    # request, ranges), nobody dropped as malformed.
+    async with nodes() as start:
+        with trio.fail_after(120):
+            writer = await start(
+                "--storage", str(tmp_path / "w"), "--write", "1000", "--live", "300",
+                "--wire-version", str(writer_version),
+            )
+            replica = await start(
+                "--storage", str(tmp_path / "r"), "--log", writer.info["log"],
+                "--expect", "1300", "--connect", writer.address,
+                "--wire-version", str(replica_version),
+            )
+            assert await replica.until("done") == {"done": 1300, "digest": expected_digest(1300)}
 
 
 async def test_three_processes_in_a_chain(tmp_path: Path) -> None:

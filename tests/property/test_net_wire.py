@@ -22,7 +22,8 @@ maybe = st.one_of(st.none(), uints)
 
 @st.composite
 def messages(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
-    kind = draw(st.sampled_from(["sync", "request", "data", "range", "none", "have"]))
+    kind = draw(st.sampled_from(["sync", "request", "data", "range", "none", "have", "follow",
+                                 "tip"]))
     if kind == "sync":
         msg: dict[str, Any] = {"t": kind, "length": draw(uints), "fork": draw(uints)}
         return msg, wire.encode_sync(msg["length"], msg["fork"])
@@ -38,6 +39,15 @@ def messages(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
                                                                 2**64 - 1))))
         msg = {"t": kind, "id": draw(uints), "start": start, "end": end}
         return msg, wire.encode_range(msg["id"], start, end)
+    if kind == "follow":  # general encoder and decoder only (one per tip)
+        msg = {"t": kind, "id": draw(uints), "fork": draw(uints), "length": draw(uints)}
+        return msg, wire.encode_follow(msg["id"], msg["length"], msg["fork"])
+    if kind == "tip":
+        values = draw(st.lists(st.binary(max_size=20), max_size=4))
+        nodes = draw(st.binary(max_size=130))
+        msg = {"t": kind, "id": draw(uints), "proof": draw(st.binary(max_size=100)),
+               "values": values, "nodes": nodes}
+        return msg, wire.encode_tip(msg["id"], msg["proof"], values, nodes)
     if kind == "none":
         msg = {"t": kind, "id": draw(uints)}
         return msg, wire.encode_none(msg["id"])

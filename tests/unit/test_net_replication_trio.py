@@ -3,7 +3,8 @@ connection, and peers that lie about proofs or capabilities."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -12,7 +13,7 @@ import trio.testing
 
 from autobase_py import crypto
 from autobase_py.log import Log, decode_proof
-from autobase_py.net import replication
+from autobase_py.net import connection_trio, replication
 from autobase_py.net.connection_trio import (
     CHANNEL_BUFFER,
     Channel,
@@ -69,6 +70,79 @@ async def test_eager_replication_and_live_appends() -> None:
             left.announce(source)
             await right.wait_for(replica, lambda lg: lg.length == 501 and right.complete(lg))
     assert [replica.get(i) for i in (0, 499, 500)] == [b"w-0", b"w-499", b"live"]
+
+
+@pytest.mark.parametrize("version", [4, 3])
+async def test_a_held_follow_is_answered_without_the_news_delay(
+    monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    # Version 4: the writer holds the replica's follow, so its news is a tip the replica waits
+    # for: each live append goes out without ``_news_can_wait``. Version 3: a sync, which may
+    # wait for more news.
+    waits: list[bool] = []
+    real_wait = connection_trio._news_can_wait
+
+    async def news_can_wait(urgent: Callable[[], bool]) -> None:
+        waits.append(True)
+        await real_wait(urgent)
+
+    monkeypatch.setattr(connection_trio, "_news_can_wait", news_can_wait)
+    tips: list[int] = []
+    real_tip = replication.LogSession._tip
+
+    def tip(self: replication.LogSession, request_id: int, length: int) -> bytes:
+        tips.append(length)
+        return real_tip(self, request_id, length)
+
+    monkeypatch.setattr(replication.LogSession, "_tip", tip)
+    source = writer(b"h", 5)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    left = Replicator(logs=[source], version=version)
+    right = Replicator(logs=[replica], version=version)
+    async with linked(left, right):
+        with trio.fail_after(30):
+            await right.wait_for(replica, lambda lg: lg.length == 5 and right.complete(lg))
+            await trio.testing.wait_all_tasks_blocked()
+            waits.clear()
+            for length in (6, 7, 8):
+                source.append([b"live %d" % length])
+                left.announce(source)
+                await right.wait_for(
+                    replica, lambda lg, n=length: lg.length == n and right.complete(lg)
+                )
+                await trio.testing.wait_all_tasks_blocked()  # the next follow is held
+    assert replica.get(7) == b"live 8"
+    if version == 4:
+        assert tips == [5, 6, 7] and waits == []
+    else:
+        assert tips == [] and len(waits) >= 3
+
+
+async def test_the_news_delay_ends_once_urgent_data_is_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A process that stays busy (other tasks always runnable, no time limit): the news wait
+    # takes NEWS_PASSES passes, unless ``urgent()`` turns true: then it returns at once.
+    monkeypatch.setattr(connection_trio, "NEWS_SECONDS", 1000.0)
+    monkeypatch.setattr(
+        trio.lowlevel, "current_statistics",
+        lambda: types.SimpleNamespace(tasks_runnable=99),
+    )
+    looks = 0
+
+    def urgent_after(count: int) -> Callable[[], bool]:
+        def urgent() -> bool:
+            nonlocal looks
+            looks += 1
+            return looks >= count
+
+        return urgent
+
+    await connection_trio._news_can_wait(urgent_after(1000))
+    assert looks == connection_trio.NEWS_PASSES
+    looks = 0
+    await connection_trio._news_can_wait(urgent_after(5))
+    assert looks == 5
 
 
 async def test_sparse_fetch_downloads_one_block() -> None:
