@@ -49,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -68,58 +68,33 @@ from ..linearizer.node import trusted_node
 from ..log import Log
 from ..storage_trio import write_lock
 from ..store import Store
-from . import round_steps
+from . import round_steps, tip
 from .checkpoint import Certificate, Checkpoint
 from .events import Event, EventHub
 from .host import ApplyHost, ApplyNode
 from .ledger import CERTIFICATE_KEY, CheckpointLedger
 from .oplog import OplogBlock, decode_block, encode_block
 from .system import Membership
+from .tip import Record, TipRows
 
 V = TypeVar("V")
 ApplyFn = Callable[[list[ApplyNode], V, ApplyHost], Awaitable[None]]
 OpenView = Callable[[Log], V]
 
 _META = b"base/meta"
-# The records written every cycle: round steps (``base/steps/…``) and tip rows (``base/tip/…``)
+# The records written every cycle: round steps (``base/steps/…``) and tip runs (``base/runs/…``)
 # grow at the right end of their ranges, and the state and certificate records sort after
 # both ("~" follows every letter), so they share the page those rows dirty: one WAL frame
 # less per commit (7.1 -> 6.1 for a single writer). Bases written before kept them at
 # ``base/state`` and ``base/certificate``; ``_restore`` moves them.
 _STATE = b"base/~state"
 _LEGACY_RECORDS = ((b"base/state", _STATE), (b"base/certificate", CERTIFICATE_KEY))
-_TIP = b"base/tip/"  # + u64be(position): applied-order record of an unconfirmed position
 _MEMBERSHIP = b"base/membership/"  # + u64be(order length): membership after that many nodes
 ROUND_WINDOW = round_steps.WINDOW  # round steps per writer the linearizer keeps in memory
 _BE64 = struct.Struct(">Q")
 FORMAT = 1
 INGEST_RUN = 256  # oplog blocks read per query while ingesting
 MAX_ACKS_PER_CYCLE = 4  # should_ack turns false after our ack; this only guards against bugs
-
-
-class Record(NamedTuple):
-    """What applying one order position left behind (a tuple: one is made per applied node)."""
-
-    writer: bytes
-    length: int
-    view_length: int  # view log length after applying this position
-    is_value: bool
-
-    def to_wire(self) -> list[Any]:
-        return [self.writer, self.length, self.view_length, self.is_value]
-
-    @classmethod
-    def from_wire(cls, obj: Any) -> Record:
-        if (
-            not isinstance(obj, list)
-            or len(obj) != 4
-            or not isinstance(obj[0], bytes)
-            or not isinstance(obj[1], int)
-            or not isinstance(obj[2], int)
-            or not isinstance(obj[3], bool)
-        ):
-            raise DecodeError("base: malformed applied-order record")
-        return cls(obj[0], obj[1], obj[2], obj[3])
 
 
 class _StopError(Exception):
@@ -192,7 +167,8 @@ class Autobase(Generic[V]):
         self.membership = Membership.genesis(key)
         self._memberships: list[tuple[int, Membership]] = [(0, self.membership.copy())]
         self._records: list[Record] = []  # positions [floor, applied_length)
-        self._rows_lo = self._rows_hi = self._dirty_from = 0  # stored tip rows: _write_tip
+        self._tip_rows = TipRows()  # the stored runs of records (``tip.py``)
+        self._dirty_from = 0  # records from here on may differ from the stored ones
         self._floor_view_length = 0
         self._value_end = 0
         self._applied_length = 0
@@ -269,15 +245,13 @@ class Autobase(Generic[V]):
         self._floor_view_length = encoding.field(state, "view_length", int, "base state")
         self._value_end = encoding.field(state, "value_end", int, "base state")
         self.ledger.restore(state)
-        self._records = [
-            Record.from_wire(encoding.decode(v)) for _, v in self.storage.iterate(_TIP)
-        ]
+        first, self._records, self._tip_rows = tip.load(storage)
         self._memberships = [
             (_BE64.unpack(k[len(_MEMBERSHIP) :])[0], Membership.from_wire(encoding.decode(v)))
             for k, v in self.storage.iterate(_MEMBERSHIP)
         ]
         self.membership = self._memberships[-1][1].copy()
-        tip = [(r.writer, r.length) for r in self._records]
+        applied_tip = [(r.writer, r.length) for r in self._records]
         lin_state = encoding.expect_map(state["lin"], "linearizer state")
         epoch = encoding.field(lin_state, "epoch", int, "linearizer state")
         indexers = encoding.field(lin_state, "indexers", list, "linearizer state")
@@ -287,13 +261,20 @@ class Autobase(Generic[V]):
         self.lin = Linearizer.restore(
             lin_state,
             keep_history=False,
-            applied_tip=tip,
+            applied_tip=applied_tip,
             round_steps=rows,
             round_window=ROUND_WINDOW,
             round_lookup=self._steps.lookup,
         )
-        self._applied_length = self.lin.confirmed_length + len(self._records)
-        self._rows_lo, self._rows_hi = self.lin.confirmed_length, self._applied_length
+        confirmed = self.lin.confirmed_length
+        if first is None:
+            self._tip_rows = TipRows(confirmed, confirmed)
+        elif first != confirmed:
+            raise DecodeError(
+                f"base: the stored tip starts at position {first}, not at the confirmed "
+                f"length {confirmed}"
+            )
+        self._applied_length = confirmed + len(self._records)
         self._dirty_from = self._applied_length
         for writer in self.membership.writers:
             self._log(writer)
@@ -707,26 +688,9 @@ class Autobase(Generic[V]):
         self._applied_length += 1
 
     def _write_tip(self) -> None:
-        """Bring the stored tip records in line with memory, once per cycle.
-
-        Stored rows cover positions ``[rows_lo, rows_hi)``; memory holds ``[floor, applied)``
-        and everything from ``dirty_from`` on may differ. Confirmed rows go, changed or new
-        ones are written in one statement, dropped ones are deleted: a node applied and
-        confirmed within one cycle is never written at all.
-        """
-        floor, applied = self._floor(), self._applied_length
-        lo, hi = self._rows_lo, self._rows_hi
-        if min(floor, hi) > lo:  # (no statement for an empty range: the common case)
-            self.storage.delete_range(_TIP + _BE64.pack(lo), _TIP + _BE64.pack(min(floor, hi)))
-        if hi > max(applied, floor):
-            self.storage.delete_range(_TIP + _BE64.pack(max(applied, floor)), _TIP + _BE64.pack(hi))
-        start = max(floor, min(hi, self._dirty_from))
-        if start < applied:
-            self.storage.put_many(
-                (_TIP + _BE64.pack(p), encoding.encode_trusted(self._records[p - floor].to_wire()))
-                for p in range(start, applied)
-            )
-        self._rows_lo, self._rows_hi, self._dirty_from = floor, applied, applied
+        """Bring the stored tip runs in line with memory, once per cycle (``tip.py``)."""
+        self._tip_rows.write(self.storage, self._records, self._floor(), self._dirty_from)
+        self._dirty_from = self._applied_length
 
     async def _apply_nodes(self, nodes: list[Node]) -> None:
         unit: list[Node] = []

@@ -25,8 +25,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from autobase_py import encoding
 from autobase_py.base import core as base_core
+from autobase_py.base import tip as base_tip
 from autobase_py.base.checkpoint import Checkpoint
 from autobase_py.base.core import Autobase
 from autobase_py.bee import Bee
@@ -127,11 +127,9 @@ class BaseNetwork(RuleBasedStateMachine):
                 assert base.view_log.length >= old.view_length
                 assert base.view_log.tree_hash(old.view_length) == old.view_tree_hash
             # the stored tip records are exactly the ones in memory (what a restart reads)
-            stored = [
-                base_core.Record.from_wire(encoding.decode(v))
-                for _, v in base.storage.iterate(base_core._TIP)
-            ]
+            first, stored, _ = base_tip.read(base.storage)
             assert stored == base._records
+            assert first == (base.confirmed_length if stored else None)
             if cp is not None:
                 other = self.agreed.setdefault(cp.confirmed_length, cp)
                 assert other == cp, "two peers confirmed different states at one boundary"
