@@ -657,20 +657,27 @@ class Autobase(Generic[V]):
         the undone range).
         """
         target = self._applied_length - count
+        if self._memberships[-1][0] > target:
+            return None
         floor = self._floor()
         undone = self._records[target - floor :]
-        values = [(r.writer, r.length) for r in undone if r.is_value]
-        if not values or self._memberships[-1][0] > target:
-            return None
-        incoming = [n.key for n in nodes if n.value is not None][: len(values)]
-        if incoming != values:
+        # compared one by one: a real reorder usually differs at once (the tip may be long)
+        incoming = (n for n in nodes if n.value is not None)
+        values = 0
+        for record in undone:
+            if record.is_value:
+                node = next(incoming, None)
+                if node is None or node.length != record.length or node.writer != record.writer:
+                    return None
+                values += 1
+        if not values:
             return None
         view_after = {(r.writer, r.length): r.view_length for r in undone if r.is_value}
         running = self._view_length_at(target)
         del self._records[target - floor :]
         self._applied_length = target
         self._dirty_from = min(self._dirty_from, target)
-        remaining = len(values)
+        remaining = values
         taken = 0
         for node in nodes:
             if remaining == 0:
