@@ -24,7 +24,8 @@ event object), our answers are encrypted once per batch of frames handled, the w
 as a bare task (no ``trio.Event`` per write) and the progress events are created only when
 someone waits on them. News that may change again before the write (a log's length) is
 computed by ``defer``-ed callbacks right before it, and a write of nothing else waits a
-little while the process is busy, so several changes share one message.
+little while the process is busy, so several changes share one message (unless the write
+carries data a peer waits for: ``hurry``).
 """
 
 from __future__ import annotations

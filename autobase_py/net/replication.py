@@ -44,6 +44,38 @@ it sent a sync after the request (which reaches the server after the answer left
 overrides the server's assumption there too). Both sides apply the same rule to the same
 ordered streams, so they keep agreeing on what the server knows, without the message the
 server could always predict: in live following, one sync per appended block and replica.
+
+Following a live log in one hop (wire version 4). Above, a block appended at the writer needs
+three messages to reach a replica (sync, request, data) and a chunk of them five (then range,
+blocks), each hop costing the sender's and receiver's scheduling. Instead an eager replica
+that is synced with a peer at its own fork, sees it not ahead, and has no upgrade in flight
+there, leaves a standing request with it: ``follow`` (its length L and fork). Only the log's
+writer holds it (at most one per session; a second one is a protocol violation); anyone else
+answers "none", and the replica does not follow that peer again at that fork but asks it the
+old way. The writer answers it as soon as it has grown past L, in ``local_changed`` (which runs
+right before the connection's next write, see :mod:`.replication_trio`), or at once if it is
+already past L when the follow arrives, with one ``tip``: the upgrade from L to its length N
+plus blocks [L, L + TIP_BLOCKS) (up to ``MAX_ANSWER_BYTES``) and their uncles up to the roots
+of N (``Log.range_proof``). The replica verifies and stores all of it as one range
+(``Log.apply_range``: after the upgrade its roots are the writer's, so the range verifies) and
+sends its next follow in the same breath; the rest of a longer run, if any, it asks for in
+ranges as before. A held follow is answered "none" when the writer moves to another fork (its
+sync, right after, says where), and forgotten with the session.
+
+A tip is the writer's sync too (it sends no other for that state) and follows the rule above:
+the writer counts the replica at N if it last synced exactly L, and the replica, having stored
+the tip with no sync sent since its follow, counts that sync as sent. Its blocks were never
+claimed: another session's claim on one of them (asked before the follow) is given back when
+that request's answer fails to fit. While a follow is in flight in any session of a log, no
+session asks anyone for an upgrade (the writer's tip is coming, and an upgrade from a relay
+would race it and make it no longer fit). A tip that arrives after the replica moved through
+another session no longer fits: nothing is stored, nobody blamed, as for a data answer. Every
+malformed or lying tip (a proof that is not exactly one upgrade from L at the follow's fork,
+blocks past N, a value or uncle that does not verify) is an InvalidPeerDataError.
+
+Version 3 peers do not know ``follow``/``tip``: a version-4 session says it speaks them with
+``VERSION_MARK`` (a "have" no log can reach, which version 3 ignores), and follows only peers
+that sent it; ``LogSession(version=3)`` behaves, and refuses those messages, as version 3 did.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ core) and a pusher. ``announce(log)`` tells every session of a log that it chang
 (after an append, or after a peer's blocks were stored): the session's news (sync, "have",
 new requests) is computed right before its connection's next write (``Connection.defer``),
 so changes made until then share one sync; only a connection with too much queued for its
-socket leaves it to the pusher, which waits for the socket first.
+socket leaves it to the pusher, which waits for the socket first. A session holding the peer's
+follow has news the peer is waiting for (a tip): its write skips the news delay
+(``Connection.defer(urgent=True)``, ``Connection.hurry``).
 Waiting is by events: ``wait_for(log, predicate)`` and ``fetch(log, index)`` (a sparse read:
 asks the peers that have the block, then waits until it is verified and stored).
 

@@ -7,6 +7,7 @@ after consuming its input), no state that accepts garbage silently.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -181,3 +182,89 @@ def test_range_answers_with_random_contents(
     with contextlib.suppress(rep.InvalidPeerDataError):
         session.receive(message)
     assert all(replica.get(i) == b"block %d" % i for i in range(6) if replica.has(i))
+
+
+def _following(blocks: int) -> tuple[Any, Any, Any, Any]:
+    """A writer of ``blocks`` blocks and a caught-up replica whose follow the writer holds."""
+    from autobase_py.log import Log
+    from autobase_py.net import replication as rep
+    from autobase_py.storage import Storage
+
+    writer = Log.create(Storage.open_memory(), KEYS[0])
+    writer.append([b"block %d" % i for i in range(blocks)])
+    replica = Log.replica(Storage.open_memory(), writer.key)
+    theirs, mine = rep.LogSession(writer), rep.LogSession(replica)
+    queues = {id(theirs): theirs.start(), id(mine): mine.start()}
+    while queues[id(theirs)] or queues[id(mine)]:
+        for src, dst in ((theirs, mine), (mine, theirs)):
+            pending, queues[id(src)] = queues[id(src)], []
+            for message in pending:
+                queues[id(dst)] += dst.receive(message)[0]
+    assert mine.following and theirs.holding
+    return writer, replica, theirs, mine
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.sampled_from(["values", "nodes", "proof", "flip", "cut", "random"]),
+    st.data(),
+)
+def test_tips_with_random_contents(grow: int, how: str, data: st.DataObject) -> None:
+    """A writer's honest tip, mangled (values, uncles, proof, a flipped bit, truncated) or
+    replaced by random bytes: only InvalidPeerDataError, and nothing but true blocks stored
+    (the length stays, or is the writer's, with every block up to it true)."""
+    from autobase_py.net import replication as rep
+
+    writer, replica, theirs, mine = _following(9)
+    writer.append([b"block %d" % i for i in range(9, 9 + grow)])
+    (tip,) = theirs.local_changed()
+    msg = rep.decode_message(tip)
+    values, nodes, proof = list(msg["values"]), msg["nodes"], msg["proof"]
+    if how == "values":
+        values = data.draw(st.lists(st.binary(max_size=12), max_size=grow + 2))
+        message = rep.encode_tip(msg["id"], proof, values, nodes)
+    elif how == "nodes":
+        nodes = data.draw(st.binary(max_size=300))
+        message = rep.encode_tip(msg["id"], proof, values, nodes[: len(nodes) - len(nodes) % 40])
+    elif how == "proof":
+        message = rep.encode_tip(msg["id"], data.draw(st.binary(max_size=300)), values, nodes)
+    elif how == "flip":
+        flipped = bytearray(tip)
+        pos = data.draw(st.integers(0, len(tip) - 1))
+        flipped[pos] ^= 1 << data.draw(st.integers(0, 7))
+        message = bytes(flipped)
+    elif how == "cut":
+        message = tip[: data.draw(st.integers(0, len(tip) - 1))]
+    else:
+        message = data.draw(st.binary(max_size=300))
+    with contextlib.suppress(rep.InvalidPeerDataError):
+        mine.receive(message)
+    assert replica.length in (9, 9 + grow)
+    assert all(replica.get(i) == b"block %d" % i for i in range(replica.length) if replica.has(i))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 20), st.integers(0, 2)),
+                min_size=1, max_size=4))
+def test_random_follows_at_a_writer(follows: list[tuple[int, int, int]]) -> None:
+    """Follows with any id, length and fork: held (one at most), answered with "none" or a tip
+    that verifies, or the second held one refused as a protocol violation."""
+    from autobase_py.net import replication as rep
+
+    writer, _, _, _ = _following(9)
+    session = rep.LogSession(writer)
+    for request_id, length, fork in follows:
+        held = session.holding
+        try:
+            out, _ = session.receive(rep.encode_follow(request_id, length, fork))
+        except rep.InvalidPeerDataError:
+            assert held
+            continue
+        kinds = [rep.decode_message(m)["t"] for m in out]
+        if length == 0 or length > 9 or fork != 0:
+            assert kinds == ["none"] and session.holding == held
+        elif length < 9:
+            assert kinds == ["tip"] and not session.holding
+        else:
+            assert kinds == [] and session.holding
