@@ -271,6 +271,7 @@ class LogSession:
         self._follow: int | None = None  # the id of our follow in flight
         self._follow_refused: int | None = None  # the fork at which the peer said "none" to it
         self._held: tuple[int, int, int] | None = None  # the peer's follow: id, length, fork
+        self._follow_due = False  # we sent a tip: the peer's next follow is on its way
 
     # -- outgoing ----------------------------------------------------------------------------
 
@@ -285,7 +286,10 @@ class LogSession:
         if self._held is not None:
             out += self._answer_held()  # a tip is also our sync (it updates ``_sent_state``)
         state = (self.log.length, self.log.fork)
-        if state != self._sent_state:
+        sent = self._sent_state
+        if state != sent and not (self._follow_due and sent is not None and sent[1] == state[1]):
+            # (while the peer's next follow is on its way, the tip answering it tells the
+            # length; a new fork is told at once)
             self._sent_state = state
             self._syncs_sent += 1
             out.append(encode_sync(*state))
@@ -607,6 +611,7 @@ class LogSession:
         log = self.log
         if self._held is not None:
             raise InvalidPeerDataError("a second follow while one is held")
+        self._follow_due = False
         if not log.writable or length == 0 or fork != log.fork or length > log.length:
             return [encode_none(request_id)]
         self._held = (request_id, length, fork)
@@ -655,6 +660,7 @@ class LogSession:
             self._synced(*state)
             self._assumed = True
         self.tips_sent += 1
+        self._follow_due = True
         raw = encode_proof(Proof(fork=log.fork, upgrade=upgrade))
         return encode_tip(request_id, raw, values, nodes)
 

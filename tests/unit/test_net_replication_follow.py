@@ -89,6 +89,22 @@ def test_a_chunk_arrives_with_its_upgrade_in_one_message_and_no_sync() -> None:
     assert theirs.local_changed() == []  # nothing new: no sync, no tip
 
 
+def test_no_sync_goes_out_while_the_next_follow_is_on_its_way() -> None:
+    source, replica, theirs, mine = following(10)
+    source.append([b"a"])
+    (tip,) = theirs.local_changed()
+    source.append([b"b"])
+    assert theirs.local_changed() == []  # the replica follows again: its tip will tell
+    (follow,) = mine.receive(tip)[0]
+    (tip,) = theirs.receive(follow)[0]  # answered at once, from 11 to 12
+    (follow,), stored = mine.receive(tip)
+    assert stored and replica.get(11) == b"b"
+    source.append([b"c"])
+    (tip,) = theirs.receive(follow)[0]
+    source.truncate(5)  # a new fork is told at once, follow or not
+    assert kinds(theirs.local_changed()) == ["sync"]
+
+
 def test_a_follow_from_behind_is_answered_at_once() -> None:
     source, replica, theirs, mine = following(5)
     theirs.release()  # the session ends; a new one starts after the writer grew
