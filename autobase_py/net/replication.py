@@ -98,6 +98,7 @@ from ..errors import (
 from ..log import Log, Proof, ProofMismatchError, RangeProof, decode_proof, encode_proof
 from .replication_wire import (
     MAX_RANGE,
+    MAX_TIP,
     MAX_UINT,
     V3_TYPES,
     VERSION_MARK,
@@ -125,7 +126,7 @@ _CAPABILITY_TAG: Final = b"autobase_py/replicate/v1"
 DEFAULT_WINDOW: Final = 64  # requests in flight per session
 DEFAULT_RANGE: Final = 128  # blocks per range request
 MAX_ANSWER_BYTES: Final = 1 << 20  # a blocks answer stops growing past this many bytes
-TIP_BLOCKS: Final = MAX_RANGE  # blocks a tip carries at most (and MAX_ANSWER_BYTES)
+TIP_BLOCKS: Final = MAX_TIP  # blocks a tip carries at most (and MAX_ANSWER_BYTES)
 _MAX_OWED: Final = 1 << 16  # blocks we said "none" for and will announce with "have"
 _SCAN_OWED: Final = 256  # up to this many owed blocks are looked up one by one
 _MAX_ARRIVALS: Final = 1024  # stored ranges remembered for sessions that owe blocks

@@ -37,7 +37,8 @@ that it may send ``follow``. A peer that never sent the mark is sent nothing new
                                                      ``encode_proof`` with only an upgrade
                                                      from the follow's length L to N;
                                                      ``values`` are blocks [L, L + n) (n may
-                                                     be 0), ``nodes`` their uncles up to the
+                                                     be 0, at most MAX_TIP), ``nodes`` their
+                                                     uncles up to the
                                                      roots of N, packed like range uncles, in
                                                      ``range_uncles(L, L + n, N)`` order
 
@@ -78,6 +79,7 @@ from ..log import Node, leaf_hash, parent_hash
 
 WIRE_VERSION: Final = 4
 MAX_RANGE: Final = 1024  # blocks one range may ask for
+MAX_TIP: Final = 4096  # blocks one tip may carry
 MAX_UINT: Final = (1 << 53) - 1  # as in proofs
 MAX_UNCLES: Final = 64  # a path climbs at most 64 levels
 UNCLE_BYTES: Final = 40
@@ -230,8 +232,8 @@ def _check_tip(obj: dict[Any, Any]) -> None:
     encoding.field(obj, "proof", bytes, "tip")
     values = encoding.field(obj, "values", list, "tip")
     nodes = encoding.field(obj, "nodes", bytes, "tip")
-    if len(values) > MAX_RANGE:
-        raise DecodeError(f"tip: at most {MAX_RANGE} values")
+    if len(values) > MAX_TIP:
+        raise DecodeError(f"tip: at most {MAX_TIP} values")
     for value in values:
         if type(value) is not bytes:
             raise DecodeError("tip: every value must be bytes")
@@ -455,6 +457,7 @@ class RangeTree:
 
 __all__ = [
     "MAX_RANGE",
+    "MAX_TIP",
     "MAX_UINT",
     "V3_TYPES",
     "VERSION_MARK",
