@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_net_replication import shuttle  # the same sans-IO ping-pong of two sessions
 
 from autobase_py import crypto
 from autobase_py.log import Log, Proof, decode_proof, encode_proof
@@ -42,17 +43,6 @@ def run(a: LogSession, b: LogSession) -> None:
             for message in pending:
                 queues[id(dst)] += dst.receive(message)[0]
     raise AssertionError("sessions did not go quiet")
-
-
-def shuttle(first: list[bytes], server: LogSession, client: LogSession) -> None:
-    """``first`` (from ``client``) to ``server``, and every answer back and forth until quiet."""
-    queue = first
-    while queue:
-        nxt: list[bytes] = []
-        for message in queue:
-            for reply in server.receive(message)[0]:
-                nxt += client.receive(reply)[0]
-        queue = nxt
 
 
 def following(blocks: int) -> tuple[Log, Log, LogSession, LogSession]:
@@ -154,13 +144,7 @@ def test_a_writer_that_truncates_lets_the_follow_go_and_the_new_fork_is_followed
     source.append([b"fork one %d" % i for i in range(10)])
     out = theirs.local_changed()
     assert kinds(out) == ["none", "sync"] and not theirs.holding
-    queue = out
-    while queue:
-        nxt: list[bytes] = []
-        for message in queue:
-            for reply in mine.receive(message)[0]:
-                nxt += theirs.receive(reply)[0]
-        queue = nxt
+    shuttle(out, mine, theirs)
     assert (replica.length, replica.fork) == (25, 1) and replica.get(24) == b"fork one 9"
     assert mine.following and theirs.holding  # following again, on the new fork
     source.append([b"after"])
