@@ -5,7 +5,8 @@ Theory of operation
 Bytes from the network go into ``receive_data``; events come out (``Established``,
 ``Message``, ``PeerClosed``); bytes for the network accumulate and are taken with
 ``data_to_send``. Nothing here reads a clock: the handshake deadline is fixed from the ``now``
-given at construction and checked by ``handle_timer(now)``.
+given at construction, and both it and the liveness checks below run in ``handle_timer(now)``,
+which the adapter calls at ``deadline``.
 
 Wire, every unit being a length-prefixed frame (``framing``)::
 
@@ -23,6 +24,28 @@ as ``PeerClosed(clean=False)``. Every violation (bad frame, failed handshake, fa
 after FINAL) raises :class:`ProtocolError`/:class:`HandshakeError`, after which the object
 refuses everything: the adapter closes the socket.
 
+Liveness (dead-peer detection). A peer can vanish without a FIN or RST (a pulled cable, a
+frozen VM, a NAT that dropped the mapping); TCP alone notices that after hours, if ever. Once
+the handshake is done, with ``idle_timeout`` set, a connection on which *nothing at all* was
+received for ``idle_timeout`` seconds fails with :class:`TimedOutError` ("peer silent for
+20 s"): the adapter closes it like any other failure (logged, channels closed). With
+``keepalive_interval`` set, ``handle_timer`` returns True when *we* sent nothing for that long:
+the adapter then sends a keepalive (a mux ping, see ``mux``), which the peer answers, so an
+idle but healthy pair always hears from each other. Both are None (off) by default here; the
+trio adapter turns them on (5 s and 20 s; ``idle_timeout`` must be at least twice
+``keepalive_interval``).
+
+The hot path pays one integer increment per ``receive_data`` and per non-empty
+``data_to_send``, no clock reads: ``handle_timer`` runs every ``tick`` (a quarter of the idle
+timeout or half the keepalive interval, whichever is smaller: 2.5 s by default), compares the
+counters with the last tick's and dates a change to the tick that saw it. So silence is
+detected between ``idle_timeout`` and ``idle_timeout + tick`` after the last byte, and a
+keepalive goes out between ``keepalive_interval`` and ``keepalive_interval + tick`` after the
+last write. A tick that runs more than a tick late (our own process was busy or frozen, not
+the peer) moves the last-heard time on by the lateness: the peer is not blamed for time in
+which we could not have read it. Liveness stops once either side ended its direction (the
+graceful close has its own ``close_timeout``) and after a failure.
+
 States (rules: each row lists what may arrive; anything else is a protocol error)::
 
     HANDSHAKE  -- noise messages in turn -----------> AWAIT_HEADER
@@ -35,6 +58,7 @@ States (rules: each row lists what may arrive; anything else is a protocol error
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from .. import crypto
@@ -45,7 +69,35 @@ from .secretstream import ABYTES, Decryptor, Encryptor
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
+DEFAULT_KEEPALIVE_INTERVAL = 5.0  # used by the trio adapter; the core's default is off
+DEFAULT_IDLE_TIMEOUT = 20.0
 _HANDSHAKE_FRAME_LIMIT = 256  # the largest handshake message is 192 bytes
+
+
+def check_liveness_settings(keepalive_interval: float | None, idle_timeout: float | None) -> None:
+    """LocalError unless both are None or positive and the timeout is at least twice the
+    interval (the peer answers our keepalives: two intervals leave room for one to be late)."""
+    for name, value in (("keepalive_interval", keepalive_interval), ("idle_timeout", idle_timeout)):
+        if value is not None and not value > 0:
+            raise LocalError(f"{name} must be positive or None, not {value!r}")
+    if (
+        keepalive_interval is not None
+        and idle_timeout is not None
+        and idle_timeout < 2 * keepalive_interval
+    ):
+        raise LocalError(
+            f"idle_timeout ({idle_timeout:g} s) must be at least twice "
+            f"keepalive_interval ({keepalive_interval:g} s)"
+        )
+
+
+def _tick(keepalive_interval: float | None, idle_timeout: float | None) -> float | None:
+    ticks = []
+    if keepalive_interval is not None:
+        ticks.append(keepalive_interval / 2)
+    if idle_timeout is not None:
+        ticks.append(idle_timeout / 4)
+    return min(ticks) if ticks else None
 
 
 class State(enum.Enum):
@@ -91,7 +143,10 @@ class SecureConnection:
         expected_remote_key: bytes | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        keepalive_interval: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
+        check_liveness_settings(keepalive_interval, idle_timeout)
         self.initiator = initiator
         self.max_message = max_message
         self._handshake = Handshake(
@@ -105,6 +160,17 @@ class SecureConnection:
         self.result: HandshakeResult | None = None
         self.handshake_deadline = now + handshake_timeout
         self.local_closed = False
+        # liveness: counters bumped on the hot path, compared once per tick (see above)
+        self.keepalive_interval = keepalive_interval
+        self.idle_timeout = idle_timeout
+        self.tick = _tick(keepalive_interval, idle_timeout)
+        self.received_count = 0  # receive_data calls with bytes
+        self.sent_count = 0  # data_to_send calls that returned bytes
+        self._next_tick: float | None = None  # None until the first tick after the handshake
+        self._received_seen = 0
+        self._sent_seen = 0
+        self._heard_at = 0.0
+        self._sent_at = 0.0
         if initiator:
             self._out += encode_frame(self._handshake.write())
 
@@ -132,9 +198,24 @@ class SecureConnection:
         return len(self._out)
 
     @property
+    def watching(self) -> bool:
+        """Liveness checks are on and apply now (handshake done, neither side closed)."""
+        return (
+            self.tick is not None
+            and (self.state is State.OPEN or self.state is State.AWAIT_HEADER)
+            and not self.local_closed
+        )
+
+    @property
     def deadline(self) -> float | None:
-        """When ``handle_timer`` must next be called (only during the handshake)."""
-        return self.handshake_deadline if self.state is State.HANDSHAKE else None
+        """When ``handle_timer`` must next be called: the handshake deadline, then, with
+        liveness on, the next tick (``-inf`` before the first: call it at once, so the
+        liveness clock starts); None when nothing is due."""
+        if self.state is State.HANDSHAKE:
+            return self.handshake_deadline
+        if not self.watching:
+            return None
+        return -math.inf if self._next_tick is None else self._next_tick
 
     # -- the three verbs ---------------------------------------------------------------------
 
@@ -145,6 +226,7 @@ class SecureConnection:
         try:
             if not data:
                 return self._eof()
+            self.received_count += 1
             events: list[Event] = []
             for frame in self._frames.feed(data):
                 self._frame(frame, events)
@@ -173,13 +255,44 @@ class SecureConnection:
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
-        self._out.clear()
+        if out:
+            self._out.clear()
+            self.sent_count += 1
         return out
 
-    def handle_timer(self, now: float) -> None:
-        if self.state is State.HANDSHAKE and now >= self.handshake_deadline:
+    def handle_timer(self, now: float) -> bool:
+        """Check the deadlines at ``now``: TimedOutError for a handshake past its deadline or
+        a peer silent for ``idle_timeout``; True when a keepalive should be sent now."""
+        if self.state is State.HANDSHAKE:
+            if now >= self.handshake_deadline:
+                self.state = State.FAILED
+                raise TimedOutError("handshake timed out")
+            return False
+        tick = self.tick
+        if tick is None or not self.watching:
+            return False
+        next_tick = self._next_tick
+        self._next_tick = now + tick
+        if next_tick is None:  # the first tick: the liveness clock starts now
+            self._received_seen, self._sent_seen = self.received_count, self.sent_count
+            self._heard_at = self._sent_at = now
+            return False
+        late = now - next_tick
+        if late > tick:  # we were away, not (necessarily) the peer
+            self._heard_at += late
+        if self.received_count != self._received_seen:
+            self._received_seen = self.received_count
+            self._heard_at = now
+        elif self.idle_timeout is not None and now - self._heard_at >= self.idle_timeout:
             self.state = State.FAILED
-            raise TimedOutError("handshake timed out")
+            raise TimedOutError(f"peer silent for {self.idle_timeout:g} s")
+        if self.sent_count != self._sent_seen:
+            self._sent_seen = self.sent_count
+            self._sent_at = now
+        elif self.keepalive_interval is not None and now - self._sent_at >= self.keepalive_interval:
+            self._sent_at = now
+            return self.can_send
+        return False
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -229,6 +342,8 @@ class SecureConnection:
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_MAX_MESSAGE",
     "Established",
     "Event",
@@ -236,4 +351,5 @@ __all__ = [
     "PeerClosed",
     "SecureConnection",
     "State",
+    "check_liveness_settings",
 ]

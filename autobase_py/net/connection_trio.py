@@ -14,6 +14,16 @@ caller's own code is never cancelled by a misbehaving peer.
 Channels requested by the peer are answered from ``protocols``: a registered protocol gets the
 channel opened back and its handler run in the connection's task group; any other is rejected.
 
+Dead peers: a third task, the *watcher*, sleeps until the core's ``deadline`` and calls its
+``handle_timer`` (see ``connection``: the counters of reads and writes are compared once per
+tick, so the reader and writer read no clock). When we sent nothing for
+``keepalive_interval`` (5 s) it queues a mux ping, which the peer answers; when nothing at all
+arrived for ``idle_timeout`` (20 s) the core raises TimedOutError("peer silent for 20 s") and
+the connection ends like on any other failure: logged, channels closed with
+ChannelClosedError, so sessions end and replication turns to the other peers. ``None``
+disables either. On an autojumping MockClock the pings keep an idle in-process pair alive
+(the peer answers before every task waits again, so the clock cannot jump past its answer).
+
 ``aclose`` is graceful: channels are closed, our direction ends with a secretstream FINAL
 after everything queued before it, and we wait up to ``close_timeout`` for the peer's FINAL
 before dropping the socket.
@@ -48,11 +58,14 @@ from ..errors import (
 )
 from .connection import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
     Established,
     Event,
     Message,
     PeerClosed,
     SecureConnection,
+    check_liveness_settings,
 )
 from .mux import (
     DEFAULT_MAX_CHANNELS,
@@ -201,7 +214,7 @@ class Connection:
     ) -> None:
         self.stream = stream
         self.core = core
-        self.mux = Mux(max_channels=max_channels)
+        self.mux = Mux(max_channels=max_channels, initiator=core.initiator)
         self.protocols = dict(protocols)
         self.close_timeout = close_timeout
         self.closed = trio.Event()
@@ -413,6 +426,15 @@ class Connection:
                 await stream.send_all(data)
             self._made_progress()
 
+    async def _watch(self) -> None:
+        """Liveness: tick at the core's deadline; ping when it says a keepalive is due. The
+        core's TimedOutError (a silent peer) ends the connection through ``_run``."""
+        core = self.core
+        while (deadline := core.deadline) is not None:
+            await trio.sleep_until(deadline)
+            if core.handle_timer(trio.current_time()) and self.mux.ping():
+                self._pump()
+
     async def _reader(self) -> None:
         while not self._peer_closed.is_set():
             data = await self.stream.receive_some(RECEIVE_BYTES)
@@ -429,6 +451,8 @@ class Connection:
                     self._tasks = tasks
                     self._handle_events(pending)
                     tasks.start_soon(self._writer)
+                    if self.core.deadline is not None:
+                        tasks.start_soon(self._watch)
                     task_status.started()
                     await self._reader()
                     await self._wait_handlers()
@@ -643,6 +667,8 @@ async def handshake(
     initiator: bool,
     expected_remote_key: bytes | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
 ) -> tuple[SecureConnection, list[Event]]:
     """Run the handshake on ``stream``; returns the core and events that arrived with it.
 
@@ -654,6 +680,8 @@ async def handshake(
         now=trio.current_time(),
         expected_remote_key=expected_remote_key,
         handshake_timeout=handshake_timeout,
+        keepalive_interval=keepalive_interval,
+        idle_timeout=idle_timeout,
     )
     events: list[Event] = []
     deadline = core.deadline if core.deadline is not None else math.inf
@@ -685,12 +713,17 @@ async def open_connection(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
 ) -> AsyncIterator[Connection]:
     """Handshake on ``stream`` and yield the live connection; closes it gracefully on exit.
 
     On a failed handshake the stream is closed and the error (HandshakeError, ProtocolError,
-    TimedOutError) is raised.
+    TimedOutError) is raised. ``keepalive_interval``/``idle_timeout`` (None: off; the timeout
+    at least twice the interval, else LocalError) set the dead-peer detection (see above):
+    the connection then ends with ``error`` a TimedOutError.
     """
+    check_liveness_settings(keepalive_interval, idle_timeout)
     try:
         core, pending = await handshake(
             stream,
@@ -698,6 +731,8 @@ async def open_connection(
             initiator=initiator,
             expected_remote_key=expected_remote_key,
             handshake_timeout=handshake_timeout,
+            keepalive_interval=keepalive_interval,
+            idle_timeout=idle_timeout,
         )
     except BaseException:
         with trio.CancelScope(shield=True):

@@ -23,6 +23,21 @@ because the stream is ordered, frames of an old incarnation never reach a new on
 Messages may only be sent once both halves are OPEN; a message that crosses our close is
 dropped. Aliases are never reused on one connection.
 
+Keepalive pings. The protocol name ``""`` (:data:`KEEPALIVE_PROTOCOL`) is reserved: ``ping``
+opens our keepalive channel (``("", b"i")`` from the connection's initiator, ``("", b"r")``
+from the responder, so two crossing pings never pair), the peer rejects it and we close it:
+``OPEN`` -> ``REJECT`` -> ``CLOSE``, the ordinary rows of the table, so the record is
+forgotten on both sides and the next ping may follow. Each ping makes the peer send a frame,
+which is what an idle timeout needs to hear. The mux answers keepalive channels itself (no
+event reaches the connection, and they do not count towards ``max_channels``); a second ping
+is not sent while one is unanswered. Interop: a peer from before keepalives (wire version 3
+and older) sees an OPEN of a protocol nobody registered and refuses it through the generic
+path (logging the refusal at info level), which is the same ``REJECT``: it keeps the
+connection and answers the ping. Such a peer does count the ping towards its channel limit
+for the moment it is open, so one that already holds ``max_channels`` channels on this
+connection would drop it; with the default 256 a replica would need 255 logs on one
+connection for that.
+
 Messages take a short cut (they are nearly all the traffic): ``send`` and ``receive_frame`` on
 a channel whose record is (OPEN, OPEN) do what the table's row for it says (queue the frame;
 deliver) without looking the row up, and ``message_payload`` gives the connection a received
@@ -42,6 +57,7 @@ MAX_PROTOCOL_BYTES: Final = 64
 MAX_NAME_BYTES: Final = 64
 DEFAULT_MAX_CHANNELS: Final = 256
 _MAX_ALIAS: Final = 2**32 - 1
+KEEPALIVE_PROTOCOL: Final = ""  # channels of this protocol are keepalive pings (see above)
 
 OPEN, CLOSE, REJECT, MESSAGE = 0, 1, 2, 3
 
@@ -222,8 +238,12 @@ class Mux:
     ``frames_to_send``; ``receive_frame`` applies one frame from the peer and returns events.
     """
 
-    def __init__(self, *, max_channels: int = DEFAULT_MAX_CHANNELS) -> None:
+    def __init__(self, *, max_channels: int = DEFAULT_MAX_CHANNELS, initiator: bool = True) -> None:
         self.max_channels = max_channels
+        self.keepalive_key: Key = (KEEPALIVE_PROTOCOL, b"i" if initiator else b"r")
+        # the protocol whose channels this mux answers as pings; None behaves like a mux from
+        # before keepalives (tests of interop use it)
+        self.keepalive_protocol: str | None = KEEPALIVE_PROTOCOL
         self._records: dict[Key, _Record] = {}
         self._by_local: dict[int, _Record] = {}
         self._by_remote: dict[int, _Record] = {}
@@ -253,6 +273,8 @@ class Mux:
         protocol, name = key
         if len(protocol.encode("utf-8")) > MAX_PROTOCOL_BYTES or len(name) > MAX_NAME_BYTES:
             raise LocalError("channel protocol or name too long")
+        if protocol == KEEPALIVE_PROTOCOL:
+            raise LocalError("the empty protocol name is reserved for keepalives")
         record = self._records.get(key)
         if record is None:
             if len(self._records) >= self.max_channels:
@@ -273,6 +295,15 @@ class Mux:
         if record is None:
             raise LocalError(f"no channel request for {key!r}")
         self._local(record, "reject")
+
+    def ping(self) -> bool:
+        """Queue a keepalive ping, which the peer answers (see above); False, sending nothing,
+        while the previous one is unanswered."""
+        key = self.keepalive_key
+        if key in self._records:
+            return False
+        self._local(self._records.setdefault(key, _Record(key)), "open")
+        return True
 
     def send(self, key: Key, data: bytes) -> None:
         record = self._records.get(key)
@@ -315,9 +346,10 @@ class Mux:
             assert frame.key is not None
             if frame.alias in self._by_remote:
                 raise ProtocolError(f"peer reused channel alias {frame.alias}")
+            ping = frame.key[0] == self.keepalive_protocol
             record = self._records.get(frame.key)
             if record is None:
-                if len(self._records) >= self.max_channels:
+                if len(self._records) >= self.max_channels and not ping:
                     raise ProtocolError(f"peer opened more than {self.max_channels} channels")
                 record = self._records[frame.key] = _Record(frame.key)
             elif record.remote is not Half.NONE:
@@ -325,17 +357,26 @@ class Mux:
             record.remote_alias = frame.alias
             record.remote_handshake = frame.body
             self._by_remote[frame.alias] = record
-            return self._remote(record, "recv-open", frame.body)
+            events = self._remote(record, "recv-open", frame.body)
+            if ping:  # answer it: refuse a ping, close a keepalive channel that paired
+                if record.local is Half.NONE:
+                    self._local(record, "reject")
+                elif record.local is Half.OPEN:
+                    self._local(record, "close")
+                return []
+            return events
         if frame.kind == REJECT:
             record = self._by_local.get(frame.alias)
             if record is None:
                 raise ProtocolError(f"peer rejected unknown channel alias {frame.alias}")
-            return self._remote(record, "recv-reject", b"")
-        record = self._by_remote.get(frame.alias)
-        if record is None:
-            raise ProtocolError(f"frame for unknown channel alias {frame.alias}")
-        verb = "recv-close" if frame.kind == CLOSE else "recv-message"
-        return self._remote(record, verb, frame.body)
+            events = self._remote(record, "recv-reject", b"")
+        else:
+            record = self._by_remote.get(frame.alias)
+            if record is None:
+                raise ProtocolError(f"frame for unknown channel alias {frame.alias}")
+            verb = "recv-close" if frame.kind == CLOSE else "recv-message"
+            events = self._remote(record, verb, frame.body)
+        return [] if record.key[0] == self.keepalive_protocol else events
 
     def _remote(self, record: _Record, verb: str, body: bytes) -> list[MuxEvent]:
         row = TRANSITIONS.get((record.local, record.remote, verb))
@@ -390,6 +431,7 @@ class Mux:
 
 __all__ = [
     "DEFAULT_MAX_CHANNELS",
+    "KEEPALIVE_PROTOCOL",
     "TRANSITIONS",
     "ChannelClosed",
     "ChannelMessage",

@@ -69,13 +69,20 @@ async def connected(
     make_pair: StreamPair = trio.testing.memory_stream_pair,
     server_protocols: Mapping[str, ChannelHandler] | None = None,
     client_protocols: Mapping[str, ChannelHandler] | None = None,
+    server_settings: Mapping[str, float | None] | None = None,
+    **client_settings: float | None,
 ) -> AsyncIterator[tuple[Connection, Connection]]:
     left, right = make_pair()
     done = trio.Event()
 
     async def serve(task_status: trio.TaskStatus[Connection]) -> None:
+        settings = client_settings if server_settings is None else server_settings
         async with open_connection(
-            right, SERVER, initiator=False, protocols=server_protocols
+            right,
+            SERVER,
+            initiator=False,
+            protocols=server_protocols,
+            **settings,  # type: ignore[arg-type]
         ) as conn:
             task_status.started(conn)
             await done.wait()
@@ -93,6 +100,7 @@ async def connected(
             initiator=True,
             expected_remote_key=SERVER.public_key,
             protocols=client_protocols,
+            **client_settings,  # type: ignore[arg-type]
         ) as client:
             while not server_conn_box:
                 await trio.testing.wait_all_tasks_blocked()
@@ -625,3 +633,113 @@ def test_duplicate_rule_is_the_same_on_both_ends_whatever_the_order() -> None:
     # Different initiators: the lower key's dial wins; same initiator: the smaller hash wins.
     assert winner(a, b, ["y", "x"]) == "x"
     assert winner(b, a, ["x", "z"]) == "z"
+
+
+# -- dead-peer detection -------------------------------------------------------------------
+
+
+async def test_an_idle_healthy_pair_stays_connected(autojump_clock: trio.testing.MockClock) -> None:
+    """Nothing to say for five idle timeouts: the keepalives (and their answers) keep both
+    sides alive, even on a clock that jumps whenever every task waits."""
+    async with connected(keepalive_interval=1.0, idle_timeout=4.0) as (client, server):
+        sent = client.core.sent_count, server.core.sent_count
+        await trio.sleep(20.0)
+        assert not client.is_closed and not server.is_closed
+        assert client.core.sent_count > sent[0] + 5 and server.core.sent_count > sent[1] + 5
+        async with connected_channel(client, server) as (a, b):  # still fully usable
+            await a.send(b"still here")
+            assert await b.receive() == b"still here"
+
+
+@asynccontextmanager
+async def connected_channel(
+    client: Connection, server: Connection
+) -> AsyncIterator[tuple[Channel, Channel]]:
+    async with trio.open_nursery() as nursery:
+        box: list[Channel] = []
+
+        async def accept() -> None:
+            box.append(await server.open_channel(("test", b"x")))
+
+        nursery.start_soon(accept)
+        a = await client.open_channel(("test", b"x"))
+        while not box:
+            await trio.testing.wait_all_tasks_blocked()
+        yield a, box[0]
+
+
+async def test_the_default_settings_keep_an_idle_pair(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with connected() as (client, server):
+        assert client.core.keepalive_interval == 5.0 and client.core.idle_timeout == 20.0
+        await trio.sleep(120.0)
+        assert not client.is_closed and not server.is_closed
+
+
+async def test_a_silent_peer_is_dropped(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer completes the handshake, then neither reads nor writes (a frozen process, a
+    pulled cable): the connection ends after the idle timeout, with the reason, and a
+    channel waiting on it wakes with ChannelClosedError."""
+    left, right = trio.testing.memory_stream_pair()
+
+    async def frozen_peer() -> None:
+        core = SecureConnection(SERVER, initiator=False, now=trio.current_time())
+        while core.result is None:
+            core.receive_data(await right.receive_some())
+            await right.send_all(core.data_to_send())
+        await trio.sleep_forever()  # holds the stream open, reads and writes nothing
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(frozen_peer)
+        async with open_connection(
+            left, CLIENT, initiator=True, keepalive_interval=1.0, idle_timeout=4.0
+        ) as conn:
+            start = trio.current_time()
+            await conn.closed.wait()
+            silent = trio.current_time() - start
+            assert 4.0 <= silent <= 4.0 + 1.0 + 1e-9  # within a tick of the timeout
+            assert isinstance(conn.error, TimedOutError)
+            assert "peer silent for 4 s" in str(conn.error)
+            with pytest.raises(ChannelClosedError):
+                await conn.open_channel(("test", b"x"))
+        nursery.cancel_scope.cancel()
+    assert "peer silent for 4 s" in caplog.text
+
+
+async def test_a_peer_without_keepalives_answers_ours(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Interop with wire version 3 and older: a peer that neither sends keepalives nor knows
+    them refuses our pings like a channel of an unknown protocol, which is an answer: the
+    connection lives on, however long it stays idle."""
+    caplog.set_level("INFO", logger="autobase_py.net")
+    async with connected(
+        server_settings={"keepalive_interval": None, "idle_timeout": None},
+        keepalive_interval=1.0,
+        idle_timeout=4.0,
+    ) as (client, old):
+        old.mux.keepalive_protocol = None  # its mux treats the ping as any other OPEN
+        await trio.sleep(20.0)
+        assert not client.is_closed and not old.is_closed
+        assert old.core.deadline is None  # it ticks no timer of its own
+    assert "refusing channel ('', b'i')" in caplog.text
+
+
+async def test_liveness_can_be_turned_off(autojump_clock: trio.testing.MockClock) -> None:
+    async with connected(keepalive_interval=None, idle_timeout=None) as (client, _server):
+        assert client.core.deadline is None
+        before = client.core.sent_count
+        await trio.sleep(3600.0)
+        assert client.core.sent_count == before and not client.is_closed
+
+
+async def test_bad_liveness_settings_are_refused() -> None:
+    left, _right = trio.testing.memory_stream_pair()
+    with pytest.raises(LocalError):
+        async with open_connection(
+            left, CLIENT, initiator=True, keepalive_interval=5.0, idle_timeout=5.0
+        ):
+            raise AssertionError("unreachable")  # pragma: no cover
