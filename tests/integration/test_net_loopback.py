@@ -1,5 +1,7 @@
 """Real TCP on 127.0.0.1: RPC error codes, a garbage-spewing client next to an honest one,
-one connection per remote key, and pool failover when a server process is killed."""
+one connection per remote key, pool failover when a server process is killed, and dead-peer
+detection (a silent peer dropped, an idle pair kept, a replica falling back to a relay when
+the link to the writer it follows goes silent)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
 from autobase_py import crypto
-from autobase_py.errors import DecodeError, NotWritableError, RpcError
+from autobase_py.errors import DecodeError, NotWritableError, RpcError, TimedOutError
+from autobase_py.log import Log
+from autobase_py.net import replication
+from autobase_py.net.connection import SecureConnection
 from autobase_py.net.connection_trio import Connection
 from autobase_py.net.endpoint_trio import connect, listen, open_endpoint
+from autobase_py.net.replication_trio import Replicator
 from autobase_py.net.rpc import CBOR, CallContext, UnauthorizedError
 from autobase_py.net.rpc_trio import (
     RpcClient,
@@ -28,6 +35,7 @@ from autobase_py.net.rpc_trio import (
     ServerAddress,
     open_rpc_pool,
 )
+from autobase_py.storage import Storage
 
 HERE = Path(__file__).resolve().parent
 SERVER_KEYS = crypto.key_pair(b"S" * 32)
@@ -284,3 +292,144 @@ async def test_pool_fails_over_when_a_server_process_hangs() -> None:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
             await proc.wait()
+
+
+# -- dead-peer detection ------------------------------------------------------------------
+
+QUICK = {"keepalive_interval": 0.1, "idle_timeout": 0.5}
+
+
+async def test_a_peer_silent_after_the_handshake_is_dropped() -> None:
+    """A raw TCP peer completes the handshake, then never reads or writes again (its socket
+    stays open: no FIN, no RST): the connection ends after the idle timeout, with the
+    reason, instead of hanging until TCP gives up."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def silent_server() -> None:
+                async with await listeners[0].accept() as stream:
+                    core = SecureConnection(SERVER_KEYS, initiator=False, now=trio.current_time())
+                    while core.result is None:
+                        core.receive_data(await stream.receive_some(65536))
+                        await stream.send_all(core.data_to_send())
+                    await trio.sleep_forever()  # holds the socket open, silent
+
+            nursery.start_soon(silent_server)
+            async with connect("127.0.0.1", port, crypto.key_pair(b"C" * 32), **QUICK) as conn:
+                start = trio.current_time()
+                await conn.closed.wait()
+                waited = trio.current_time() - start
+                assert isinstance(conn.error, TimedOutError)
+                assert "peer silent for 0.5 s" in str(conn.error)
+                assert waited >= 0.5
+            nursery.cancel_scope.cancel()
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def test_an_idle_pair_stays_connected_over_tcp() -> None:
+    """Idle for four idle timeouts: keepalives flow both ways and nobody is dropped."""
+    ends: list[Connection] = []
+    arrived = trio.Event()
+
+    async def hold(conn: Connection) -> None:
+        ends.append(conn)
+        arrived.set()
+        await conn.closed.wait()
+
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(
+            lambda task_status: listen(
+                "127.0.0.1", 0, SERVER_KEYS, hold, task_status=task_status, **QUICK
+            )
+        )
+        async with connect("127.0.0.1", port, crypto.key_pair(b"C" * 32), **QUICK) as client:
+            with trio.fail_after(10):
+                await arrived.wait()
+            server = ends[0]
+            sent = client.core.sent_count, server.core.sent_count
+            await trio.sleep(2.0)  # four idle timeouts, waiting for nothing: none may end it
+            assert not client.is_closed and not server.is_closed
+            assert client.error is None and server.error is None
+            assert client.core.sent_count > sent[0] and server.core.sent_count > sent[1]
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def frozen_proxy(target_port: int) -> AsyncIterator[tuple[int, trio.Event]]:
+    """A TCP relay to ``target_port``; once the event is set it stops moving bytes either
+    way but keeps both sockets open: a half-open link, as after a pulled cable."""
+    frozen = trio.Event()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+
+    async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        while True:
+            data = await src.receive_some(65536)
+            if frozen.is_set():
+                await trio.sleep_forever()
+            if not data:
+                await dst.send_eof()
+                return
+            await dst.send_all(data)
+
+    async def relay(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", target_port)
+        async with client, server, trio.open_nursery() as pipes:
+            pipes.start_soon(pipe, client, server)
+            pipes.start_soon(pipe, server, client)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.serve_listeners, relay, listeners))
+        yield port, frozen
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_following_over_a_silent_link_falls_back_to_a_relay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """P follows the writer W (W holds P's follow and pushes each append), and R, a relay,
+    follows W too. The link P-W goes silent: while P's follow is held nobody asks a relay
+    for W's log's upgrades, so P gets nothing new until the link is dropped; after the idle
+    timeout it is, and P completes the log from R."""
+    w_keys, r_keys, p_keys = (crypto.key_pair(bytes([n]) * 32) for n in b"WRP")
+    source = Log.create(Storage.open_memory(), crypto.key_pair(b"L" * 32))
+    source.append([b"block %d" % i for i in range(5)])
+    relayed = Log.replica(Storage.open_memory(), source.key)
+    replica = Log.replica(Storage.open_memory(), source.key)
+    w, r, p = Replicator(logs=[source]), Replicator(logs=[relayed]), Replicator(logs=[replica])
+    following = trio.Event()  # P asked W to hold a follow (to R it says "none")
+    ask_follow = replication.LogSession._ask_follow
+
+    def asked(session: replication.LogSession) -> bytes:
+        if session.log is replica:
+            following.set()
+        return ask_follow(session)
+
+    monkeypatch.setattr(replication.LogSession, "_ask_follow", asked)
+    with trio.fail_after(20):
+        async with (
+            open_endpoint(w_keys, protocols=w.protocols, on_connection=w.replicate) as ew,
+            open_endpoint(r_keys, protocols=r.protocols, on_connection=r.replicate) as er,
+            open_endpoint(p_keys, protocols=p.protocols, on_connection=p.replicate, **QUICK) as ep,
+        ):
+            w_port = await ew.listen("127.0.0.1")
+            r_port = await er.listen("127.0.0.1")
+            async with frozen_proxy(w_port) as (proxy_port, frozen):
+                await er.connect("127.0.0.1", w_port, w_keys.public_key)
+                to_writer = await ep.connect("127.0.0.1", proxy_port, w_keys.public_key)
+                await ep.connect("127.0.0.1", r_port, r_keys.public_key)
+                for rep, log in ((r, relayed), (p, replica)):
+                    await rep.wait_for(log, lambda lg, rep=rep: lg.length == 5 and rep.complete(lg))
+                await following.wait()
+                frozen.set()
+                source.append([b"block %d" % i for i in range(5, 10)])
+                w.announce(source)
+                await r.wait_for(relayed, lambda lg: lg.length == 10 and r.complete(lg))
+                await to_writer.closed.wait()
+                assert replica.length == 5  # stalled behind the held follow until now
+                assert isinstance(to_writer.error, TimedOutError)
+                await p.wait_for(replica, lambda lg: lg.length == 10 and p.complete(lg))
+                assert replica.get(9) == b"block 9"
