@@ -26,17 +26,17 @@ dropped. Aliases are never reused on one connection.
 Keepalive pings. The protocol name ``""`` (:data:`KEEPALIVE_PROTOCOL`) is reserved: ``ping``
 opens our keepalive channel (``("", b"i")`` from the connection's initiator, ``("", b"r")``
 from the responder, so two crossing pings never pair), the peer rejects it and we close it:
-``OPEN`` -> ``REJECT`` -> ``CLOSE``, the ordinary rows of the table, so the record is
-forgotten on both sides and the next ping may follow. Each ping makes the peer send a frame,
-which is what an idle timeout needs to hear. The mux answers keepalive channels itself (no
-event reaches the connection, and they do not count towards ``max_channels``); a second ping
-is not sent while one is unanswered. Interop: a peer from before keepalives (wire version 3
-and older) sees an OPEN of a protocol nobody registered and refuses it through the generic
-path (logging the refusal at info level), which is the same ``REJECT``: it keeps the
-connection and answers the ping. Such a peer does count the ping towards its channel limit
-for the moment it is open, so one that already holds ``max_channels`` channels on this
-connection would drop it; with the default 256 a replica would need 255 logs on one
-connection for that.
+``OPEN`` -> ``REJECT`` -> ``CLOSE``, the ordinary rows of the table, so the record is forgotten
+on both sides and the next ping may follow. Each ping makes the peer send a frame, which is
+what an idle timeout needs to hear. The mux answers keepalive channels itself (no event reaches
+the connection, and the two ping names do not count towards ``max_channels``: other names of
+the protocol are refused the same way but do count, so a peer cannot pile up records with
+them); a second ping is not sent while one is unanswered. Interop: a peer from before
+keepalives (wire version 3 and older) sees an OPEN of a protocol nobody registered and refuses
+it through the generic path (logging the refusal at info level), which is the same ``REJECT``:
+it keeps the connection and answers the ping. Such a peer does count the ping towards its
+channel limit while it is open, so one already holding ``max_channels`` channels (default 256)
+on the connection would drop it.
 
 Messages take a short cut (they are nearly all the traffic): ``send`` and ``receive_frame`` on
 a channel whose record is (OPEN, OPEN) do what the table's row for it says (queue the frame;
@@ -58,6 +58,7 @@ MAX_NAME_BYTES: Final = 64
 DEFAULT_MAX_CHANNELS: Final = 256
 _MAX_ALIAS: Final = 2**32 - 1
 KEEPALIVE_PROTOCOL: Final = ""  # channels of this protocol are keepalive pings (see above)
+_PING_NAMES: Final = (b"i", b"r")  # the pings' names (from the initiator, the responder)
 
 OPEN, CLOSE, REJECT, MESSAGE = 0, 1, 2, 3
 
@@ -240,7 +241,7 @@ class Mux:
 
     def __init__(self, *, max_channels: int = DEFAULT_MAX_CHANNELS, initiator: bool = True) -> None:
         self.max_channels = max_channels
-        self.keepalive_key: Key = (KEEPALIVE_PROTOCOL, b"i" if initiator else b"r")
+        self.keepalive_key: Key = (KEEPALIVE_PROTOCOL, _PING_NAMES[0 if initiator else 1])
         # the protocol whose channels this mux answers as pings; None behaves like a mux from
         # before keepalives (tests of interop use it)
         self.keepalive_protocol: str | None = KEEPALIVE_PROTOCOL
@@ -349,7 +350,8 @@ class Mux:
             ping = frame.key[0] == self.keepalive_protocol
             record = self._records.get(frame.key)
             if record is None:
-                if len(self._records) >= self.max_channels and not ping:
+                exempt = ping and frame.key[1] in _PING_NAMES  # at most two such records
+                if len(self._records) >= self.max_channels and not exempt:
                     raise ProtocolError(f"peer opened more than {self.max_channels} channels")
                 record = self._records[frame.key] = _Record(frame.key)
             elif record.remote is not Half.NONE:

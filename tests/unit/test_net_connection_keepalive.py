@@ -14,7 +14,7 @@ from autobase_py.net.connection import (
     State,
     check_liveness_settings,
 )
-from autobase_py.net.mux import ChannelRequested, Half, Mux
+from autobase_py.net.mux import ChannelRequested, Half, Mux, encode_open
 
 A_KEYS, B_KEYS = crypto.key_pair(b"a" * 32), crypto.key_pair(b"b" * 32)
 TICK = 2.5  # with the settings of ``established``: min(5 s / 2, 20 s / 4)
@@ -211,6 +211,21 @@ def test_pings_do_not_count_towards_the_channel_limit() -> None:
     deliver(b, a)
     deliver(a, b)
     assert b.keys() == [("log", b"x")]
+
+
+def test_only_the_two_ping_names_are_exempt_from_the_channel_limit() -> None:
+    """A peer cannot pile up records past the limit by opening other names of the keepalive
+    protocol and never closing them: they are refused, and count."""
+    b = Mux(initiator=False, max_channels=2)
+    assert b.receive_frame(encode_open(0, ("", b"x"), b"")) == []
+    assert b.receive_frame(encode_open(1, ("", b"y"), b"")) == []
+    assert len(b.frames_to_send()) == 2  # two REJECTs
+    with pytest.raises(ProtocolError, match="more than 2 channels"):
+        b.receive_frame(encode_open(2, ("", b"z"), b""))
+    c = Mux(initiator=False, max_channels=2)
+    c.receive_frame(encode_open(0, ("", b"x"), b""))
+    c.receive_frame(encode_open(1, ("", b"y"), b""))
+    assert c.receive_frame(encode_open(2, ("", b"i"), b"")) == []  # a ping still gets in
 
 
 def test_the_keepalive_protocol_is_reserved() -> None:
