@@ -68,10 +68,13 @@ the tip with no sync sent since its follow, counts that sync as sent. Its blocks
 claimed: another session's claim on one of them (asked before the follow) is given back when
 that request's answer fails to fit. While a follow is in flight in any session of a log, no
 session asks anyone for an upgrade (the writer's tip is coming, and an upgrade from a relay
-would race it and make it no longer fit). A tip that arrives after the replica moved through
-another session no longer fits: nothing is stored, nobody blamed, as for a data answer. Every
-malformed or lying tip (a proof that is not exactly one upgrade from L at the follow's fork,
-blocks past N, a value or uncle that does not verify) is an InvalidPeerDataError.
+would race it and make it no longer fit). So a half-open link to the writer holds the log back
+until the connection notices the silence (``idle_timeout``, 20 s by default: see
+``connection.py``) and closes; the session ends with it, and relays are asked again. A tip
+that arrives after the replica moved through another session no longer fits: nothing is
+stored, nobody blamed, as for a data answer. Every malformed or lying tip (a proof that is not
+exactly one upgrade from L at the follow's fork, blocks past N, a value or uncle that does not
+verify) is an InvalidPeerDataError.
 
 Version 3 peers do not know ``follow``/``tip``: a version-4 session says it speaks them with
 ``VERSION_MARK`` (a "have" no log can reach, which version 3 ignores), and follows only peers
