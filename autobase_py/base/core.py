@@ -82,7 +82,7 @@ ApplyFn = Callable[[list[ApplyNode], V, ApplyHost], Awaitable[None]]
 OpenView = Callable[[Log], V]
 
 _META = b"base/meta"
-# The records written every cycle: round steps (``base/steps/…``) and tip runs (``base/runs/…``)
+# The records written every cycle: round steps (``base/steps/…``) and tip runs (``base/tips/…``)
 # grow at the right end of their ranges, and the state and certificate records sort after
 # both ("~" follows every letter), so they share the page those rows dirty: one WAL frame
 # less per commit (7.1 -> 6.1 for a single writer). Bases written before kept them at

@@ -115,3 +115,23 @@ def test_written_runs_always_equal_the_records_in_memory(ops: list[tuple[str, in
         else:
             write()
     write()
+
+
+def test_runs_under_their_first_prefix_are_moved_on_load(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "db.sqlite", fsync=False)
+    records = [*batch(A, 1, 4, 2), Record(B, 1, 2, False)]
+    for key, value in tip.encode_runs(records, 9, 9, 9 + len(records)):
+        storage.put(tip.EARLY_RUNS_PREFIX + key[len(tip.RUNS_PREFIX) :], value)
+    first, back, rows = tip.load(storage)
+    assert (first, back, rows.starts) == (9, records, [9, 13])
+    assert storage.iterate(tip.EARLY_RUNS_PREFIX) == []
+    assert tip.read(storage)[:2] == (9, records)
+    storage.close()
+
+
+def test_the_runs_sort_between_the_round_steps_and_the_state_records() -> None:
+    """The rows every cycle writes share pages: steps, then tip runs, then ``base/~…``."""
+    from autobase_py.base import core, round_steps
+
+    assert round_steps._STEPS < tip.RUNS_PREFIX < core._STATE
+    assert not tip.RUNS_PREFIX.startswith(tip.LEGACY_PREFIX)
