@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import trio
+import trio.testing
 
 from autobase_py import crypto
 from autobase_py.log import Log, decode_proof, encode_proof
@@ -121,7 +122,8 @@ async def main(args: argparse.Namespace) -> None:
         for index in range(log.length, log.length + args.live):
             log.append([b"block %d" % index])
             replicator.announce(log)
-            await trio.sleep(0.002)
+            # the next block once this one's news went out (every task here waits again)
+            await trio.testing.wait_all_tasks_blocked()
 
     async with open_endpoint(
         key_pair, protocols=replicator.protocols, on_connection=on_connection

@@ -36,6 +36,7 @@ from autobase_py.net.rpc_trio import (
     open_rpc_pool,
 )
 from autobase_py.storage import Storage
+from autobase_py.testing.connections import closed_within
 
 HERE = Path(__file__).resolve().parent
 SERVER_KEYS = crypto.key_pair(b"S" * 32)
@@ -350,7 +351,7 @@ async def test_an_idle_pair_stays_connected_over_tcp() -> None:
                 await arrived.wait()
             server = ends[0]
             sent = client.core.sent_count, server.core.sent_count
-            await trio.sleep(2.0)  # four idle timeouts, waiting for nothing: none may end it
+            assert not await closed_within(2.0, client, server)  # four idle timeouts
             assert not client.is_closed and not server.is_closed
             assert client.error is None and server.error is None
             assert client.core.sent_count > sent[0] and server.core.sent_count > sent[1]

@@ -24,6 +24,7 @@ from autobase_py.net.connection_trio import Channel, ChannelHandler, Connection,
 from autobase_py.net.framing import encode_frame
 from autobase_py.net.rpc import CBOR, CallContext, UnauthorizedError
 from autobase_py.net.rpc_trio import RpcChannelClosedError, RpcClient, RpcServer, RpcTimeoutError
+from autobase_py.testing.connections import closed_within
 
 StreamPair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
@@ -643,7 +644,7 @@ async def test_an_idle_healthy_pair_stays_connected(autojump_clock: trio.testing
     sides alive, even on a clock that jumps whenever every task waits."""
     async with connected(keepalive_interval=1.0, idle_timeout=4.0) as (client, server):
         sent = client.core.sent_count, server.core.sent_count
-        await trio.sleep(20.0)
+        assert not await closed_within(20.0, client, server)  # five idle timeouts
         assert not client.is_closed and not server.is_closed
         assert client.core.sent_count > sent[0] + 5 and server.core.sent_count > sent[1] + 5
         async with connected_channel(client, server) as (a, b):  # still fully usable
@@ -673,7 +674,7 @@ async def test_the_default_settings_keep_an_idle_pair(
 ) -> None:
     async with connected() as (client, server):
         assert client.core.keepalive_interval == 5.0 and client.core.idle_timeout == 20.0
-        await trio.sleep(120.0)
+        assert not await closed_within(120.0, client, server)
         assert not client.is_closed and not server.is_closed
 
 
@@ -722,7 +723,7 @@ async def test_a_peer_without_keepalives_answers_ours(
         idle_timeout=4.0,
     ) as (client, old):
         old.mux.keepalive_protocol = None  # its mux treats the ping as any other OPEN
-        await trio.sleep(20.0)
+        assert not await closed_within(20.0, client, old)
         assert not client.is_closed and not old.is_closed
         assert old.core.deadline is None  # it ticks no timer of its own
     assert "refusing channel ('', b'i')" in caplog.text
@@ -732,7 +733,7 @@ async def test_liveness_can_be_turned_off(autojump_clock: trio.testing.MockClock
     async with connected(keepalive_interval=None, idle_timeout=None) as (client, _server):
         assert client.core.deadline is None
         before = client.core.sent_count
-        await trio.sleep(3600.0)
+        assert not await closed_within(3600.0, client)
         assert client.core.sent_count == before and not client.is_closed
 
 
