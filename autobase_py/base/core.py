@@ -268,7 +268,7 @@ class Autobase(Generic[V]):
         )
         confirmed = self.lin.confirmed_length
         if first is None:
-            self._tip_rows = TipRows(confirmed, confirmed)
+            self._tip_rows = TipRows(confirmed)
         elif first != confirmed:
             raise DecodeError(
                 f"base: the stored tip starts at position {first}, not at the confirmed "

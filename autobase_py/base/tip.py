@@ -89,7 +89,12 @@ def encode_runs(
 ) -> list[tuple[bytes, bytes]]:
     """The rows of ``records[start - first : end - first]`` (order positions ``[start,
     end)``), one per run."""
-    rows: list[tuple[bytes, bytes]] = []
+    return [(_key(position), value) for position, value in _runs(records, first, start, end)]
+
+
+def _runs(records: Sequence[Record], first: int, start: int, end: int) -> list[tuple[int, bytes]]:
+    """(first position, packed run) of each run of positions ``[start, end)``."""
+    runs: list[tuple[int, bytes]] = []
     i, stop = start - first, end - first
     pack = _RUN.pack
     while i < stop:
@@ -107,9 +112,9 @@ def encode_runs(
             ):
                 break
             j += 1
-        rows.append((_key(first + i), pack(writer, length, j - i, view_length, is_value)))
+        runs.append((first + i, pack(writer, length, j - i, view_length, is_value)))
         i = j
-    return rows
+    return runs
 
 
 def decode_run(key: bytes, value: bytes) -> tuple[int, list[Record]]:
@@ -126,11 +131,15 @@ def decode_run(key: bytes, value: bytes) -> tuple[int, list[Record]]:
 class TipRows:
     """Which runs are stored: their starts, tiling ``[lo, hi)``."""
 
-    __slots__ = ("hi", "lo", "starts")
+    __slots__ = ("hi", "starts")
 
-    def __init__(self, lo: int = 0, hi: int = 0, starts: list[int] | None = None) -> None:
-        self.lo, self.hi = lo, hi
+    def __init__(self, hi: int = 0, starts: list[int] | None = None) -> None:
+        self.hi = hi
         self.starts: list[int] = [] if starts is None else starts
+
+    @property
+    def lo(self) -> int:
+        return self.starts[0] if self.starts else self.hi
 
     def write(
         self, storage: Storage, records: Sequence[Record], floor: int, dirty_from: int
@@ -138,31 +147,31 @@ class TipRows:
         """Make the stored runs equal ``records`` (positions ``[floor, floor + len)``), of
         which only positions from ``dirty_from`` on may differ from what was written."""
         applied = floor + len(records)
-        lo, hi, starts = self.lo, self.hi, self.starts
+        hi, starts = self.hi, self.starts
         rewrite = max(floor, min(hi, dirty_from))
         if rewrite < hi:  # the run holding it is rewritten whole (from the floor at most)
             i = bisect_right(starts, rewrite) - 1
             if i >= 0 and starts[i] < rewrite:
                 rewrite = max(starts[i], floor)
-        rows: list[tuple[bytes, bytes]] = []
+        rows: list[tuple[int, bytes]] = []
         below = bisect_left(starts, floor)  # runs starting below the floor
         if below:
             straddle_end = starts[below] if below < len(starts) else hi
-            storage.delete_range(_key(lo), _key(floor))
+            storage.delete_range(_key(starts[0]), _key(floor))
             del starts[:below]
             if floor < min(straddle_end, rewrite):
-                rows = encode_runs(records, floor, floor, min(straddle_end, rewrite))
+                rows = _runs(records, floor, floor, min(straddle_end, rewrite))
                 starts.insert(0, floor)
         if rewrite < hi:
             storage.delete_range(_key(rewrite), _key(hi))
             del starts[bisect_left(starts, rewrite) :]
         if rewrite < applied:
-            fresh = encode_runs(records, floor, rewrite, applied)
-            starts += [_BE64.unpack(k[len(RUNS_PREFIX) :])[0] for k, _ in fresh]
+            fresh = _runs(records, floor, rewrite, applied)
+            starts += [position for position, _ in fresh]
             rows += fresh
         if rows:
-            storage.put_many(rows)
-        self.lo, self.hi = floor, applied
+            storage.put_many((_key(position), value) for position, value in rows)
+        self.hi = applied
 
 
 def read(storage: Storage) -> tuple[int | None, list[Record], TipRows]:
@@ -179,7 +188,7 @@ def read(storage: Storage) -> tuple[int | None, list[Record], TipRows]:
         starts.append(start)
         records += run
     end = 0 if first is None else first + len(records)
-    return first, records, TipRows(0 if first is None else first, end, starts)
+    return first, records, TipRows(end, starts)
 
 
 def load(storage: Storage) -> tuple[int | None, list[Record], TipRows]:
@@ -188,7 +197,7 @@ def load(storage: Storage) -> tuple[int | None, list[Record], TipRows]:
     early = storage.iterate(EARLY_RUNS_PREFIX)
     if early:
         with storage.transaction():
-            storage.delete_range(EARLY_RUNS_PREFIX, EARLY_RUNS_PREFIX + b"\xff" * 9)
+            storage.delete_prefix(EARLY_RUNS_PREFIX)
             storage.put_many(
                 (RUNS_PREFIX + key[len(EARLY_RUNS_PREFIX) :], value) for key, value in early
             )
@@ -200,8 +209,8 @@ def load(storage: Storage) -> tuple[int | None, list[Record], TipRows]:
             if _BE64.unpack(key[len(LEGACY_PREFIX) :])[0] != first + offset:
                 raise DecodeError("base: the stored tip records leave a gap")
         with storage.transaction():
-            storage.delete_range(LEGACY_PREFIX, LEGACY_PREFIX + b"\xff" * 9)
-            storage.delete_range(RUNS_PREFIX, RUNS_PREFIX + b"\xff" * 9)
+            storage.delete_prefix(LEGACY_PREFIX)
+            storage.delete_prefix(RUNS_PREFIX)
             storage.put_many(encode_runs(records, first, first, first + len(records)))
     return read(storage)
 
