@@ -486,17 +486,34 @@ class Log:
             if header is not None:
                 self._adopt_header(header, proof.fork, manifest, roots, fork_change)
 
-    def range_proof(self, start: int, end: int, upgrade_from: int | None = None) -> RangeProof:
+    def range_proof(
+        self,
+        start: int,
+        end: int,
+        upgrade_from: int | None = None,
+        *,
+        max_bytes: int | None = None,
+        block_overhead: int = 0,
+    ) -> RangeProof:
         """A proof for blocks ``[start, end)`` (all stored here) and/or an upgrade from
         ``upgrade_from`` to our length (as in :meth:`proof`). Its uncles are the nodes outside
         the range that hash it up to the roots of our length, so without an upgrade it fits a
-        replica whose length is ours (one behind takes the upgrade from its length)."""
+        replica whose length is ours (one behind takes the upgrade from its length). With
+        ``max_bytes`` the range ends at the first block where the blocks so far (each counted
+        with ``block_overhead`` more bytes) reach it."""
         if not 0 <= start < end <= self.length:
             raise OutOfRangeError(f"range [{start}, {end}) is not inside length {self.length}")
         upgrade = None if upgrade_from is None else self._upgrade_proof(upgrade_from)[0]
         values = tuple(self.get_run(start, end))
         if len(values) != end - start:
             self.get(start + len(values))  # raises BlockNotAvailableError naming the block
+        if max_bytes is not None:
+            size = 0
+            for count, value in enumerate(values, 1):
+                size += len(value) + block_overhead
+                if size >= max_bytes:
+                    values, end = values[:count], start + count
+                    break
         wanted = range_uncles(start, end, self.length)
         found = self._nodes(wanted)
         if len(found) != len(wanted):

@@ -129,6 +129,7 @@ _CAPABILITY_TAG: Final = b"autobase_py/replicate/v1"
 DEFAULT_WINDOW: Final = 64  # requests in flight per session
 DEFAULT_RANGE: Final = 128  # blocks per range request
 MAX_ANSWER_BYTES: Final = 1 << 20  # a blocks answer stops growing past this many bytes
+_BLOCK_OVERHEAD: Final = 80  # bytes an answer spends per block besides its value (uncles)
 TIP_BLOCKS: Final = MAX_TIP  # blocks a tip carries at most (and MAX_ANSWER_BYTES)
 _MAX_OWED: Final = 1 << 16  # blocks we said "none" for and will announce with "have"
 _SCAN_OWED: Final = 256  # up to this many owed blocks are looked up one by one
@@ -647,13 +648,9 @@ class LogSession:
         )
         end = min(log.length, length + TIP_BLOCKS)
         try:
-            proof = log.range_proof(length, end, length)
-            size = 0
-            for count, value in enumerate(proof.values, 1):
-                size += len(value) + 80
-                if size >= MAX_ANSWER_BYTES and count < len(proof.values):
-                    proof = log.range_proof(length, length + count, length)
-                    break
+            proof = log.range_proof(
+                length, end, length, max_bytes=MAX_ANSWER_BYTES, block_overhead=_BLOCK_OVERHEAD
+            )
             upgrade, values, nodes = proof.upgrade, list(proof.values), pack_uncles(proof.nodes)
         except (BlockNotAvailableError, OutOfRangeError):  # we lack a block: the upgrade alone
             upgrade, values, nodes = log.proof(None, length).upgrade, [], b""
@@ -675,7 +672,7 @@ class LogSession:
         size = 0
         for value in log.get_run(start, end):  # stops at the first block we lack
             values.append(value)
-            size += len(value) + 80
+            size += len(value) + _BLOCK_OVERHEAD
             if size >= MAX_ANSWER_BYTES:
                 break
         tree = RangeTree(start, values)

@@ -417,3 +417,12 @@ def test_roots_of_earlier_lengths_stay_true_across_truncates_and_rollbacks(write
                 raise KeyError
         for length in range(max(0, writer.length - 12), writer.length + 1):
             assert writer.roots(length) == writer._stored_roots(length)
+
+
+def test_a_range_proof_stops_where_its_bytes_reach_the_cap(writer: Log, replica: Log) -> None:
+    writer.append([b"x" * 10 for _ in range(8)])
+    proof = writer.range_proof(0, 8, 0, max_bytes=35, block_overhead=2)  # 12 bytes a block
+    assert proof.values == (b"x" * 10,) * 3  # 36 >= 35 at the third
+    replica.apply_range(proof)  # the uncles match the shorter range
+    assert replica.length == 8 and [replica.has(i) for i in range(4)] == [True] * 3 + [False]
+    assert writer.range_proof(0, 8, max_bytes=1000).values == (b"x" * 10,) * 8
