@@ -9,6 +9,7 @@ stack. The names below are the public API.
 from __future__ import annotations
 
 from .base_trio import BaseReplication
+from .connection import DEFAULT_LIVENESS, LIVENESS_OFF, Liveness
 from .connection_trio import Channel, ChannelProtocol, Connection, open_connection
 from .endpoint_trio import Endpoint, connect, listen, open_endpoint
 from .replication import InvalidPeerDataError
@@ -26,6 +27,8 @@ from .rpc_trio import (
 
 __all__ = [
     "BYTES",
+    "DEFAULT_LIVENESS",
+    "LIVENESS_OFF",
     "BaseReplication",
     "CBOR",
     "CallContext",
@@ -34,6 +37,7 @@ __all__ = [
     "Connection",
     "Endpoint",
     "InvalidPeerDataError",
+    "Liveness",
     "Replicator",
     "RpcChannelClosedError",
     "RpcClient",

@@ -31,9 +31,9 @@ received for ``idle_timeout`` seconds fails with :class:`TimedOutError` ("peer s
 20 s"): the adapter closes it like any other failure (logged, channels closed). With
 ``keepalive_interval`` set, ``handle_timer`` returns True when *we* sent nothing for that long:
 the adapter then sends a keepalive (a mux ping, see ``mux``), which the peer answers, so an
-idle but healthy pair always hears from each other. Both are None (off) by default here; the
-trio adapter turns them on (5 s and 20 s; ``idle_timeout`` must be at least twice
-``keepalive_interval``).
+idle but healthy pair always hears from each other. The two settings travel together as one
+``Liveness`` value, checked when it is made: off (``LIVENESS_OFF``) by default here, 5 s and
+20 s (``DEFAULT_LIVENESS``) by default in the trio adapter.
 
 The hot path pays one integer increment per ``receive_data`` and per non-empty
 ``data_to_send``, no clock reads: ``handle_timer`` runs every ``tick`` (a quarter of the idle
@@ -74,21 +74,32 @@ DEFAULT_IDLE_TIMEOUT = 20.0
 _HANDSHAKE_FRAME_LIMIT = 256  # the largest handshake message is 192 bytes
 
 
-def check_liveness_settings(keepalive_interval: float | None, idle_timeout: float | None) -> None:
-    """LocalError unless both are None or positive and the timeout is at least twice the
-    interval (the peer answers our keepalives: two intervals leave room for one to be late)."""
-    for name, value in (("keepalive_interval", keepalive_interval), ("idle_timeout", idle_timeout)):
-        if value is not None and not value > 0:
-            raise LocalError(f"{name} must be positive or None, not {value!r}")
-    if (
-        keepalive_interval is not None
-        and idle_timeout is not None
-        and idle_timeout < 2 * keepalive_interval
-    ):
-        raise LocalError(
-            f"idle_timeout ({idle_timeout:g} s) must be at least twice "
-            f"keepalive_interval ({keepalive_interval:g} s)"
-        )
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Dead-peer detection settings of a connection (see above). ``keepalive_interval``: a
+    ping goes out once we sent nothing for that long; ``idle_timeout``: the connection fails
+    once nothing at all arrived for that long. None turns either off. Both must be positive,
+    and the timeout at least twice the interval (the peer answers our keepalives: two
+    intervals leave room for one to be late); anything else is a LocalError here, before any
+    connection is made."""
+
+    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        interval, idle = self.keepalive_interval, self.idle_timeout
+        for name, value in (("keepalive_interval", interval), ("idle_timeout", idle)):
+            if value is not None and not value > 0:
+                raise LocalError(f"{name} must be positive or None, not {value!r}")
+        if interval is not None and idle is not None and idle < 2 * interval:
+            raise LocalError(
+                f"idle_timeout ({idle:g} s) must be at least twice "
+                f"keepalive_interval ({interval:g} s)"
+            )
+
+
+LIVENESS_OFF = Liveness(None, None)  # the core's default: no pings, no idle timeout
+DEFAULT_LIVENESS = Liveness()  # the trio adapter's default: 5 s and 20 s
 
 
 def _tick(keepalive_interval: float | None, idle_timeout: float | None) -> float | None:
@@ -143,10 +154,8 @@ class SecureConnection:
         expected_remote_key: bytes | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_message: int = DEFAULT_MAX_MESSAGE,
-        keepalive_interval: float | None = None,
-        idle_timeout: float | None = None,
+        liveness: Liveness = LIVENESS_OFF,
     ) -> None:
-        check_liveness_settings(keepalive_interval, idle_timeout)
         self.initiator = initiator
         self.max_message = max_message
         self._handshake = Handshake(
@@ -161,9 +170,9 @@ class SecureConnection:
         self.handshake_deadline = now + handshake_timeout
         self.local_closed = False
         # liveness: counters bumped on the hot path, compared once per tick (see above)
-        self.keepalive_interval = keepalive_interval
-        self.idle_timeout = idle_timeout
-        self.tick = _tick(keepalive_interval, idle_timeout)
+        self.keepalive_interval = liveness.keepalive_interval
+        self.idle_timeout = liveness.idle_timeout
+        self.tick = _tick(liveness.keepalive_interval, liveness.idle_timeout)
         self.received_count = 0  # receive_data calls with bytes
         self.sent_count = 0  # data_to_send calls that returned bytes
         self._next_tick: float | None = None  # None until the first tick after the handshake
@@ -344,12 +353,14 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_LIVENESS",
     "DEFAULT_MAX_MESSAGE",
+    "LIVENESS_OFF",
     "Established",
     "Event",
+    "Liveness",
     "Message",
     "PeerClosed",
     "SecureConnection",
     "State",
-    "check_liveness_settings",
 ]

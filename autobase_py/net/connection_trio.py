@@ -58,14 +58,13 @@ from ..errors import (
 )
 from .connection import (
     DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_LIVENESS,
     Established,
     Event,
+    Liveness,
     Message,
     PeerClosed,
     SecureConnection,
-    check_liveness_settings,
 )
 from .mux import (
     DEFAULT_MAX_CHANNELS,
@@ -667,8 +666,7 @@ async def handshake(
     initiator: bool,
     expected_remote_key: bytes | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    liveness: Liveness = DEFAULT_LIVENESS,
 ) -> tuple[SecureConnection, list[Event]]:
     """Run the handshake on ``stream``; returns the core and events that arrived with it.
 
@@ -680,8 +678,7 @@ async def handshake(
         now=trio.current_time(),
         expected_remote_key=expected_remote_key,
         handshake_timeout=handshake_timeout,
-        keepalive_interval=keepalive_interval,
-        idle_timeout=idle_timeout,
+        liveness=liveness,
     )
     events: list[Event] = []
     deadline = core.deadline if core.deadline is not None else math.inf
@@ -713,17 +710,15 @@ async def open_connection(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     max_channels: int = DEFAULT_MAX_CHANNELS,
-    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    liveness: Liveness = DEFAULT_LIVENESS,
 ) -> AsyncIterator[Connection]:
     """Handshake on ``stream`` and yield the live connection; closes it gracefully on exit.
 
     On a failed handshake the stream is closed and the error (HandshakeError, ProtocolError,
-    TimedOutError) is raised. ``keepalive_interval``/``idle_timeout`` (None: off; the timeout
-    at least twice the interval, else LocalError) set the dead-peer detection (see above):
-    the connection then ends with ``error`` a TimedOutError.
+    TimedOutError) is raised. ``liveness`` sets the dead-peer detection (see above; pass
+    ``LIVENESS_OFF`` to turn it off): a silent peer ends the connection with ``error`` a
+    TimedOutError.
     """
-    check_liveness_settings(keepalive_interval, idle_timeout)
     try:
         core, pending = await handshake(
             stream,
@@ -731,8 +726,7 @@ async def open_connection(
             initiator=initiator,
             expected_remote_key=expected_remote_key,
             handshake_timeout=handshake_timeout,
-            keepalive_interval=keepalive_interval,
-            idle_timeout=idle_timeout,
+            liveness=liveness,
         )
     except BaseException:
         with trio.CancelScope(shield=True):

@@ -11,9 +11,9 @@ lower public key*, and if the same side initiated both, the one with the smaller
 hash; the loser is closed gracefully. The rule depends only on facts both ends share, not on
 the order in which the handshakes finished, so both ends agree without talking.
 
-Every function here takes ``keepalive_interval`` and ``idle_timeout`` (defaults 5 s and 20 s,
-None to disable) for the connections it makes: a peer silent for ``idle_timeout`` is dropped
-(see ``connection_trio``), and the endpoint forgets it like any other ended connection.
+Every function here takes ``liveness`` (default 5 s keepalives, 20 s idle timeout;
+``LIVENESS_OFF`` disables both) for the connections it makes: a silent peer is dropped (see
+``connection_trio``), and the endpoint forgets it like any other ended connection.
 """
 
 from __future__ import annotations
@@ -27,12 +27,7 @@ import trio
 
 from .. import crypto
 from ..errors import AutobaseError, ChannelClosedError, ClosedError, TimedOutError
-from .connection import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_KEEPALIVE_INTERVAL,
-    check_liveness_settings,
-)
+from .connection import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LIVENESS, Liveness
 from .connection_trio import Connection, ProtocolEntry, open_connection
 
 log = logging.getLogger("autobase_py.net")
@@ -51,8 +46,7 @@ async def _serve_one(
     handler: ConnectionHandler,
     protocols: Mapping[str, ProtocolEntry] | None,
     handshake_timeout: float,
-    keepalive_interval: float | None,
-    idle_timeout: float | None,
+    liveness: Liveness,
 ) -> None:
     try:
         async with open_connection(
@@ -61,8 +55,7 @@ async def _serve_one(
             initiator=False,
             protocols=protocols,
             handshake_timeout=handshake_timeout,
-            keepalive_interval=keepalive_interval,
-            idle_timeout=idle_timeout,
+            liveness=liveness,
         ) as conn:
             await handler(conn)
     except AutobaseError as exc:
@@ -81,12 +74,10 @@ async def listen(
     *,
     protocols: Mapping[str, ProtocolEntry] | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    liveness: Liveness = DEFAULT_LIVENESS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept encrypted connections on ``host:port`` until cancelled; reports the bound port."""
-    check_liveness_settings(keepalive_interval, idle_timeout)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     serve = partial(
@@ -95,8 +86,7 @@ async def listen(
         handler=handler,
         protocols=protocols,
         handshake_timeout=handshake_timeout,
-        keepalive_interval=keepalive_interval,
-        idle_timeout=idle_timeout,
+        liveness=liveness,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, serve, listeners)
@@ -112,15 +102,13 @@ async def connect(
     expected_remote_key: bytes | None = None,
     protocols: Mapping[str, ProtocolEntry] | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    liveness: Liveness = DEFAULT_LIVENESS,
 ) -> AsyncIterator[Connection]:
     """Dial ``host:port`` and yield the encrypted connection (closed gracefully on exit).
 
     Connection refused and other socket errors surface as ``OSError``; a bad peer as
     HandshakeError, a silent one as TimedOutError.
     """
-    check_liveness_settings(keepalive_interval, idle_timeout)
     stream: trio.SocketStream | None = None
     with trio.move_on_after(handshake_timeout):
         stream = await trio.open_tcp_stream(host, port)
@@ -133,8 +121,7 @@ async def connect(
         expected_remote_key=expected_remote_key,
         protocols=protocols,
         handshake_timeout=handshake_timeout,
-        keepalive_interval=keepalive_interval,
-        idle_timeout=idle_timeout,
+        liveness=liveness,
     ) as conn:
         yield conn
 
@@ -168,16 +155,13 @@ class Endpoint:
         protocols: Mapping[str, ProtocolEntry] | None,
         on_connection: ConnectionHandler | None,
         handshake_timeout: float,
-        keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
-        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        liveness: Liveness = DEFAULT_LIVENESS,
     ) -> None:
-        check_liveness_settings(keepalive_interval, idle_timeout)
         self.key_pair = key_pair
         self.protocols = dict(protocols or {})
         self.on_connection = on_connection
         self.handshake_timeout = handshake_timeout
-        self.keepalive_interval = keepalive_interval
-        self.idle_timeout = idle_timeout
+        self.liveness = liveness
         self.connections: dict[bytes, Connection] = {}
         self.established = 0  # handshakes completed, duplicates included
         self._changed = trio.Event()
@@ -209,8 +193,7 @@ class Endpoint:
                 self._hold,
                 protocols=self.protocols,
                 handshake_timeout=self.handshake_timeout,
-                keepalive_interval=self.keepalive_interval,
-                idle_timeout=self.idle_timeout,
+                liveness=self.liveness,
             )
         )
         return bound
@@ -242,8 +225,7 @@ class Endpoint:
             expected_remote_key=expected_remote_key,
             protocols=self.protocols,
             handshake_timeout=self.handshake_timeout,
-            keepalive_interval=self.keepalive_interval,
-            idle_timeout=self.idle_timeout,
+            liveness=self.liveness,
         ) as conn:
             winner = self._register(conn)
             task_status.started(winner)
@@ -302,8 +284,7 @@ async def open_endpoint(
     protocols: Mapping[str, ProtocolEntry] | None = None,
     on_connection: ConnectionHandler | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    liveness: Liveness = DEFAULT_LIVENESS,
 ) -> AsyncIterator[Endpoint]:
     """An endpoint whose listeners and connections end with the ``async with`` block."""
     body_error: BaseException | None = None
@@ -314,8 +295,7 @@ async def open_endpoint(
             protocols=protocols,
             on_connection=on_connection,
             handshake_timeout=handshake_timeout,
-            keepalive_interval=keepalive_interval,
-            idle_timeout=idle_timeout,
+            liveness=liveness,
         )
         try:
             yield endpoint

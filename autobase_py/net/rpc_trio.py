@@ -10,7 +10,9 @@
   ``ChannelClosedError``), so callers can match on the wire code alone.
 * ``RpcPool`` spreads calls over several servers: a random healthy server per call; on a
   timeout, a closed channel or a failed dial it tries another (3 tries in all), and a failed
-  server rests for a jittered, doubling backoff before it is dialled again (``pool``).
+  server rests for a jittered, doubling backoff before it is dialled again (``pool``). Its
+  connections take ``liveness`` like any other: a server gone silent is dropped, so the next
+  call dials another instead of waiting on a dead link.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..errors import (
     RpcError,
     TimedOutError,
 )
-from .connection import DEFAULT_HANDSHAKE_TIMEOUT
+from .connection import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LIVENESS, Liveness
 from .connection_trio import Channel, ChannelHandler, Connection
 from .endpoint_trio import connect
 from .pool import ServerChoice
@@ -243,6 +245,7 @@ class RpcPool:
         tries: int = DEFAULT_TRIES,
         timeout: float = DEFAULT_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        liveness: Liveness = DEFAULT_LIVENESS,
         rng: random.Random | None = None,
         protocol: str = PROTOCOL,
     ) -> None:
@@ -252,6 +255,7 @@ class RpcPool:
         self.tries = tries
         self.timeout = timeout
         self.handshake_timeout = handshake_timeout
+        self.liveness = liveness
         self.protocol = protocol
         self._nursery = nursery
         self._clients: dict[int, RpcClient] = {}
@@ -330,6 +334,7 @@ class RpcPool:
             self.key_pair,
             expected_remote_key=server.public_key,
             handshake_timeout=dial_timeout,
+            liveness=self.liveness,
         ) as conn:
             client = await RpcClient.open(conn, protocol=self.protocol)
             task_status.started(client)

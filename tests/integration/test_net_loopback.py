@@ -23,7 +23,7 @@ from autobase_py import crypto
 from autobase_py.errors import DecodeError, NotWritableError, RpcError, TimedOutError
 from autobase_py.log import Log
 from autobase_py.net import replication
-from autobase_py.net.connection import SecureConnection
+from autobase_py.net.connection import Liveness, SecureConnection
 from autobase_py.net.connection_trio import Connection
 from autobase_py.net.endpoint_trio import connect, listen, open_endpoint
 from autobase_py.net.replication_trio import Replicator
@@ -297,7 +297,7 @@ async def test_pool_fails_over_when_a_server_process_hangs() -> None:
 
 # -- dead-peer detection ------------------------------------------------------------------
 
-QUICK = {"keepalive_interval": 0.1, "idle_timeout": 0.5}
+QUICK = Liveness(keepalive_interval=0.1, idle_timeout=0.5)
 
 
 async def test_a_peer_silent_after_the_handshake_is_dropped() -> None:
@@ -318,7 +318,9 @@ async def test_a_peer_silent_after_the_handshake_is_dropped() -> None:
                     await trio.sleep_forever()  # holds the socket open, silent
 
             nursery.start_soon(silent_server)
-            async with connect("127.0.0.1", port, crypto.key_pair(b"C" * 32), **QUICK) as conn:
+            async with connect(
+                "127.0.0.1", port, crypto.key_pair(b"C" * 32), liveness=QUICK
+            ) as conn:
                 start = trio.current_time()
                 await conn.closed.wait()
                 waited = trio.current_time() - start
@@ -343,10 +345,10 @@ async def test_an_idle_pair_stays_connected_over_tcp() -> None:
     async with trio.open_nursery() as nursery:
         port: int = await nursery.start(
             lambda task_status: listen(
-                "127.0.0.1", 0, SERVER_KEYS, hold, task_status=task_status, **QUICK
+                "127.0.0.1", 0, SERVER_KEYS, hold, task_status=task_status, liveness=QUICK
             )
         )
-        async with connect("127.0.0.1", port, crypto.key_pair(b"C" * 32), **QUICK) as client:
+        async with connect("127.0.0.1", port, crypto.key_pair(b"C" * 32), liveness=QUICK) as client:
             with trio.fail_after(10):
                 await arrived.wait()
             server = ends[0]
@@ -414,7 +416,9 @@ async def test_a_replica_following_over_a_silent_link_falls_back_to_a_relay(
         async with (
             open_endpoint(w_keys, protocols=w.protocols, on_connection=w.replicate) as ew,
             open_endpoint(r_keys, protocols=r.protocols, on_connection=r.replicate) as er,
-            open_endpoint(p_keys, protocols=p.protocols, on_connection=p.replicate, **QUICK) as ep,
+            open_endpoint(
+                p_keys, protocols=p.protocols, on_connection=p.replicate, liveness=QUICK
+            ) as ep,
         ):
             w_port = await ew.listen("127.0.0.1")
             r_port = await er.listen("127.0.0.1")
@@ -434,3 +438,25 @@ async def test_a_replica_following_over_a_silent_link_falls_back_to_a_relay(
                 assert isinstance(to_writer.error, TimedOutError)
                 await p.wait_for(replica, lambda lg: lg.length == 10 and p.complete(lg))
                 assert replica.get(9) == b"block 9"
+
+
+async def test_a_pool_call_on_a_link_gone_silent_fails_at_the_idle_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pool's connections take its ``liveness``: when the link to a server goes silent
+    (a half-open connection) during a call, the call fails once the link is dropped, as a
+    lost channel the pool can fail over on, instead of waiting out its own minute."""
+    async with (
+        running_server(registry_like_server()) as port,
+        frozen_proxy(port) as (proxy_port, frozen),
+    ):
+        via_proxy = ServerAddress("127.0.0.1", proxy_port, SERVER_KEYS.public_key)
+        async with open_rpc_pool(
+            crypto.key_pair(b"D" * 32), [via_proxy], tries=1, liveness=QUICK
+        ) as pool:
+            assert await pool.call("echo", b"hi") == b"hi"
+            frozen.set()
+            with trio.fail_after(10), pytest.raises(RpcError) as info:
+                await pool.call("echo", b"lost", call_timeout=60.0)
+            assert info.value.code == "CHANNEL_CLOSED"
+    assert "peer silent for 0.5 s" in caplog.text  # why the link was dropped

@@ -10,9 +10,9 @@ from autobase_py import crypto
 from autobase_py.errors import LocalError, ProtocolError, TimedOutError
 from autobase_py.net.connection import (
     Established,
+    Liveness,
     SecureConnection,
     State,
-    check_liveness_settings,
 )
 from autobase_py.net.mux import ChannelRequested, Half, Mux, encode_open
 
@@ -24,9 +24,9 @@ def established(
     keepalive_interval: float | None = 5.0, idle_timeout: float | None = 20.0
 ) -> tuple[SecureConnection, SecureConnection]:
     """Two cores after the handshake (and both headers), nothing else sent."""
-    kw = {"keepalive_interval": keepalive_interval, "idle_timeout": idle_timeout}
-    a = SecureConnection(A_KEYS, initiator=True, now=0.0, **kw)  # type: ignore[arg-type]
-    b = SecureConnection(B_KEYS, initiator=False, now=0.0, **kw)  # type: ignore[arg-type]
+    liveness = Liveness(keepalive_interval, idle_timeout)
+    a = SecureConnection(A_KEYS, initiator=True, now=0.0, liveness=liveness)
+    b = SecureConnection(B_KEYS, initiator=False, now=0.0, liveness=liveness)
     for _ in range(4):
         for src, dst in ((a, b), (b, a)):
             data = src.data_to_send()
@@ -38,25 +38,29 @@ def established(
 
 
 def test_settings_are_checked() -> None:
-    check_liveness_settings(None, None)
-    check_liveness_settings(5.0, None)
-    check_liveness_settings(None, 20.0)
-    check_liveness_settings(5.0, 10.0)
-    for interval, idle in [(5.0, 9.9), (0.0, 20.0), (5.0, -1.0), (-5.0, None)]:
-        with pytest.raises(LocalError):
-            check_liveness_settings(interval, idle)
-    with pytest.raises(LocalError):
-        SecureConnection(A_KEYS, initiator=True, now=0.0, keepalive_interval=5, idle_timeout=6)
+    for interval, idle in [(None, None), (5.0, None), (None, 20.0), (5.0, 10.0)]:
+        Liveness(interval, idle)
+    bad = {
+        (5.0, 9.9): "idle_timeout (9.9 s) must be at least twice keepalive_interval (5 s)",
+        (0.0, 20.0): "keepalive_interval must be positive or None, not 0.0",
+        (5.0, -1.0): "idle_timeout must be positive or None, not -1.0",
+        (-5.0, None): "keepalive_interval must be positive or None, not -5.0",
+    }
+    for (interval, idle), message in bad.items():
+        with pytest.raises(LocalError) as info:
+            Liveness(interval, idle)
+        assert str(info.value) == f"LOCAL_ERROR: {message}"
 
 
 def test_off_by_default_in_the_core() -> None:
+    assert SecureConnection(A_KEYS, initiator=True, now=0.0).tick is None
     a, _ = established(None, None)
     assert a.tick is None and a.deadline is None
     assert a.handle_timer(1e9) is False  # nothing is due, nothing times out
 
 
 def test_deadlines_tick_after_the_handshake() -> None:
-    a = SecureConnection(A_KEYS, initiator=True, now=100.0, keepalive_interval=5, idle_timeout=20)
+    a = SecureConnection(A_KEYS, initiator=True, now=100.0, liveness=Liveness(5, 20))
     assert a.deadline == 110.0  # the handshake's own deadline first
     a, _ = established()
     assert a.tick == TICK  # min(interval / 2, idle / 4)

@@ -19,7 +19,12 @@ from autobase_py.errors import (
     RpcError,
     TimedOutError,
 )
-from autobase_py.net.connection import SecureConnection
+from autobase_py.net.connection import (
+    DEFAULT_LIVENESS,
+    LIVENESS_OFF,
+    Liveness,
+    SecureConnection,
+)
 from autobase_py.net.connection_trio import Channel, ChannelHandler, Connection, open_connection
 from autobase_py.net.framing import encode_frame
 from autobase_py.net.rpc import CBOR, CallContext, UnauthorizedError
@@ -70,20 +75,19 @@ async def connected(
     make_pair: StreamPair = trio.testing.memory_stream_pair,
     server_protocols: Mapping[str, ChannelHandler] | None = None,
     client_protocols: Mapping[str, ChannelHandler] | None = None,
-    server_settings: Mapping[str, float | None] | None = None,
-    **client_settings: float | None,
+    server_liveness: Liveness | None = None,
+    liveness: Liveness = DEFAULT_LIVENESS,
 ) -> AsyncIterator[tuple[Connection, Connection]]:
     left, right = make_pair()
     done = trio.Event()
 
     async def serve(task_status: trio.TaskStatus[Connection]) -> None:
-        settings = client_settings if server_settings is None else server_settings
         async with open_connection(
             right,
             SERVER,
             initiator=False,
             protocols=server_protocols,
-            **settings,  # type: ignore[arg-type]
+            liveness=liveness if server_liveness is None else server_liveness,
         ) as conn:
             task_status.started(conn)
             await done.wait()
@@ -101,7 +105,7 @@ async def connected(
             initiator=True,
             expected_remote_key=SERVER.public_key,
             protocols=client_protocols,
-            **client_settings,  # type: ignore[arg-type]
+            liveness=liveness,
         ) as client:
             while not server_conn_box:
                 await trio.testing.wait_all_tasks_blocked()
@@ -638,11 +642,13 @@ def test_duplicate_rule_is_the_same_on_both_ends_whatever_the_order() -> None:
 
 # -- dead-peer detection -------------------------------------------------------------------
 
+QUICK = Liveness(keepalive_interval=1.0, idle_timeout=4.0)
+
 
 async def test_an_idle_healthy_pair_stays_connected(autojump_clock: trio.testing.MockClock) -> None:
     """Nothing to say for five idle timeouts: the keepalives (and their answers) keep both
     sides alive, even on a clock that jumps whenever every task waits."""
-    async with connected(keepalive_interval=1.0, idle_timeout=4.0) as (client, server):
+    async with connected(liveness=QUICK) as (client, server):
         sent = client.core.sent_count, server.core.sent_count
         assert not await closed_within(20.0, client, server)  # five idle timeouts
         assert not client.is_closed and not server.is_closed
@@ -695,9 +701,7 @@ async def test_a_silent_peer_is_dropped(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(frozen_peer)
-        async with open_connection(
-            left, CLIENT, initiator=True, keepalive_interval=1.0, idle_timeout=4.0
-        ) as conn:
+        async with open_connection(left, CLIENT, initiator=True, liveness=QUICK) as conn:
             start = trio.current_time()
             await conn.closed.wait()
             silent = trio.current_time() - start
@@ -718,9 +722,8 @@ async def test_a_peer_without_keepalives_answers_ours(
     connection lives on, however long it stays idle."""
     caplog.set_level("INFO", logger="autobase_py.net")
     async with connected(
-        server_settings={"keepalive_interval": None, "idle_timeout": None},
-        keepalive_interval=1.0,
-        idle_timeout=4.0,
+        server_liveness=LIVENESS_OFF,
+        liveness=QUICK,
     ) as (client, old):
         old.mux.keepalive_protocol = None  # its mux treats the ping as any other OPEN
         assert not await closed_within(20.0, client, old)
@@ -730,17 +733,8 @@ async def test_a_peer_without_keepalives_answers_ours(
 
 
 async def test_liveness_can_be_turned_off(autojump_clock: trio.testing.MockClock) -> None:
-    async with connected(keepalive_interval=None, idle_timeout=None) as (client, _server):
+    async with connected(liveness=LIVENESS_OFF) as (client, _server):
         assert client.core.deadline is None
         before = client.core.sent_count
         assert not await closed_within(3600.0, client)
         assert client.core.sent_count == before and not client.is_closed
-
-
-async def test_bad_liveness_settings_are_refused() -> None:
-    left, _right = trio.testing.memory_stream_pair()
-    with pytest.raises(LocalError):
-        async with open_connection(
-            left, CLIENT, initiator=True, keepalive_interval=5.0, idle_timeout=5.0
-        ):
-            raise AssertionError("unreachable")  # pragma: no cover
