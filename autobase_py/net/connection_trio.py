@@ -9,7 +9,9 @@ side, so two peers that both write a lot cannot deadlock; senders wait only when
 This is the single boundary where remote violations are caught: a :class:`ProtocolError` or a
 broken socket ends *this* connection with a logged reason and wakes every channel waiting on
 it with :class:`ChannelClosedError`; nothing propagates into the caller's nursery, and the
-caller's own code is never cancelled by a misbehaving peer.
+caller's own code is never cancelled by a misbehaving peer. That holds when the failure lands
+in the same scheduler pass as a cancellation by the caller: the cancellation goes on, the
+failure stays on the connection (``error``).
 
 Channels requested by the peer are answered from ``protocols``: a registered protocol gets the
 channel opened back and its handler run in the connection's task group; any other is rejected.
@@ -463,6 +465,11 @@ class Connection:
             if isinstance(reason, ProtocolError) or not isinstance(reason, ChannelClosedError):
                 log.warning("closing connection to %s: %s", _short(self.core), reason)
             self.error = reason
+            # A cancellation of whoever runs us that landed in the same moment (the owner
+            # closing as the peer timed out, say) goes on; the failure itself stays here.
+            cancelled = _cancellation(exc)
+            if cancelled is not None:
+                raise cancelled from None
         finally:
             self._finish()
             with trio.CancelScope(shield=True):
@@ -639,17 +646,25 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _connection_failure(exc: BaseException) -> AutobaseError | None:
-    """The reason a connection ends, when ``exc`` is only about this connection (a peer's
-    violation or a broken socket); None when it is anything else (a bug, a cancellation)."""
+    """The reason a connection ends, when ``exc`` is about this connection (a peer's
+    violation or a broken socket), possibly together with a cancellation that arrived at the
+    same moment; None when it is anything else (a bug, or only a cancellation)."""
     reason: AutobaseError | None = None
     for leaf in _leaves(exc):
         if isinstance(leaf, AutobaseError):
             reason = reason or leaf
         elif isinstance(leaf, (trio.BrokenResourceError, trio.ClosedResourceError)):
             reason = reason or ChannelClosedError(f"connection lost: {leaf!r}")
-        else:
+        elif not isinstance(leaf, trio.Cancelled):
             return None
     return reason
+
+
+def _cancellation(exc: BaseException) -> BaseException | None:
+    """The part of ``exc`` that is a cancellation (for its cancel scope to catch), if any."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[0]
+    return exc if isinstance(exc, trio.Cancelled) else None
 
 
 def _short(core: SecureConnection) -> str:

@@ -738,3 +738,23 @@ async def test_liveness_can_be_turned_off(autojump_clock: trio.testing.MockClock
         before = client.core.sent_count
         assert not await closed_within(3600.0, client)
         assert client.core.sent_count == before and not client.is_closed
+
+
+async def test_a_failure_in_the_moment_its_owner_cancels_stays_in_the_connection(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle timeout fires just as whoever runs the connection cancels it (a pool being
+    closed, say): the cancellation goes on to its scope, the failure is recorded on the
+    connection, and no TimedOutError escapes into the owner's nursery."""
+    owner = trio.CancelScope()
+
+    def silent_at_once(core: SecureConnection, now: float) -> bool:
+        owner.cancel()  # the reader, blocked on the socket, gets Cancelled in this same pass
+        raise TimedOutError("peer silent for 4 s")
+
+    with owner:
+        async with connected(liveness=QUICK) as (client, server):
+            monkeypatch.setattr(SecureConnection, "handle_timer", silent_at_once)
+            await trio.sleep_forever()
+    assert owner.cancelled_caught
+    assert isinstance(client.error, TimedOutError) or isinstance(server.error, TimedOutError)
