@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autobase_py.encoding import decode, encode
 from autobase_py.errors import (
@@ -15,6 +17,7 @@ from autobase_py.errors import (
     MissingDependencyError,
 )
 from autobase_py.linearizer import Linearizer, Node, Update
+from autobase_py.linearizer.core import _common_prefix
 from autobase_py.testing.dag import SimNetwork, membership_op, writer_keys
 
 A, B, C, D, E = writer_keys(5)
@@ -355,3 +358,19 @@ def test_small_state_with_incremental_round_steps() -> None:
 def test_restore_rejects_malformed_state(state: object) -> None:
     with pytest.raises(DecodeError):
         Linearizer.restore(state)
+
+
+@given(
+    st.lists(st.integers(0, 3), max_size=700),
+    st.lists(st.integers(0, 3), max_size=700),
+    st.integers(0, 700),
+)
+def test_common_prefix_matches_the_plain_loop(a: list[int], b: list[int], shared: int) -> None:
+    left = [(b"w", x) for x in a]
+    right = left[:shared] + [(b"w", x) for x in b]
+    expected = 0
+    for x, y in zip(left, right, strict=False):
+        if x != y:
+            break
+        expected += 1
+    assert _common_prefix(left, right) == expected == _common_prefix(right, left)
