@@ -10,8 +10,9 @@ Other writers' oplogs are replicas in the same store; whatever fills them (the i
 base only reads them in ``update()``.
 
 Cycle. ``update()`` and ``append()`` run a *cycle* under a lock (several when the drain is
-long: see *Bounded cycles*), each inside ONE storage transaction: (1) *ingest*: decode new oplog blocks of the writers in the applied membership
-(and of writers referenced as heads) into the linearizer, in causal order; (2) *drain*: ask the
+long: see *Bounded cycles*), each inside ONE storage transaction: (1) *ingest*: decode new
+oplog blocks of the writers in the applied membership (and of writers referenced as heads)
+into the linearizer, in causal order; (2) *drain*: ask the
 linearizer how the order changed (``update(settle=True)``), roll the view back (truncate the
 view log to the length recorded for the first undone position, restore the membership
 snapshot) and apply the new nodes batch by batch through the user's ``apply``; after each
