@@ -191,8 +191,11 @@ class Claims:
         self.blocks.difference_update(range(start, end))
         self.releases += 1
 
-    def arrived(self, start: int, end: int) -> None:
-        """Blocks ``[start, end)`` were stored (sessions that owe them say "have")."""
+    def arrived(self, start: int, end: int, fork: int) -> None:
+        """Blocks ``[start, end)`` of ``fork`` were stored (sessions that owe them say "have");
+        when they extend the stored prefix, it grows past them (the next scan starts there)."""
+        if start <= self.contiguous < end and self.fork == fork:
+            self.contiguous = end
         arrivals = self.arrivals
         arrivals.append((start, end))
         if len(arrivals) > _MAX_ARRIVALS:
@@ -477,6 +480,12 @@ class LogSession:
         )
         return encode_range(request_id, start, end)
 
+    def _end_follow(self) -> None:
+        """Our follow was answered, or the session ends: other sessions may ask for
+        upgrades again once no follow of this log is in flight."""
+        self._follow = None
+        self.claims.following -= 1
+
     def _release(self, request: _Request, start: int | None = None) -> None:
         """Give back the claims of ``request`` (from block ``start`` on, default all)."""
         if request.index is None or request.end is None:
@@ -492,8 +501,7 @@ class LogSession:
         self._inflight.clear()
         self._upgrading = 0
         if self._follow is not None:
-            self._follow = None
-            self.claims.following -= 1
+            self._end_follow()
 
     # -- incoming ----------------------------------------------------------------------------
 
@@ -538,8 +546,7 @@ class LogSession:
         if request is None:
             raise InvalidPeerDataError(f"answer to request {msg['id']}, which is not pending")
         if request.follow:
-            self._follow = None
-            self.claims.following -= 1
+            self._end_follow()
             if kind == "none":
                 # Not the writer (or we are on different forks now): no more follows to this
                 # peer at this fork. Other sessions may ask for upgrades again.
@@ -713,11 +720,8 @@ class LogSession:
         stored = self._store(proof, request)
         block = proof.block
         if stored and block is not None:
-            claims = self.claims
-            claims.blocks.discard(block.index)
-            claims.arrived(block.index, block.index + 1)
-            if claims.contiguous == block.index and claims.fork == self.log.fork:
-                claims.contiguous += 1  # the stored prefix grew (the next scan starts past it)
+            self.claims.blocks.discard(block.index)
+            self.claims.arrived(block.index, block.index + 1, self.log.fork)
         else:
             self._release(request)  # the block (if asked for) goes back to every session
         return stored
@@ -759,10 +763,7 @@ class LogSession:
             self.blocks_received += len(values)
             if self._scan_fork == proof.fork and start <= self._scan < stop:
                 self._scan = stop
-            claims = self.claims
-            claims.arrived(start, stop)
-            if start <= claims.contiguous < stop and claims.fork == proof.fork:
-                claims.contiguous = stop
+            self.claims.arrived(start, stop, proof.fork)
         return True
 
     def _apply_blocks(self, msg: dict[str, Any], request: _Request) -> bool:
@@ -807,10 +808,7 @@ class LogSession:
         self.claims.blocks.difference_update(range(start, start + stored))
         self._release(request, start + stored)
         if stored:
-            claims = self.claims
-            claims.arrived(start, start + stored)
-            if start <= claims.contiguous < start + stored and claims.fork == fork:
-                claims.contiguous = start + stored
+            self.claims.arrived(start, start + stored, fork)
         return stored > 0
 
     def _store(self, proof: Proof, request: _Request) -> bool:
