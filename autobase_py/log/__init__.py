@@ -7,7 +7,7 @@ See ``docs/log.md`` for the proof semantics.
 
 from __future__ import annotations
 
-from .core import Log, ProofMismatchError
+from .core import Log, ProofMismatchError, blocks_within
 from .merkle import (
     DEFAULT_NAMESPACE,
     MANIFEST,
@@ -48,6 +48,7 @@ __all__ = [
     "RangeProof",
     "Signer",
     "UpgradeProof",
+    "blocks_within",
     "decode_proof",
     "encode_proof",
     "leaf_hash",

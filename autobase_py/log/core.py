@@ -508,12 +508,8 @@ class Log:
         if len(values) != end - start:
             self.get(start + len(values))  # raises BlockNotAvailableError naming the block
         if max_bytes is not None:
-            size = 0
-            for count, value in enumerate(values, 1):
-                size += len(value) + block_overhead
-                if size >= max_bytes:
-                    values, end = values[:count], start + count
-                    break
+            values = values[: blocks_within(values, max_bytes, block_overhead)]
+            end = start + len(values)
         wanted = range_uncles(start, end, self.length)
         found = self._nodes(wanted)
         if len(found) != len(wanted):
@@ -758,4 +754,16 @@ def _runs(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(_leaf_pos(left // 2), _pos((left + right) // 2)) for left, right in spans]
 
 
-__all__ = ["Log", "ProofMismatchError"]
+def blocks_within(values: Sequence[bytes], max_bytes: int, block_overhead: int = 0) -> int:
+    """How many of ``values`` an answer capped at ``max_bytes`` carries: up to and including
+    the first block where the blocks so far (each counted with ``block_overhead`` more bytes)
+    reach the cap; all of them if they never do."""
+    size = 0
+    for count, value in enumerate(values, 1):
+        size += len(value) + block_overhead
+        if size >= max_bytes:
+            return count
+    return len(values)
+
+
+__all__ = ["Log", "ProofMismatchError", "blocks_within"]

@@ -98,7 +98,15 @@ from ..errors import (
     OutOfRangeError,
     VerificationError,
 )
-from ..log import Log, Proof, ProofMismatchError, RangeProof, decode_proof, encode_proof
+from ..log import (
+    Log,
+    Proof,
+    ProofMismatchError,
+    RangeProof,
+    blocks_within,
+    decode_proof,
+    encode_proof,
+)
 from .replication_wire import (
     MAX_RANGE,
     MAX_TIP,
@@ -675,13 +683,8 @@ class LogSession:
     def _serve_range(self, request_id: int, start: int, end: int) -> bytes:
         """The longest prefix of ``[start, end)`` we hold, up to ``MAX_ANSWER_BYTES``."""
         log = self.log
-        values: list[bytes] = []
-        size = 0
-        for value in log.get_run(start, end):  # stops at the first block we lack
-            values.append(value)
-            size += len(value) + _BLOCK_OVERHEAD
-            if size >= MAX_ANSWER_BYTES:
-                break
+        values = log.get_run(start, end)  # stops at the first block we lack
+        del values[blocks_within(values, MAX_ANSWER_BYTES, _BLOCK_OVERHEAD) :]
         tree = RangeTree(start, values)
         uncles: list[bytes] = []
         for index in range(start, start + len(values)):
