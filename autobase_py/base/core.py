@@ -417,11 +417,7 @@ class Autobase(Generic[V]):
         turns between them: replication stores what arrives, acks go out, and nodes that
         the new arrivals reorder are not applied only to be undone. Returns once everything
         taken in is applied."""
-        while True:
-            async with _Turn(self._lock):
-                self._check_usable()
-                if await self._cycle(None, budget=CYCLE_NODES):
-                    return
+        await self._bounded_cycles(None)
 
     async def append(self, value: bytes | Sequence[bytes]) -> int:
         """Append one value or an atomic batch; returns once durable and applied locally.
@@ -433,16 +429,8 @@ class Autobase(Generic[V]):
             raise LocalError("append needs at least one value")
         if not all(isinstance(v, (bytes, bytearray)) for v in values):
             raise LocalError("values must be bytes")
-        values = [bytes(v) for v in values]
-        while True:  # cycles as in ``update`` until the tip is applied; the last one appends
-            async with _Turn(self._lock):
-                self._check_usable()
-                if not self.writable:
-                    raise NotWritableError(
-                        f"{ids.encode(self.local_key)} is not a writer of this base"
-                    )
-                if await self._cycle(values, budget=CYCLE_NODES):
-                    return self.local_log.length
+        await self._bounded_cycles([bytes(v) for v in values])
+        return self.local_log.length
 
     async def ack(self) -> bool:
         """Append an ack now if one would help confirmation; True if one was appended."""
@@ -486,6 +474,20 @@ class Autobase(Generic[V]):
             if not self.unconfirmed_values:
                 return
             await self._wakeup.wait()
+
+    async def _bounded_cycles(self, values: list[bytes] | None) -> None:
+        """Cycles of at most ``CYCLE_NODES`` applied positions, each taking its turn on the
+        lock, until one finds nothing left pending; that one appends ``values`` (if any, and
+        only while this node is a writer)."""
+        while True:
+            async with _Turn(self._lock):
+                self._check_usable()
+                if values is not None and not self.writable:
+                    raise NotWritableError(
+                        f"{ids.encode(self.local_key)} is not a writer of this base"
+                    )
+                if await self._cycle(values, budget=CYCLE_NODES):
+                    return
 
     async def _cycle(
         self,
@@ -741,24 +743,23 @@ class Autobase(Generic[V]):
         undone = self._records[target - floor :]
         # compared one by one: a real reorder usually differs at once (the tip may be long)
         incoming = (n for n in nodes if n.value is not None)
-        values = 0
+        kept: list[Record] = []  # the undone value records, which come back as they are
         for record in undone:
             if record.is_value:
                 node = next(incoming, None)
                 if node is None or node.length != record.length or node.writer != record.writer:
                     return None
-                values += 1
-        if not values:
+                kept.append(record)
+        if not kept:
             return None
-        # the value records come back as they were (same node, same view length after it,
-        # in the same order: checked above); only the acks between them get new records
-        kept = [r for r in undone if r.is_value]
+        # same nodes, same view length after each, same order: only the acks between them
+        # get new records
         running = self._view_length_at(target)
         records = self._records
         del records[target - floor :]
         taken = reused = 0
         for node in nodes:
-            if reused == values:
+            if reused == len(kept):
                 break
             if node.value is not None:
                 record = kept[reused]

@@ -84,12 +84,10 @@ def _key(position: int) -> bytes:
     return RUNS_PREFIX + _BE64.pack(position)
 
 
-def encode_runs(
-    records: Sequence[Record], first: int, start: int, end: int
-) -> list[tuple[bytes, bytes]]:
-    """The rows of ``records[start - first : end - first]`` (order positions ``[start,
-    end)``), one per run."""
-    return [(_key(position), value) for position, value in _runs(records, first, start, end)]
+def encode_runs(records: Sequence[Record], first: int) -> list[tuple[bytes, bytes]]:
+    """The rows of ``records`` (order positions from ``first`` on), one per run."""
+    end = first + len(records)
+    return [(_key(position), value) for position, value in _runs(records, first, first, end)]
 
 
 def _runs(records: Sequence[Record], first: int, start: int, end: int) -> list[tuple[int, bytes]]:
@@ -211,7 +209,7 @@ def load(storage: Storage) -> tuple[int | None, list[Record], TipRows]:
         with storage.transaction():
             storage.delete_prefix(LEGACY_PREFIX)
             storage.delete_prefix(RUNS_PREFIX)
-            storage.put_many(encode_runs(records, first, first, first + len(records)))
+            storage.put_many(encode_runs(records, first))
     return read(storage)
 
 

@@ -25,7 +25,7 @@ def batch(writer: bytes, first: int, count: int, view_length: int) -> list[Recor
 def test_a_batch_is_one_row_and_reads_back() -> None:
     records = [*batch(A, 1, 100, 7), Record(B, 1, 7, False), Record(B, 2, 7, False)]
     records += batch(A, 101, 3, 9) + batch(A, 104, 2, 10)  # same writer, new view length
-    rows = tip.encode_runs(records, 40, 40, 40 + len(records))
+    rows = tip.encode_runs(records, 40)
     assert len(rows) == 4
     storage = Storage.open_memory()
     storage.put_many(rows)
@@ -36,8 +36,8 @@ def test_a_batch_is_one_row_and_reads_back() -> None:
 
 def test_a_gap_between_runs_is_a_decode_error() -> None:
     storage = Storage.open_memory()
-    storage.put_many(tip.encode_runs(batch(A, 1, 3, 1), 0, 0, 3))
-    storage.put_many(tip.encode_runs(batch(B, 1, 3, 2), 4, 4, 7))  # position 3 missing
+    storage.put_many(tip.encode_runs(batch(A, 1, 3, 1), 0))
+    storage.put_many(tip.encode_runs(batch(B, 1, 3, 2), 4))  # position 3 missing
     with pytest.raises(DecodeError, match="gap or overlap"):
         tip.read(storage)
 
@@ -120,7 +120,7 @@ def test_written_runs_always_equal_the_records_in_memory(ops: list[tuple[str, in
 def test_runs_under_their_first_prefix_are_moved_on_load(tmp_path: Path) -> None:
     storage = Storage.open(tmp_path / "db.sqlite", fsync=False)
     records = [*batch(A, 1, 4, 2), Record(B, 1, 2, False)]
-    for key, value in tip.encode_runs(records, 9, 9, 9 + len(records)):
+    for key, value in tip.encode_runs(records, 9):
         storage.put(tip.EARLY_RUNS_PREFIX + key[len(tip.RUNS_PREFIX) :], value)
     first, back, rows = tip.load(storage)
     assert (first, back, rows.starts) == (9, records, [9, 13])
