@@ -97,18 +97,20 @@ class Liveness:
                 f"keepalive_interval ({interval:g} s)"
             )
 
+    @property
+    def tick(self) -> float | None:
+        """How often the checks run: half the interval or a quarter of the timeout, whichever
+        is smaller; None when both are off."""
+        ticks = []
+        if self.keepalive_interval is not None:
+            ticks.append(self.keepalive_interval / 2)
+        if self.idle_timeout is not None:
+            ticks.append(self.idle_timeout / 4)
+        return min(ticks) if ticks else None
+
 
 LIVENESS_OFF = Liveness(None, None)  # the core's default: no pings, no idle timeout
 DEFAULT_LIVENESS = Liveness()  # the trio adapter's default: 5 s and 20 s
-
-
-def _tick(keepalive_interval: float | None, idle_timeout: float | None) -> float | None:
-    ticks = []
-    if keepalive_interval is not None:
-        ticks.append(keepalive_interval / 2)
-    if idle_timeout is not None:
-        ticks.append(idle_timeout / 4)
-    return min(ticks) if ticks else None
 
 
 class State(enum.Enum):
@@ -172,7 +174,7 @@ class SecureConnection:
         # liveness: counters bumped on the hot path, compared once per tick (see above)
         self.keepalive_interval = liveness.keepalive_interval
         self.idle_timeout = liveness.idle_timeout
-        self.tick = _tick(liveness.keepalive_interval, liveness.idle_timeout)
+        self.tick = liveness.tick
         self.received_count = 0  # receive_data calls with bytes
         self.sent_count = 0  # data_to_send calls that returned bytes
         self._next_tick: float | None = None  # None until the first tick after the handshake
